@@ -1,0 +1,188 @@
+"""annotations.csv in the research notebook's format: UTF-8, header `filename,label`,
+`filename` relative to the memes dir, `label` in toxic|non_toxic.
+
+Export writes one row per labeled image with its consensus label (workbench.labels),
+sorted by filename, '\\n' line endings: importing a sorted file and exporting it
+reproduces it byte for byte. Import is all-or-nothing per file by default.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.config import LABELS
+from workbench.images import InvalidImage, validate_bytes
+from workbench.ingest import folder_of
+from workbench.labels import add_label, consensus_labels
+from workbench.schema import Image
+
+IMPORT_ANNOTATOR = "import"
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: object) -> object:
+    """Spreadsheet-safe cell: text starting with = + - @ (formula triggers) gets a leading quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def export_annotations(session: Session) -> str:
+    """The annotations.csv text for every labeled, present image."""
+    labels = consensus_labels(session)
+    rows = session.execute(select(Image.id, Image.path).where(Image.missing.is_(False))).all()
+    pairs = sorted((path, labels[i]) for i, path in rows if i in labels)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["filename", "label"])
+    for path, label in pairs:
+        writer.writerow([neutralise_cell(path), label])
+    return buf.getvalue()
+
+
+def write_annotations(session: Session, out: Path) -> int:
+    """Write annotations.csv to `out`; returns the number of rows."""
+    text = export_annotations(session)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(text.encode("utf-8"))
+    return text.count("\n") - 1
+
+
+@dataclass
+class RowIssue:
+    line: int
+    filename: str
+    problem: str
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    imported: int = 0
+    unchanged: int = 0
+    ingested: int = 0  # files listed in the CSV found on disk but not yet in the DB
+    issues: list[RowIssue] = field(default_factory=list)
+    applied: bool = False
+    mode: str = "all-or-nothing"
+
+    def summary(self) -> str:
+        state = "applied" if self.applied else "NOT applied"
+        return (f"{self.rows} rows: {self.imported} labels imported, {self.unchanged} unchanged, "
+                f"{self.ingested} new files ingested, {len(self.issues)} problems ({state}, {self.mode})")
+
+
+def _decode(data: bytes) -> str:
+    for encoding in ("utf-8-sig", "cp1251"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise ValueError("the file is neither UTF-8 nor Windows-1251 text")
+
+
+def _safe_rel(raw: str) -> str | None:
+    """A normalised relative posix path, or None if it escapes the memes dir."""
+    raw = raw.strip().replace("\\", "/")
+    if not raw or "\x00" in raw or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
+        return None
+    parts = [p for p in PurePosixPath(raw).parts if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def import_annotations(
+    session: Session, memes_dir: Path, data: bytes, annotator: str = IMPORT_ANNOTATOR, all_or_nothing: bool = True
+) -> ImportReport:
+    """Import labels from annotations.csv bytes. Each row problem is reported with its line.
+
+    all_or_nothing=True (default): any problem -> nothing is changed. False: valid rows are
+    applied, problem rows skipped. Files on disk not yet ingested are ingested.
+    """
+    report = ImportReport(mode="all-or-nothing" if all_or_nothing else "valid rows only")
+    try:
+        text = _decode(data)
+    except ValueError as exc:
+        report.issues.append(RowIssue(0, "", str(exc)))
+        return report
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    first = text.split("\n", 1)[0]
+    delimiter = ";" if first.count(";") > first.count(",") else ("\t" if "\t" in first and "," not in first else ",")
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "filename" not in fields or "label" not in fields:
+        report.issues.append(RowIssue(1, "", f"header must have columns filename and label; found {fields or 'nothing'}"))
+        return report
+    reader.fieldnames = fields
+    memes_dir = memes_dir.resolve()
+    by_path = {p: i for i, p in session.execute(select(Image.path, Image.id)).all()}
+    current = consensus_labels(session)
+    seen: dict[str, str] = {}
+    planned: list[tuple[str, str, int]] = []
+    for line, row in enumerate(reader, start=2):
+        report.rows += 1
+        raw_name = (row.get("filename") or "").strip()
+        label = (row.get("label") or "").strip().lower()
+        rel = _safe_rel(raw_name)
+        if rel is None:
+            report.issues.append(RowIssue(line, raw_name, "path is empty or outside the memes folder"))
+            continue
+        if label not in LABELS:
+            report.issues.append(RowIssue(line, raw_name, f"unknown label {label!r} (expected toxic or non_toxic)"))
+            continue
+        if rel in seen:
+            if seen[rel] != label:
+                report.issues.append(RowIssue(line, raw_name, f"listed twice with different labels ({seen[rel]} / {label})"))
+            else:
+                report.unchanged += 1  # exact duplicate row: harmless
+            continue
+        seen[rel] = label
+        if rel not in by_path:
+            target = (memes_dir / rel).resolve()
+            if not target.is_relative_to(memes_dir):
+                report.issues.append(RowIssue(line, raw_name, "path is outside the memes folder"))
+                continue
+            if not target.is_file():
+                report.issues.append(RowIssue(line, raw_name, "no such file in the memes folder"))
+                continue
+        planned.append((rel, label, line))
+    if report.issues and all_or_nothing:
+        return report
+    for rel, label, line in planned:
+        image_id = by_path.get(rel)
+        if image_id is None:
+            path = memes_dir / rel
+            try:
+                info = validate_bytes(path.read_bytes())
+            except (InvalidImage, OSError) as exc:
+                report.issues.append(RowIssue(line, rel, f"file is not a valid image: {exc}"))
+                continue
+            same = session.scalar(select(Image).where(Image.sha256 == info.sha256))
+            if same is not None:
+                image_id = same.id
+            else:
+                img = Image(sha256=info.sha256, path=rel, original_name=path.name, format=info.format,
+                            width=info.width, height=info.height, bytes=info.bytes, n_frames=info.n_frames,
+                            source="import", folder=folder_of(rel), mtime=path.stat().st_mtime)
+                session.add(img)
+                session.flush()
+                image_id = img.id
+                report.ingested += 1
+        if current.get(image_id) == label:
+            report.unchanged += 1
+            continue
+        add_label(session, image_id, label, annotator)
+        report.imported += 1
+    if report.issues and all_or_nothing:  # late problems (unreadable files): undo everything
+        session.rollback()
+        report.imported = report.ingested = 0
+        return report
+    session.commit()
+    report.applied = True
+    return report

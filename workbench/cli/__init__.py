@@ -1,0 +1,53 @@
+"""Command-line interface: `python -m workbench <command>`.
+
+Each area registers its commands from its own module (thin wrappers over the library,
+like sqlite-utils' cli.py). A command returns an exit code; bad input gives a clear
+message on stderr and a non-zero code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from workbench.config import load_settings
+
+# Area modules, in help order. Each defines register(subparsers) and sets `func` on its parsers.
+AREAS = ("core", "ocr", "predict", "embed", "analysis", "report", "backup")
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workbench", description="VLMemes Workbench command line")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for area in AREAS:
+        name = f"workbench.cli.{area}"
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    settings = load_settings()
+    try:
+        if getattr(args, "needs_db", True):
+            from workbench.db import upgrade
+
+            upgrade(settings.db_url)
+        return int(args.func(args, settings) or 0)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,137 @@
+"""Core commands: db, ingest, import-annotations, export annotations, stats, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from workbench.cli import CliError
+from workbench.config import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("db", help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", metavar="ACTION")
+    up = dbsub.add_parser("upgrade", help="create/upgrade the schema (Alembic)")
+    up.set_defaults(func=cmd_db_upgrade, needs_db=False)
+    cur = dbsub.add_parser("current", help="print the schema revision")
+    cur.set_defaults(func=cmd_db_current, needs_db=False)
+
+    p = sub.add_parser("ingest", help="scan a memes folder (default: WORKBENCH_MEMES_DIR) into the DB")
+    p.add_argument("dir", nargs="?", type=Path, help="folder to scan (must be the memes dir or inside it)")
+    p.add_argument("--verbose", "-v", action="store_true", help="print every file, not only problems")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("import-annotations", help="import labels from an annotations.csv")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--annotator", default="import")
+    p.add_argument("--partial", action="store_true", help="apply valid rows even if some rows have problems")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export data")
+    exsub = p.add_subparsers(dest="what", metavar="WHAT")
+    ann = exsub.add_parser("annotations", help="annotations.csv (filename,label) with consensus labels")
+    ann.add_argument("path", type=Path)
+    ann.set_defaults(func=cmd_export_annotations)
+
+    p = sub.add_parser("stats", help="counts of images, labels, OCR, runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("demo", help="generate a demo set of memes into the memes dir and ingest it")
+    p.add_argument("-n", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.db import current_revision, upgrade
+
+    upgrade(settings.db_url)
+    print(f"database at revision {current_revision(settings.db_url)}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.db import current_revision
+
+    print(current_revision(settings.db_url) or "empty (run: python -m workbench db upgrade)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.db import session_scope
+    from workbench.ingest import scan_folder
+
+    memes_dir = settings.memes_dir
+    if args.dir is not None:
+        target = args.dir.expanduser().resolve()
+        if not target.is_dir():
+            raise CliError(f"{args.dir} is not a folder")
+        if not target.is_relative_to(memes_dir):
+            # Scanning another folder: treat it as the memes dir for this command.
+            memes_dir = target
+            print(f"note: {target} is not inside WORKBENCH_MEMES_DIR ({settings.memes_dir}); paths are stored "
+                  "relative to it — set WORKBENCH_MEMES_DIR to it for the app to find the files", file=sys.stderr)
+    elif not memes_dir.is_dir():
+        raise CliError(f"memes folder {memes_dir} does not exist (set WORKBENCH_MEMES_DIR or pass DIR)")
+    with session_scope(settings.db_url) as session:
+        report = scan_folder(session, memes_dir)
+    for f in report.files:
+        if args.verbose or f.status in ("rejected", "duplicate", "moved"):
+            print(f"{f.status:10} {f.name}" + (f"  — {f.reason}" if f.reason else ""))
+    print(f"ingest: {report.summary()}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.annotations import import_annotations
+    from workbench.db import session_scope
+
+    if not args.csv.is_file():
+        raise CliError(f"{args.csv} does not exist")
+    with session_scope(settings.db_url) as session:
+        report = import_annotations(session, settings.memes_dir, args.csv.read_bytes(), args.annotator,
+                                    all_or_nothing=not args.partial)
+    for issue in report.issues:
+        print(f"line {issue.line}: {issue.filename!r}: {issue.problem}", file=sys.stderr)
+    print(report.summary())
+    return 0 if report.applied and not report.issues else 1
+
+
+def cmd_export_annotations(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.annotations import write_annotations
+    from workbench.db import session_scope
+
+    with session_scope(settings.db_url) as session:
+        n = write_annotations(session, args.path)
+    print(f"wrote {n} rows to {args.path}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.catalog import stats
+    from workbench.db import session_scope
+
+    with session_scope(settings.db_url) as session:
+        counts = stats(session)
+    if args.json:
+        print(json.dumps(counts, ensure_ascii=False))
+    else:
+        for key, value in counts.items():
+            print(f"{key:14} {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.db import session_scope
+    from workbench.ingest import scan_folder
+    from workbench.samples import write_sample_memes
+
+    written = write_sample_memes(settings.memes_dir, n=args.n, seed=args.seed)
+    with session_scope(settings.db_url) as session:
+        report = scan_folder(session, settings.memes_dir)
+    print(f"generated {len(written)} demo memes; ingest: {report.summary()}")
+    return 0

@@ -1,0 +1,93 @@
+"""All configuration in one place: environment variables with defaults.
+
+Every setting is read when `load_settings()` is called, so tests and the CLI can
+point the workbench elsewhere by setting env vars before calling it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+LABELS = ("toxic", "non_toxic")
+PREDICTION_LABELS = ("toxic", "non_toxic", "unknown")
+
+# Folder name (case-insensitive) -> label, for ingest of memes/<folder>/...
+FOLDER_LABELS = {
+    "негативно": "toxic",
+    "toxic": "toxic",
+    "нейтрально": "non_toxic",
+    "non_toxic": "non_toxic",
+    "neutral": "non_toxic",
+}
+# Canonical folder a label is written into (upload into a label).
+LABEL_FOLDERS = {"toxic": "Негативно", "non_toxic": "Нейтрально"}
+
+# Annotators that are not people: their labels lose to any human label in the consensus.
+SYSTEM_ANNOTATORS = ("folder", "import")
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+# Decompression-bomb guard: refuse images with more pixels than this (~ 8k x 8k).
+MAX_IMAGE_PIXELS = 64_000_000
+THUMBNAIL_SIZE = 256
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+DEFAULT_VLM_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+DEFAULT_TEXT_TOXICITY_MODEL = "cointegrated/rubert-tiny-toxicity"
+TESSDATA_DIRS = (
+    "/usr/share/tesseract-ocr/5/tessdata",
+    "/usr/share/tesseract-ocr/4.00/tessdata",
+    "/usr/share/tessdata",
+)
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build with `load_settings()`."""
+
+    db_url: str
+    memes_dir: Path
+    artefacts_dir: Path
+    hf_cache_dir: str | None = None
+    vlm_endpoint: str | None = None
+    vlm_endpoint_model: str | None = None
+    vlm_api_key: str | None = None
+    tessdata_dir: str | None = None
+    easyocr_dir: Path = field(default_factory=lambda: Path.home() / ".EasyOCR")
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.artefacts_dir / "thumbnails"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{REPO_ROOT / 'db' / 'workbench.sqlite3'}"
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment (WORKBENCH_* variables) with defaults."""
+    easyocr_root = os.environ.get("EASYOCR_MODULE_PATH")
+    return Settings(
+        db_url=os.environ.get("WORKBENCH_DB_URL") or default_db_url(),
+        memes_dir=_env_path("WORKBENCH_MEMES_DIR", REPO_ROOT / "memes_project" / "memes"),
+        artefacts_dir=_env_path("WORKBENCH_ARTEFACTS_DIR", REPO_ROOT / "memes_project" / "artefacts"),
+        hf_cache_dir=os.environ.get("WORKBENCH_HF_CACHE") or None,
+        vlm_endpoint=os.environ.get("WORKBENCH_VLM_ENDPOINT") or None,
+        vlm_endpoint_model=os.environ.get("WORKBENCH_VLM_ENDPOINT_MODEL") or None,
+        vlm_api_key=os.environ.get("WORKBENCH_VLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
+        tessdata_dir=os.environ.get("WORKBENCH_TESSDATA") or os.environ.get("TESSDATA_PREFIX") or None,
+        easyocr_dir=Path(easyocr_root).expanduser() if easyocr_root else Path.home() / ".EasyOCR",
+    )

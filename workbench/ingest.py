@@ -1,0 +1,242 @@
+"""Ingest: scan the memes folder (incremental, move-aware) and store uploads.
+
+Folder names map to labels (config.FOLDER_LABELS); such labels are stored with the
+annotator 'folder'. Every file gets a report row; a bad file never stops the batch
+and nothing already stored is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.config import FOLDER_LABELS, LABEL_FOLDERS, LABELS
+from workbench.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
+from workbench.labels import add_label, current_labels
+from workbench.schema import Image
+
+FOLDER_ANNOTATOR = "folder"
+UPLOAD_FOLDER = "uploads"
+
+
+@dataclass
+class FileReport:
+    name: str  # path relative to the memes dir (or the uploaded name)
+    status: str  # added | moved | unchanged | duplicate | rejected | ignored
+    reason: str = ""
+    image_id: int | None = None
+
+
+@dataclass
+class IngestReport:
+    files: list[FileReport] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.files:
+            out[f.status] = out.get(f.status, 0) + 1
+        return out
+
+    def rows(self) -> list[dict[str, object]]:
+        return [{"file": f.name, "status": f.status, "reason": f.reason} for f in self.files]
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items())) or "no files"
+
+
+def rel_posix(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def folder_of(rel_path: str) -> str:
+    """First path component ('' for files at the root)."""
+    return rel_path.split("/", 1)[0] if "/" in rel_path else ""
+
+
+def label_for_path(rel_path: str) -> str | None:
+    """The label a file's folder implies (any path component counts, nearest wins)."""
+    parts = rel_path.split("/")[:-1]
+    for part in reversed(parts):
+        label = FOLDER_LABELS.get(part.lower())
+        if label:
+            return label
+    return None
+
+
+def _iter_files(memes_dir: Path) -> Iterable[Path]:
+    for root, dirs, files in os.walk(memes_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def _set_folder_label(session: Session, image_id: int, label: str | None) -> None:
+    if label is None:
+        return
+    mine = [c for c in current_labels(session, [image_id]) if c.annotator == FOLDER_ANNOTATOR]
+    if not mine or mine[0].label != label:
+        add_label(session, image_id, label, FOLDER_ANNOTATOR)
+
+
+def _new_image(rel: str, original_name: str, info: ImageInfo, source: str, mtime: float | None) -> Image:
+    return Image(
+        sha256=info.sha256, path=rel, original_name=original_name, format=info.format, width=info.width,
+        height=info.height, bytes=info.bytes, n_frames=info.n_frames, source=source, folder=folder_of(rel),
+        mtime=mtime, missing=False,
+    )
+
+
+def scan_folder(
+    session: Session,
+    memes_dir: Path,
+    source: str = "folder",
+    on_progress: Callable[[int, int], None] | None = None,
+    commit_every: int = 200,
+) -> IngestReport:
+    """Ingest every image file under `memes_dir` that is new or changed; commits as it goes."""
+    memes_dir = memes_dir.resolve()
+    report = IngestReport()
+    if not memes_dir.is_dir():
+        report.files.append(FileReport(str(memes_dir), "rejected", "memes folder does not exist"))
+        return report
+    known = {img.path: img for img in session.scalars(select(Image))}
+    by_sha = {img.sha256: img for img in known.values()}
+    files = list(_iter_files(memes_dir))
+    seen_paths: set[str] = set()
+    for n, path in enumerate(files, 1):
+        rel = rel_posix(path, memes_dir)
+        seen_paths.add(rel)
+        if on_progress and (n % 50 == 0 or n == len(files)):
+            on_progress(n, len(files))
+        if path.suffix.lower() not in ACCEPTED_SUFFIXES:
+            report.files.append(FileReport(rel, "ignored", f"not an image extension ({path.suffix or 'none'})"))
+            continue
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            report.files.append(FileReport(rel, "rejected", f"cannot read: {exc}"))
+            continue
+        existing = known.get(rel)
+        if existing is not None and existing.mtime == stat.st_mtime and existing.bytes == stat.st_size and not existing.missing:
+            report.files.append(FileReport(rel, "unchanged", image_id=existing.id))
+            continue
+        try:
+            info = validate_bytes(path.read_bytes())
+        except InvalidImage as exc:
+            report.files.append(FileReport(rel, "rejected", str(exc)))
+            continue
+        except OSError as exc:
+            report.files.append(FileReport(rel, "rejected", f"cannot read: {exc}"))
+            continue
+        same = by_sha.get(info.sha256)
+        if same is not None and same.path == rel:  # touched but identical
+            same.mtime, same.missing = stat.st_mtime, False
+            report.files.append(FileReport(rel, "unchanged", image_id=same.id))
+            continue
+        if same is not None:
+            old_path = memes_dir / same.path
+            if same.missing or not old_path.exists():
+                old_rel = same.path
+                known.pop(old_rel, None)
+                same.path, same.folder, same.mtime, same.missing = rel, folder_of(rel), stat.st_mtime, False
+                known[rel] = same
+                _set_folder_label(session, same.id, label_for_path(rel))
+                report.files.append(FileReport(rel, "moved", f"was {old_rel}", same.id))
+            else:
+                report.files.append(FileReport(rel, "duplicate", f"same content as {same.path}", same.id))
+            continue
+        if existing is not None:  # same path, new content: keep the old row's history, point it at nothing
+            existing.missing = True
+            existing.path = f"{existing.path}#replaced-{existing.id}"
+        image = _new_image(rel, path.name, info, source, stat.st_mtime)
+        session.add(image)
+        session.flush()
+        known[rel], by_sha[info.sha256] = image, image
+        _set_folder_label(session, image.id, label_for_path(rel))
+        report.files.append(FileReport(rel, "added", image_id=image.id))
+        if n % commit_every == 0:
+            session.commit()
+    for rel, img in known.items():
+        if rel not in seen_paths and not img.missing and not (memes_dir / rel).exists():
+            img.missing = True
+    session.commit()
+    return report
+
+
+def unique_target(folder: Path, filename: str) -> Path:
+    """folder/filename, or folder/stem_N.ext if taken."""
+    target = folder / filename
+    stem, suffix = target.stem, target.suffix
+    n = 1
+    while target.exists():
+        target = folder / f"{stem}_{n}{suffix}"
+        n += 1
+    return target
+
+
+def store_upload(
+    session: Session,
+    memes_dir: Path,
+    filename: str,
+    data: bytes,
+    label: str | None = None,
+    annotator: str | None = None,
+    source: str = "upload",
+) -> FileReport:
+    """Validate uploaded bytes and store them under the memes dir with a safe name.
+
+    With a label the file goes into that label's folder (Негативно/ or Нейтрально/) and
+    gets that label (by `annotator`, else 'folder'); without one into uploads/.
+    """
+    shown = filename.replace("\x00", "\\0")[:200]
+    if label is not None and label not in LABELS:
+        return FileReport(shown, "rejected", f"unknown label {label!r}")
+    try:
+        info = validate_bytes(data)
+    except InvalidImage as exc:
+        return FileReport(shown, "rejected", str(exc))
+    same = session.scalar(select(Image).where(Image.sha256 == info.sha256))
+    if same is not None:
+        return FileReport(shown, "duplicate", f"same content as {same.path}", same.id)
+    memes_dir = memes_dir.resolve()
+    folder = memes_dir / (LABEL_FOLDERS[label] if label else UPLOAD_FOLDER)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = unique_target(folder, safe_filename(filename, info.format))
+    if not target.resolve().is_relative_to(memes_dir):  # belt and braces: safe_filename strips dirs
+        return FileReport(shown, "rejected", "unsafe file name")
+    tmp = target.with_name(target.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    rel = rel_posix(target, memes_dir)
+    image = _new_image(rel, filename.replace("\x00", "")[:1024], info, source, target.stat().st_mtime)
+    session.add(image)
+    session.flush()
+    if label:
+        add_label(session, image.id, label, annotator or FOLDER_ANNOTATOR)
+    return FileReport(shown, "added", f"stored as {rel}", image.id)
+
+
+def store_uploads(
+    session: Session, memes_dir: Path, files: Iterable[tuple[str, bytes]], label: str | None = None,
+    annotator: str | None = None,
+) -> IngestReport:
+    """store_upload for many files; each is committed on its own so one bad file costs nothing."""
+    report = IngestReport()
+    for name, data in files:
+        try:
+            report.files.append(store_upload(session, memes_dir, name, data, label, annotator))
+            session.commit()
+        except Exception as exc:  # noqa: BLE001 - per-file failure is reported, the batch goes on
+            session.rollback()
+            report.files.append(FileReport(name[:200], "rejected", f"{type(exc).__name__}: {exc}"))
+    return report

@@ -1,0 +1,176 @@
+"""The one predictor interface, and the step that lets the job runner drive any predictor.
+
+A predictor has a `kind`, a JSON-able `config()` (model id or path, device, dtype,
+prompts, ...), and predicts a batch of images (+ their OCR text). Each distinct config
+is one `model_runs` row (its fingerprint is unique); predictions are unique per
+run + image, so re-running the same config only does the images still missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image as PILImage
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from workbench.images import load_rgb
+from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
+from workbench.schema import ModelRun, Prediction, utcnow
+
+PREDICTION_SCHEMA_VERSION = 1  # bump when the meaning of stored predictions changes
+
+
+@dataclass
+class PredictInput:
+    image_id: int
+    image: PILImage.Image  # RGB, EXIF-oriented, first frame (workbench.images.load_rgb)
+    ocr_text: str = ""
+
+
+@dataclass
+class PredictOutput:
+    label: str  # toxic | non_toxic | unknown
+    prob_toxic: float | None = None
+    explanation: str | None = None
+    raw_output: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One user-settable predictor option; the Models page and the CLI render/parse these,
+    and the predictor's factory takes them as keyword arguments."""
+
+    name: str
+    default: Any
+    help: str = ""
+    type: str = "str"  # str | text (multi-line) | int | float | bool | choice
+    choices: tuple[Any, ...] = ()
+
+
+class Predictor:
+    """Base of every predictor (clip, vlm, head, nudenet, text-toxicity, text-tfidf ...)."""
+
+    kind: ClassVar[str] = "predictor"
+    title: ClassVar[str] = ""  # shown in the UI
+    options: ClassVar[tuple[Option, ...]] = ()  # keyword options of the factory
+    needs_ocr_text: ClassVar[bool] = False
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the output; stored with the run and hashed into its fingerprint."""
+        raise NotImplementedError
+
+    def model_id(self) -> str:
+        return str(self.config().get("model", self.kind))
+
+    def load(self) -> None:
+        """Load weights once (cached per config in the process); raise ModelUnavailable if impossible."""
+
+    def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
+        """One output per input, in order. Per-item problems go into PredictOutput.error."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return fingerprint({"kind": self.kind, "config": self.config(), "v": PREDICTION_SCHEMA_VERSION})
+
+    def run_name(self) -> str:
+        return f"{self.kind}:{self.model_id()}"
+
+
+def get_or_create_run(session: Session, predictor: Predictor) -> ModelRun:
+    """The model_runs row for this predictor's config (created on first use)."""
+    fp = predictor.fingerprint()
+    run = session.scalar(select(ModelRun).where(ModelRun.fingerprint == fp))
+    if run is None:
+        run = ModelRun(kind=predictor.kind, model_id=predictor.model_id(), name=predictor.run_name(),
+                       params=predictor.config(), fingerprint=fp, status="created")
+        session.add(run)
+        session.flush()
+    return run
+
+
+def upsert_predictions(session: Session, run_id: int, rows: Sequence[tuple[int, PredictOutput]]) -> None:
+    """Store outputs for (image_id, output) pairs, replacing an earlier row of the same run+image."""
+    ids = [image_id for image_id, _ in rows]
+    if ids:
+        session.execute(delete(Prediction).where(Prediction.run_id == run_id, Prediction.image_id.in_(ids)))
+    for image_id, out in rows:
+        session.add(Prediction(
+            run_id=run_id, image_id=image_id, label=out.label, prob_toxic=out.prob_toxic,
+            explanation=out.explanation, raw_output=out.raw_output, latency_ms=out.latency_ms,
+            error=out.error, extra=out.extra or {},
+        ))
+
+
+class PredictorStep(Step):
+    """Adapter: drives a Predictor through the job runner."""
+
+    kind = "predict"
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.name = predictor.run_name()
+        self.needs_ocr_text = predictor.needs_ocr_text
+        self.run_id: int | None = None
+
+    def fingerprint(self) -> str:
+        return self.predictor.fingerprint()
+
+    def begin(self, session: Session) -> int | None:
+        run = get_or_create_run(session, self.predictor)
+        run.status = "running"
+        session.commit()
+        self.run_id = run.id
+        return run.id
+
+    def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
+        done: set[int] = set()
+        ids = list(image_ids)
+        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
+            chunk = ids[start : start + 900]
+            done.update(session.scalars(select(Prediction.image_id).where(
+                Prediction.run_id == self.run_id, Prediction.image_id.in_(chunk), Prediction.error.is_(None))))
+        return done
+
+    def load(self) -> None:
+        self.predictor.load()
+
+    def process(self, items: list[WorkItem]) -> list[ItemResult]:
+        results: list[ItemResult] = []
+        inputs: list[PredictInput] = []
+        for item in items:
+            try:
+                inputs.append(PredictInput(item.image_id, load_rgb(item.path), item.ocr_text))
+            except Exception as exc:  # noqa: BLE001 - unreadable file: this item fails, the batch goes on
+                results.append(ItemResult(item.image_id, error=f"cannot read image: {type(exc).__name__}: {exc}"))
+        if inputs:
+            t0 = time.perf_counter()
+            outputs = self.predictor.predict(inputs)
+            per_item_ms = (time.perf_counter() - t0) * 1000 / len(inputs)
+            for inp, out in zip(inputs, outputs, strict=True):
+                if out.latency_ms is None:
+                    out.latency_ms = per_item_ms
+                results.append(ItemResult(inp.image_id, value=out, error=out.error, duration_ms=out.latency_ms))
+        return results
+
+    def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
+        assert self.run_id is not None
+        rows = []
+        for r in results:
+            out = r.value if isinstance(r.value, PredictOutput) else PredictOutput(label="unknown", error=r.error)
+            rows.append((r.image_id, out))
+        upsert_predictions(session, self.run_id, rows)
+
+    def finish(self, session: Session, status: str) -> None:
+        if self.run_id is None:
+            return
+        run = session.get(ModelRun, self.run_id)
+        if run is not None:
+            run.status = status
+            run.finished_at = utcnow()

@@ -1,0 +1,54 @@
+"""The OCR text every downstream consumer uses: a manual correction first, else the
+newest successful engine result (or a chosen engine fingerprint's)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.schema import OcrResult
+
+MANUAL_ENGINE = "manual"
+
+
+def best_texts(session: Session, image_ids: Sequence[int], engine_fingerprint: str | None = None) -> dict[int, str]:
+    """image_id -> text for the given images (images with no OCR are absent)."""
+    out: dict[int, str] = {}
+    manual: dict[int, str] = {}
+    ids = list(image_ids)
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        rows = session.execute(
+            select(OcrResult.image_id, OcrResult.engine, OcrResult.fingerprint, OcrResult.text)
+            .where(OcrResult.image_id.in_(chunk), OcrResult.error.is_(None))
+            .order_by(OcrResult.created_at, OcrResult.id)
+        ).all()
+        for image_id, engine, fp, text in rows:  # ascending: later rows win
+            if engine == MANUAL_ENGINE:
+                manual[image_id] = text
+            elif engine_fingerprint is None or fp == engine_fingerprint:
+                out[image_id] = text
+    out.update(manual)
+    return out
+
+
+def best_text(session: Session, image_id: int) -> str:
+    return best_texts(session, [image_id]).get(image_id, "")
+
+
+def save_correction(session: Session, image_id: int, text: str, annotator: str) -> OcrResult:
+    """Store a manual correction as its own row; it becomes the text in force."""
+    row = OcrResult(image_id=image_id, engine=MANUAL_ENGINE, fingerprint=f"{MANUAL_ENGINE}:{uuid.uuid4().hex}",
+                    config={}, text=text.strip(), confidence=None, boxes=[], annotator=annotator)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def ocr_history(session: Session, image_id: int) -> list[OcrResult]:
+    """Every OCR row of an image, newest first (engines and manual corrections)."""
+    return list(session.scalars(
+        select(OcrResult).where(OcrResult.image_id == image_id).order_by(OcrResult.created_at.desc(), OcrResult.id.desc())))

@@ -1,0 +1,139 @@
+"""The one Streamlit helper that pages share: bootstrap (page config, settings, cached
+DB engine + migrations, annotator in the sidebar), the job-progress widget, and safe
+text rendering. The only workbench module that imports streamlit."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from sqlalchemy.orm import Session
+
+from workbench import db
+from workbench.config import Settings, load_settings
+from workbench.jobs import JobBusy, JobSummary, Progress, Step, run_step
+
+APP_TITLE = "VLMemes Workbench"
+
+
+@st.cache_resource(show_spinner="Preparing the database…")
+def _migrated(url: str) -> str:
+    """Run migrations once per DB URL per server process (idempotent)."""
+    db.upgrade(url)
+    return url
+
+
+@dataclass
+class Ctx:
+    """What every page gets from bootstrap()."""
+
+    settings: Settings
+    annotator: str
+
+    @property
+    def db_url(self) -> str:
+        return self.settings.db_url
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A committing session on the app's DB."""
+        with db.session_scope(self.settings.db_url) as session:
+            yield session
+
+
+def bootstrap(title: str, icon: str = "🧪", layout: str = "wide") -> Ctx:
+    """Idempotent set-up every page calls first, so any page works when opened first by URL."""
+    st.set_page_config(page_title=f"{title} · {APP_TITLE}", page_icon=icon, layout=layout)
+    settings = load_settings()
+    _migrated(settings.db_url)
+    annotator = _annotator_sidebar(settings)
+    return Ctx(settings=settings, annotator=annotator)
+
+
+def _annotator_sidebar(settings: Settings) -> str:
+    from workbench.labels import get_setting, set_setting
+
+    if "annotator" not in st.session_state:
+        with db.session_scope(settings.db_url) as session:
+            st.session_state["annotator"] = str(get_setting(session, "last_annotator", "") or "")
+
+    def _remember() -> None:
+        name = st.session_state["_annotator_input"].strip()[:128]
+        st.session_state["annotator"] = name
+        if name:
+            with db.session_scope(settings.db_url) as session:
+                set_setting(session, "last_annotator", name)
+
+    st.sidebar.text_input(
+        "Annotator", value=st.session_state["annotator"], key="_annotator_input", on_change=_remember,
+        placeholder="your name", help="Your labels are stored under this name (remembered).",
+    )
+    if not st.session_state["annotator"]:
+        st.sidebar.caption("Enter your name to label memes.")
+    st.sidebar.caption(f"DB: `{_short_url(settings.db_url)}`  \nMemes: `{settings.memes_dir}`")
+    return st.session_state["annotator"]
+
+
+def _short_url(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)  # never show a password
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def md_escape(text: str | None) -> str:
+    """User/model text made inert for st.markdown (no markdown, no HTML)."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text or "", quote=False)).replace("\n", "  \n")
+
+
+def run_job_widget(
+    ctx: Ctx, step: Step, image_ids: Sequence[int], *, batch_size: int = 8, workers: int = 1, force: bool = False,
+    key: str = "job",
+) -> JobSummary | None:
+    """Run a step with a progress bar, rate and ETA. The Cancel button reruns the page,
+    which stops the job after the batch in flight (that batch is already committed)."""
+    bar = st.progress(0.0, text=f"{step.name}: starting…")
+    st.button("Cancel", key=f"{key}_cancel", help="Stops after the current batch; finished batches are kept.")
+
+    def on_progress(p: Progress) -> None:
+        bar.progress(p.fraction, text=f"{step.name}: {p.describe()}")
+
+    try:
+        summary = run_step(
+            ctx.db_url, step, image_ids, memes_dir=ctx.settings.memes_dir, lock_dir=ctx.settings.artefacts_dir,
+            batch_size=batch_size, workers=workers, force=force, on_progress=on_progress,
+        )
+    except JobBusy as exc:
+        bar.empty()
+        st.warning(str(exc))
+        return None
+    show_job_summary(summary)
+    return summary
+
+
+def show_job_summary(summary: JobSummary) -> None:
+    text = summary.describe()
+    if summary.status == "failed":
+        st.error(text)
+    elif summary.failed or summary.status == "cancelled":
+        st.warning(text)
+    else:
+        st.success(text)
+    if summary.errors:
+        with st.expander(f"Per-image errors ({summary.failed})"):
+            st.dataframe([{"image": i, "error": e} for i, e in summary.errors], hide_index=True)
+
+
+def thumbnail(ctx: Ctx, sha256: str, rel_path: str) -> Path | None:
+    """Cached thumbnail path for display (None when the file is unreadable)."""
+    from workbench.images import ensure_thumbnail
+
+    try:
+        return ensure_thumbnail(ctx.settings.thumbnails_dir, sha256, ctx.settings.memes_dir / rel_path)
+    except Exception:  # noqa: BLE001 - a broken file shows as a placeholder, never breaks the page
+        return None
