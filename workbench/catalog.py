@@ -43,7 +43,13 @@ def image_ids(session: Session, selection: str = "all", folder: str | None = Non
     return ids[:limit] if limit else ids
 
 
+def count_present(session: Session) -> int:
+    """Number of images whose file was present at the last scan."""
+    return session.scalar(select(func.count()).select_from(Image).where(Image.missing.is_(False))) or 0
+
+
 def folders(session: Session) -> list[str]:
+    """Distinct first-level folders of present images ('' = the memes root)."""
     return list(session.scalars(select(Image.folder).where(Image.missing.is_(False)).distinct().order_by(Image.folder)))
 
 
@@ -102,3 +108,30 @@ def stats(session: Session) -> dict[str, object]:
 
 def image_path(memes_dir: Path, image: Image) -> Path:
     return memes_dir / image.path
+
+
+@dataclass(frozen=True)
+class RunPrediction:
+    """One model run's verdict on one image, for the labeling page."""
+
+    run_id: int
+    run_name: str
+    kind: str
+    model_id: str
+    label: str
+    prob_toxic: float | None
+    explanation: str | None
+    error: str | None
+    created_at: object
+
+
+def image_predictions(session: Session, image_id: int) -> list[RunPrediction]:
+    """Every model run's prediction for one image, oldest run first."""
+    rows = session.execute(
+        select(ModelRun.id, ModelRun.name, ModelRun.kind, ModelRun.model_id, Prediction.label, Prediction.prob_toxic,
+               Prediction.explanation, Prediction.error, Prediction.created_at)
+        .join(ModelRun, ModelRun.id == Prediction.run_id)
+        .where(Prediction.image_id == image_id)
+        .order_by(ModelRun.created_at, ModelRun.id)
+    ).all()
+    return [RunPrediction(r[0], r[1] or r[3], *r[2:]) for r in rows]

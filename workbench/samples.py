@@ -179,3 +179,12 @@ def write_sample_memes(
         im.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
         out.append(SampleMeme(path, caption, label))
     return out
+
+
+def next_free_seed(memes_dir: Path) -> int:
+    """The smallest seed whose demo files do not exist yet, so another demo set adds new memes."""
+    used = {int(p.name.split("_")[1]) for p in memes_dir.rglob("demo_*_*") if p.name.split("_")[1].isdigit()}
+    seed = 0
+    while seed in used:
+        seed += 1
+    return seed

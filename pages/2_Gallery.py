@@ -1,0 +1,66 @@
+"""Gallery: thumbnails with filters (label, folder, annotator, text in file name / OCR)
+and pagination; each meme links to the Label page for (re)labeling."""
+
+from workbench import ui
+
+ctx = ui.bootstrap("Gallery", "🖼️")
+
+import streamlit as st  # noqa: E402
+
+from workbench import catalog, labels  # noqa: E402
+
+LABEL_FILTERS = {"any label": None, "toxic": "toxic", "neutral": "non_toxic", "unlabeled": "unlabeled"}
+LABEL_BADGES = {"toxic": "🟥 toxic", "non_toxic": "🟩 neutral", None: "⬜ unlabeled"}
+ANY = "(any)"
+COLUMNS = 6
+state = st.session_state
+
+with ctx.session() as session:
+    folder_names = catalog.folders(session)
+    annotator_names = labels.annotators(session)
+
+st.title("Gallery")
+f = st.columns([1, 1, 1, 2, 1])
+label_choice = f[0].selectbox("Label", list(LABEL_FILTERS), key="gal_label")
+folder_choice = f[1].selectbox("Folder", [ANY, *folder_names], key="gal_folder",
+                               format_func=lambda x: x or "(memes root)")
+annotator_choice = f[2].selectbox("Labeled by", [ANY, *annotator_names], key="gal_annotator")
+text = f[3].text_input("Search file name and meme text", key="gal_text", max_chars=200).strip()
+page_size = f[4].selectbox("Per page", (24, 48, 96), index=1, key="gal_page_size")
+
+filters = (label_choice, folder_choice, annotator_choice, text, page_size)
+if state.get("gal_filters") != filters:  # new filters start at the first page
+    state["gal_filters"], state["gal_page"] = filters, 0
+
+with ctx.session() as session:
+    cards, total = catalog.gallery_page(
+        session, label=LABEL_FILTERS[label_choice], folder=None if folder_choice == ANY else folder_choice,
+        annotator=None if annotator_choice == ANY else annotator_choice, text=text or None,
+        page=state["gal_page"], page_size=page_size)
+n_pages = max(1, -(-total // page_size))
+state["gal_page"] = min(state["gal_page"], n_pages - 1)
+
+
+def _turn(delta: int) -> None:
+    state["gal_page"] = max(0, min(n_pages - 1, state["gal_page"] + delta))
+
+
+nav = st.columns([1, 1, 4])
+nav[0].button("← Previous", key="gal_prev", on_click=_turn, args=(-1,), disabled=state["gal_page"] == 0)
+nav[1].button("Next →", key="gal_next", on_click=_turn, args=(1,), disabled=state["gal_page"] >= n_pages - 1)
+nav[2].caption(f"{total} memes match · page {state['gal_page'] + 1} of {n_pages}")
+
+if not cards:
+    filtered = label_choice != "any label" or folder_choice != ANY or annotator_choice != ANY or bool(text)
+    st.info("No memes match these filters." if filtered else "No memes yet. Add some on the Data page.")
+for start in range(0, len(cards), COLUMNS):
+    for col, card in zip(st.columns(COLUMNS), cards[start : start + COLUMNS]):
+        with col:
+            thumb = ui.thumbnail(ctx, card.sha256, card.path)
+            if thumb is not None:
+                st.image(str(thumb), width="stretch")
+            else:
+                st.caption("⚠️ file missing or unreadable")
+            st.page_link("pages/1_Label.py", label=ui.md_escape(card.path.rsplit("/", 1)[-1][:60]),
+                         query_params={"image": str(card.id)}, help=f"Open #{card.id} on the Label page")
+            st.caption(LABEL_BADGES.get(card.label, card.label))

@@ -1,0 +1,102 @@
+"""Data: scan the memes folder, upload memes, import / export annotations.csv, demo set.
+
+Every action shows a per-file (or per-row) report table; a bad file never stops the rest.
+"""
+
+from workbench import ui
+
+ctx = ui.bootstrap("Data", "📥")
+
+import streamlit as st  # noqa: E402
+
+from workbench import annotations, ingest, samples  # noqa: E402
+
+UPLOAD_TARGETS = {"unlabeled (uploads/)": None, "toxic (Негативно/)": "toxic", "neutral (Нейтрально/)": "non_toxic"}
+IMPORT_MODES = {
+    "All or nothing: any problem row → nothing is imported": True,
+    "Valid rows only: import good rows, skip and list the problem rows": False,
+}
+state = st.session_state
+
+
+def show_ingest_report(report: ingest.IngestReport, key: str) -> None:
+    """Summary line + the per-file table (problems first)."""
+    rejected = report.count("rejected")
+    (st.warning if rejected else st.success)(f"{len(report.files)} files: {report.summary()}")
+    order = {"rejected": 0, "duplicate": 1, "moved": 2, "added": 3, "ignored": 4, "unchanged": 5}
+    rows = sorted(report.rows(), key=lambda r: order.get(str(r["status"]), 9))
+    if rows:
+        st.dataframe(rows, hide_index=True, key=key, column_config={"reason": st.column_config.TextColumn(width="large")})
+
+
+st.title("Data")
+st.caption(f"Memes folder: `{ctx.settings.memes_dir}` — files are stored relative to it.")
+
+# ---- scan --------------------------------------------------------------------
+st.subheader("Scan the memes folder")
+st.caption("`Негативно`/`toxic` → toxic, `Нейтрально`/`neutral`/`non_toxic` → neutral, other folders → unlabeled. "
+           "Re-scans only read new or changed files; moved files keep their labels.")
+if st.button("Scan folder", key="data_scan", type="primary"):
+    bar = st.progress(0.0, text="Scanning…")
+    with ctx.session() as session:
+        report = ingest.scan_folder(session, ctx.settings.memes_dir,
+                                    on_progress=lambda n, total: bar.progress(n / total, text=f"{n} / {total} files"))
+    bar.empty()
+    show_ingest_report(report, "data_scan_report")
+
+# ---- upload ------------------------------------------------------------------
+st.subheader("Upload memes")
+state.setdefault("data_upload_round", 0)
+target = st.radio("Put the uploaded memes into", list(UPLOAD_TARGETS), horizontal=True, key="data_upload_target")
+uploaded = st.file_uploader("jpg / png / gif / webp, up to 25 MB each — drag and drop many at once",
+                            accept_multiple_files=True, key=f"data_upload_{state['data_upload_round']}")
+label = UPLOAD_TARGETS[target]
+if label and not ctx.annotator:
+    st.caption("Without an annotator name the label is stored as coming from the folder ('folder').")
+if st.button(f"Store {len(uploaded or [])} files", key="data_store", disabled=not uploaded):
+    with ctx.session() as session:
+        report = ingest.store_uploads(session, ctx.settings.memes_dir, ((f.name, f.getvalue()) for f in uploaded),
+                                      label=label, annotator=ctx.annotator or None)
+    state["data_upload_round"] += 1  # a fresh uploader, so the same files are not stored twice by accident
+    state["data_upload_report"] = report
+if state.get("data_upload_report") is not None:
+    show_ingest_report(state["data_upload_report"], "data_upload_report_table")
+
+# ---- import ------------------------------------------------------------------
+st.subheader("Import annotations.csv")
+st.caption("The notebook's format: header `filename,label`, `filename` relative to the memes folder, "
+           "`label` toxic or non_toxic. Labels are stored by the annotator `import` (people's labels outrank it).")
+csv_file = st.file_uploader("annotations.csv", type=["csv", "txt"], key="data_import_file")
+mode = st.radio("When some rows have problems", list(IMPORT_MODES), key="data_import_mode")
+if st.button("Import", key="data_import", disabled=csv_file is None):
+    with ctx.session() as session:
+        result = annotations.import_annotations(session, ctx.settings.memes_dir, csv_file.getvalue(),
+                                                all_or_nothing=IMPORT_MODES[mode])
+    (st.success if result.applied and not result.issues else st.warning if result.applied else st.error)(
+        ui.md_escape(result.summary()))
+    if result.issues:
+        st.dataframe([{"line": i.line, "filename": i.filename, "problem": i.problem} for i in result.issues],
+                     hide_index=True, key="data_import_report")
+
+# ---- demo --------------------------------------------------------------------
+st.subheader("Demo set")
+st.caption("Generated meme-like images with Russian captions, half toxic, half neutral, written into the label "
+           "folders and ingested. Handy for trying the workbench without real data.")
+n_demo = st.number_input("How many", min_value=2, max_value=2000, value=40, step=10, key="data_demo_n")
+if st.button("Generate demo set", key="data_demo"):
+    with st.spinner("Drawing memes…"):
+        seed = samples.next_free_seed(ctx.settings.memes_dir)  # another click adds new memes
+        written = samples.write_sample_memes(ctx.settings.memes_dir, n=int(n_demo), seed=seed)
+        with ctx.session() as session:
+            report = ingest.scan_folder(session, ctx.settings.memes_dir)
+    st.success(f"Generated {len(written)} memes. Ingest: {report.summary()}")
+
+# ---- export ------------------------------------------------------------------
+st.subheader("Export annotations.csv")
+with ctx.session() as session:
+    csv_text = annotations.export_annotations(session)
+n_rows = csv_text.count("\n") - 1
+st.caption(f"{n_rows} labeled memes, one row each with the consensus label "
+           "(people outrank folder/import labels; majority; a tie goes to the most recent label).")
+st.download_button("Download annotations.csv", data=csv_text.encode("utf-8"), file_name="annotations.csv",
+                   mime="text/csv", key="data_export", disabled=n_rows == 0)
