@@ -69,6 +69,10 @@ class Predictor:
     def model_id(self) -> str:
         return str(self.config().get("model", self.kind))
 
+    def prepare(self, session: Session) -> None:
+        """Read what the config depends on from the DB before the run's fingerprint is taken
+        (trained predictors: the current labels). Cheap reads only; heavy work goes in load()."""
+
     def load(self) -> None:
         """Load weights once (cached per config in the process); raise ModelUnavailable if impossible."""
 
@@ -123,6 +127,7 @@ class PredictorStep(Step):
         return self.predictor.fingerprint()
 
     def begin(self, session: Session) -> int | None:
+        self.predictor.prepare(session)
         run = get_or_create_run(session, self.predictor)
         run.status = "running"
         session.commit()
