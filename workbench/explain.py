@@ -1,0 +1,352 @@
+"""CAM explanations over CLIP's vision tower (pytorch-grad-cam), cached as PNG.
+
+Two kinds of map:
+- EigenCAM (`eigencam`): the first principal component of the last ViT block's patch
+  tokens, as in the research notebook. Not class-specific: the same map whatever the prompt.
+- Class-specific (`gradcam`, `eigengradcam`): Grad-CAM / EigenGradCAM on the image-text
+  similarity of a chosen class prompt. With several prompts (e.g. toxic vs neutral) the
+  target is the prompt's log-softmax over them, so the map shows what pushes the image
+  towards that class rather than towards the others.
+
+Facts that shaped the code (grad-cam 1.5.7, transformers 5): CLIP modules return output
+objects, which grad-cam cannot use, so `ClipImageTower` wraps the model and returns a float
+tensor; ViT activations are (batch, tokens, channels), so `vit_reshape` drops the CLS token
+and folds the rest onto the patch grid (gradient methods fail with "Invalid grads shape"
+without it); numpy has no bfloat16, so everything handed to grad-cam is cast to float32.
+
+The model sees the whole meme squashed to its input size (no centre crop), so captions at
+the top and bottom are explained too; the map is resized back to the image's size.
+
+Maps are cached under `<artefacts>/cam/` as 8-bit grayscale PNGs, keyed by image sha256 +
+model + dtype + method + prompts; overlays with any opacity are drawn from the cached map.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.images import load_rgb, sha256_file
+from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
+from workbench.schema import Image
+
+CAM_VERSION = 1  # bump when the meaning of a stored map changes
+METHODS = ("eigencam", "gradcam", "eigengradcam")
+CLASS_METHODS = ("gradcam", "eigengradcam")
+METHOD_TITLES = {
+    "eigencam": "EigenCAM (not class-specific)",
+    "gradcam": "Grad-CAM on the class prompt",
+    "eigengradcam": "EigenGradCAM on the class prompt",
+}
+# Same wording as the CLIP predictor's defaults when it has none to offer.
+DEFAULT_CLASS_PROMPTS = {"toxic": "a toxic, offensive meme", "non_toxic": "a neutral, harmless meme"}
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class CamRequest:
+    """What to explain with: the CLIP model, the method and (class methods) the prompts.
+
+    `prompts[target]` is the class prompt; the other prompts are its contrast classes.
+    EigenCAM ignores prompts (they are left out of its cache key).
+    """
+
+    model: str
+    method: str = "eigencam"
+    prompts: tuple[str, ...] = ()
+    target: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown CAM method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.method in CLASS_METHODS:
+            if not self.prompts or not any(p.strip() for p in self.prompts):
+                raise ValueError(f"{self.method} needs a class prompt")
+            if not 0 <= self.target < len(self.prompts):
+                raise ValueError(f"target {self.target} is not one of the {len(self.prompts)} prompts")
+
+    @property
+    def class_specific(self) -> bool:
+        return self.method in CLASS_METHODS
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the map (the cache key without the image)."""
+        cfg: dict[str, Any] = {"model": self.model, "dtype": self.dtype, "method": self.method, "v": CAM_VERSION}
+        if self.class_specific:
+            cfg["prompts"] = list(self.prompts)
+            cfg["target"] = self.target
+        return cfg
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.config())
+
+    def describe(self) -> str:
+        if self.class_specific:
+            return f"{self.method} on “{self.prompts[self.target]}”"
+        return self.method
+
+
+@dataclass
+class CamResult:
+    """A map in [0, 1] with the image's (height, width), where it is cached, and whether it was computed now."""
+
+    cam: np.ndarray
+    path: Path
+    computed: bool
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- the model side
+
+def _torch():  # noqa: ANN202 - torch is imported lazily: the app must start without it
+    import torch
+
+    return torch
+
+
+def vit_reshape(tensor: Any) -> Any:
+    """(batch, 1 + h*w, channels) ViT tokens -> (batch, channels, h, w) float32, CLS dropped."""
+    if isinstance(tensor, tuple):  # some layers return (hidden, attn)
+        tensor = tensor[0]
+    patches = tensor[:, 1:, :]
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
+    grid = patches.reshape(tensor.shape[0], side, side, tensor.shape[2])
+    return grid.permute(0, 3, 1, 2).float()  # float32: numpy cannot hold bfloat16
+
+
+def _features(output: Any) -> Any:
+    """The embedding tensor from get_*_features (a tensor in transformers 4, an output object in 5)."""
+    return output if hasattr(output, "shape") else output.pooler_output
+
+
+def _make_tower(clip: Any, text_embeds: Any | None) -> Any:
+    torch = _torch()
+
+    class ClipImageTower(torch.nn.Module):
+        """CLIP's vision tower as a plain tensor function for grad-cam: image embeddings, or
+        logit-scaled cosine similarities to fixed text embeddings (one column per prompt)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = clip
+            self.register_buffer("text_embeds", text_embeds, persistent=False)
+
+        def forward(self, pixel_values: Any) -> Any:
+            out = self.clip.vision_model(pixel_values=pixel_values)
+            image = self.clip.visual_projection(out.pooler_output)
+            if self.text_embeds is None:
+                return image.float()
+            image = image.float()
+            image = image / image.norm(dim=-1, keepdim=True)
+            return self.clip.logit_scale.exp().float() * image @ self.text_embeds.T
+
+    return ClipImageTower()
+
+
+def target_layer(clip: Any) -> Any:
+    """The layer explained: the last encoder block's first LayerNorm. Its patch tokens still
+    feed the CLS token through that block's attention, so gradients reach them (at the block's
+    output only the CLS token is used and patch gradients would be zero)."""
+    return clip.vision_model.encoder.layers[-1].layer_norm1
+
+
+def pixel_values(clip: Any, processor: Any, image: PILImage.Image) -> Any:
+    """The whole image squashed to the model's input size, normalised like the processor does."""
+    torch = _torch()
+    side = int(clip.config.vision_config.image_size)
+    ip = getattr(processor, "image_processor", processor)
+    mean = np.asarray(getattr(ip, "image_mean", None) or OPENAI_CLIP_MEAN, dtype=np.float32)
+    std = np.asarray(getattr(ip, "image_std", None) or OPENAI_CLIP_STD, dtype=np.float32)
+    arr = np.asarray(image.convert("RGB").resize((side, side), PILImage.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    arr = (arr - mean) / std
+    param = next(clip.parameters())
+    return torch.from_numpy(arr.transpose(2, 0, 1)[None].copy()).to(device=param.device, dtype=param.dtype)
+
+
+def text_embeddings(clip: Any, processor: Any, prompts: Sequence[str]) -> Any:
+    """L2-normalised float32 text embeddings of the prompts (no gradients)."""
+    torch = _torch()
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokens = tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
+    device = next(clip.parameters()).device
+    with torch.no_grad():
+        emb = _features(clip.get_text_features(**{k: v.to(device) for k, v in tokens.items()})).float()
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
+def compute_cam(clip: Any, processor: Any, image: PILImage.Image, request: CamRequest) -> np.ndarray:
+    """The map for one image, float32 in [0, 1], shape (image height, image width)."""
+    torch = _torch()
+    from pytorch_grad_cam import EigenCAM, EigenGradCAM, GradCAM
+
+    x = pixel_values(clip, processor, image)
+    layers = [target_layer(clip)]
+    if request.class_specific:
+        tower = _make_tower(clip, text_embeddings(clip, processor, request.prompts))
+        method = GradCAM if request.method == "gradcam" else EigenGradCAM
+        index, contrast = request.target, len(request.prompts) > 1
+
+        def target(output: Any) -> Any:
+            return torch.log_softmax(output, dim=-1)[index] if contrast else output[index]
+
+        with torch.enable_grad():
+            x.requires_grad_(True)  # activations need a graph even when the weights are frozen
+            with method(model=tower, target_layers=layers, reshape_transform=vit_reshape) as cam:
+                grayscale = cam(input_tensor=x, targets=[target])
+    else:
+        tower = _make_tower(clip, None)
+        with torch.no_grad(), EigenCAM(model=tower, target_layers=layers, reshape_transform=vit_reshape) as cam:
+            grayscale = cam(input_tensor=x, targets=None)
+    grid = np.nan_to_num(np.asarray(grayscale[0], dtype=np.float32))
+    resized = np.asarray(PILImage.fromarray(grid, mode="F").resize(image.size, PILImage.Resampling.BILINEAR))
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------- cache
+
+def cam_dir(artefacts_dir: Path) -> Path:
+    return artefacts_dir / "cam"
+
+
+def cam_key(sha256: str, request: CamRequest) -> str:
+    """Cache key of one map: the image content + everything in the request."""
+    return fingerprint({"image": sha256, **request.config()}, length=24)
+
+
+def cam_path(artefacts_dir: Path, sha256: str, request: CamRequest) -> Path:
+    key = cam_key(sha256, request)
+    return cam_dir(artefacts_dir) / key[:2] / f"{key}.png"
+
+
+def read_cam(path: Path) -> np.ndarray:
+    with PILImage.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
+def write_cam(path: Path, cam: np.ndarray) -> None:
+    """Store a map as an 8-bit grayscale PNG (written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    PILImage.fromarray(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").save(tmp, "PNG")
+    tmp.replace(path)
+
+
+ModelLoader = Callable[[CamRequest], tuple[Any, Any]]
+
+
+def load_clip_for(request: CamRequest) -> tuple[Any, Any]:
+    """(model, processor) for the request, through the CLIP predictor's cached loader
+    (one load per model and dtype per process; ModelUnavailable when it cannot load)."""
+    from workbench.predictors.clip import load_clip
+
+    return load_clip(request.model, dtype=request.dtype)
+
+
+def explain(
+    artefacts_dir: Path,
+    image_path: Path,
+    request: CamRequest,
+    *,
+    sha256: str | None = None,
+    loader: ModelLoader = load_clip_for,
+    force: bool = False,
+) -> CamResult:
+    """The map of one image: read from the cache, or computed (model loaded on demand) and cached."""
+    sha256 = sha256 or sha256_file(image_path)
+    path = cam_path(artefacts_dir, sha256, request)
+    if path.exists() and not force:
+        return CamResult(read_cam(path), path, computed=False)
+    image = load_rgb(image_path)
+    clip, processor = loader(request)
+    t0 = time.perf_counter()
+    cam = compute_cam(clip, processor, image, request)
+    seconds = time.perf_counter() - t0
+    write_cam(path, cam)
+    return CamResult(read_cam(path), path, computed=True, seconds=seconds)
+
+
+def cached_cam(artefacts_dir: Path, sha256: str, request: CamRequest) -> np.ndarray | None:
+    """The cached map, or None (never computes: for reports and cards)."""
+    path = cam_path(artefacts_dir, sha256, request)
+    return read_cam(path) if path.exists() else None
+
+
+# ---------------------------------------------------------------- overlays
+
+def heatmap(cam: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] as an RGB uint8 'jet' heatmap (OpenCV's colormap, as grad-cam uses)."""
+    import cv2
+
+    bgr = cv2.applyColorMap(np.uint8(np.round(np.clip(cam, 0, 1) * 255)), cv2.COLORMAP_JET)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def overlay(image: PILImage.Image, cam: np.ndarray, opacity: float = 0.5) -> PILImage.Image:
+    """The image with the heatmap blended on top; `opacity` 0 = image only, 1 = heatmap only."""
+    opacity = float(min(1.0, max(0.0, opacity)))
+    rgb = image.convert("RGB")
+    if cam.shape != (rgb.height, rgb.width):
+        cam = np.asarray(PILImage.fromarray(cam.astype(np.float32), mode="F").resize(rgb.size, PILImage.Resampling.BILINEAR))
+    base = np.asarray(rgb, dtype=np.float32)
+    blended = (1.0 - opacity) * base + opacity * heatmap(cam).astype(np.float32)
+    return PILImage.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), mode="RGB")
+
+
+# ---------------------------------------------------------------- batch step
+
+@dataclass
+class CamStep(Step):
+    """Computes and caches one kind of map for a selection through the job runner.
+    The PNG files are the stored result; the jobs table tracks progress."""
+
+    request: CamRequest
+    artefacts_dir: Path
+    loader: ModelLoader = load_clip_for
+    kind = "cam"  # type: ignore[misc]
+    _model: tuple[Any, Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = f"cam:{self.request.describe()}:{self.request.model}"
+
+    def fingerprint(self) -> str:
+        return self.request.fingerprint()
+
+    def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
+        ids = list(image_ids)
+        done: set[int] = set()
+        for start in range(0, len(ids), 900):
+            rows = session.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids[start : start + 900])))
+            done.update(i for i, sha in rows if cam_path(self.artefacts_dir, sha, self.request).exists())
+        return done
+
+    def load(self) -> None:
+        if self._model is None:
+            self._model = self.loader(self.request)
+
+    def process(self, items: list[WorkItem]) -> list[ItemResult]:
+        self.load()
+        loaded = self._model
+        results = []
+        for item in items:
+            t0 = time.perf_counter()
+            try:
+                result = explain(self.artefacts_dir, item.path, self.request, loader=lambda _r: loaded, force=True)
+                results.append(ItemResult(item.image_id, value=str(result.path), duration_ms=(time.perf_counter() - t0) * 1000))
+            except Exception as exc:  # noqa: BLE001 - one unreadable meme must not stop the batch
+                results.append(ItemResult(item.image_id, error=f"{type(exc).__name__}: {exc}"))
+        return results
+
+    def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
+        """Nothing to add to the DB: each map was written to its PNG in `process`."""
