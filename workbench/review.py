@@ -1,0 +1,167 @@
+"""Disagreement review: where two runs and the people part ways.
+
+Plain queries over the outcomes in workbench.outcomes:
+- the 2x2 of run A right/wrong x run B right/wrong (vs the human consensus) with the
+  exact McNemar p-value, and the images behind each cell;
+- "A and B agree but both differ from the human": candidates for label errors;
+- a queue of suspected label issues, ranked by how confidently the models contradict
+  the human label;
+- the details a review card shows for one image.
+
+Suspected-label-issue score (our own, not cleanlab — it is not a dependency): for each
+run that gave the image a class, its confidence in the class *opposite* to the human
+label — 1 - p(human label), i.e. 1 minus cleanlab's "self-confidence" label-quality
+score — using prob_toxic when the run has one and 1/0 for a hard label without
+probability; the score is the mean over those runs. Cleanlab's confident-learning
+thresholds need out-of-sample probabilities from a model trained on these labels;
+our runs are zero-shot models, so the plain, explainable average is the honest choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.labels import consensus_from, current_labels
+from workbench.metrics import McNemar, mcnemar_from_table
+from workbench.outcomes import RunData, paired_arrays
+from workbench.schema import Image, Prediction
+from workbench.texts import best_texts
+
+CELLS = ("both right", "A right, B wrong", "A wrong, B right", "both wrong")
+AGREE_WRONG = "A and B agree, both differ from human"
+EXCLUDED = "A or B gave no class"
+
+
+@dataclass(frozen=True)
+class PairTable:
+    """The 2x2 of two runs' correctness, with the image ids behind each cell."""
+
+    run_a: int
+    run_b: int
+    cells: dict[str, list[int]]  # CELLS + AGREE_WRONG + EXCLUDED -> image ids
+    mcnemar: McNemar
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {name: len(ids) for name, ids in self.cells.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_a": self.run_a, "run_b": self.run_b, "counts": self.counts, "mcnemar": self.mcnemar.to_dict(),
+                "cells": self.cells}
+
+
+def pair_table(a: RunData, b: RunData) -> PairTable:
+    """Run A vs run B on the labeled images where both gave a class (the rest: EXCLUDED)."""
+    pa = paired_arrays(a, b)
+    ids, ca, cb = pa["image_ids"], pa["correct_a"], pa["correct_b"]
+    labeled = pa["true"] >= 0
+    both = (ca >= 0) & (cb >= 0)
+    masks = {
+        CELLS[0]: both & (ca == 1) & (cb == 1),
+        CELLS[1]: both & (ca == 1) & (cb == 0),
+        CELLS[2]: both & (ca == 0) & (cb == 1),
+        CELLS[3]: both & (ca == 0) & (cb == 0),
+    }
+    masks[AGREE_WRONG] = masks[CELLS[3]] & (pa["pred_a"] == pa["pred_b"])
+    masks[EXCLUDED] = labeled & ~both
+    cells = {name: ids[m].tolist() for name, m in masks.items()}
+    table = [[len(cells[CELLS[0]]), len(cells[CELLS[1]])], [len(cells[CELLS[2]]), len(cells[CELLS[3]])]]
+    return PairTable(a.run.id, b.run.id, cells, mcnemar_from_table(table, len(cells[EXCLUDED])))
+
+
+@dataclass(frozen=True)
+class LabelIssue:
+    """One image whose human label the models contradict."""
+
+    image_id: int
+    human: str
+    score: float  # mean confidence of the runs in the opposite class (0..1)
+    n_runs: int  # runs that gave this image a class
+    n_contradicting: int  # of those, runs whose class differs from the human label
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def suspected_label_issues(datas: Sequence[RunData], min_score: float = 0.5,
+                           limit: int | None = None) -> list[LabelIssue]:
+    """Labeled images ranked by how confidently the runs contradict the human label (the
+    score in the module docstring); only those scoring at least `min_score`."""
+    sums: dict[int, float] = {}
+    n_runs: dict[int, int] = {}
+    n_contra: dict[int, int] = {}
+    human: dict[int, int] = {}
+    for data in datas:
+        use = (data.true >= 0) & (data.pred <= 1)
+        ids, t, p, prob = data.image_ids[use], data.true[use], data.pred[use], data.prob[use]
+        p_toxic = np.where(np.isnan(prob), p.astype(np.float64), prob)  # hard label as 1/0 without a prob
+        opposite = np.where(t == 1, 1.0 - p_toxic, p_toxic)
+        for image_id, truth, said, conf in zip(ids.tolist(), t.tolist(), p.tolist(), opposite.tolist()):
+            sums[image_id] = sums.get(image_id, 0.0) + conf
+            n_runs[image_id] = n_runs.get(image_id, 0) + 1
+            n_contra[image_id] = n_contra.get(image_id, 0) + int(said != truth)
+            human[image_id] = truth
+    issues = [
+        LabelIssue(i, "toxic" if human[i] == 1 else "non_toxic", sums[i] / n_runs[i], n_runs[i], n_contra[i])
+        for i in sums
+    ]
+    issues = [x for x in issues if x.score >= min_score]
+    issues.sort(key=lambda x: (-x.score, -x.n_contradicting, x.image_id))
+    return issues[:limit] if limit else issues
+
+
+@dataclass(frozen=True)
+class CardPrediction:
+    run_id: int
+    label: str | None  # None = the run has no prediction for this image
+    prob_toxic: float | None
+    explanation: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Card:
+    """Everything a review card shows for one image."""
+
+    image_id: int
+    path: str
+    sha256: str
+    folder: str
+    consensus: str | None
+    human_labels: list[tuple[str, str]]  # (annotator, label), current labels
+    predictions: list[CardPrediction] = field(default_factory=list)  # in the order of run_ids asked
+    ocr_text: str = ""
+
+
+def cards(session: Session, image_ids: Sequence[int], run_ids: Sequence[int]) -> list[Card]:
+    """Review cards for images (in the order given), with each run's prediction."""
+    ids = list(dict.fromkeys(int(i) for i in image_ids))
+    if not ids:
+        return []
+    images = {img.id: img for img in session.scalars(select(Image).where(Image.id.in_(ids)))}
+    labels: dict[int, list] = {}
+    for c in current_labels(session, ids):
+        labels.setdefault(c.image_id, []).append(c)
+    preds = {(p.run_id, p.image_id): p for p in session.scalars(
+        select(Prediction).where(Prediction.image_id.in_(ids), Prediction.run_id.in_(list(run_ids))))}
+    texts = best_texts(session, ids)
+    out = []
+    for i in ids:
+        img = images.get(i)
+        if img is None:
+            continue
+        current = sorted(labels.get(i, []), key=lambda c: c.annotator)
+        predictions = []
+        for run_id in run_ids:
+            p = preds.get((run_id, i))
+            predictions.append(CardPrediction(run_id, p.label if p else None, p.prob_toxic if p else None,
+                                              p.explanation if p else None, p.error if p else None))
+        out.append(Card(i, img.path, img.sha256, img.folder, consensus_from(current),
+                        [(c.annotator, c.label) for c in current], predictions, texts.get(i, "")))
+    return out
