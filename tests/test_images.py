@@ -1,0 +1,181 @@
+"""File validation and the one image loader: a table of every kind of file people drop in."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workbench.config import MAX_UPLOAD_BYTES
+from workbench.images import InvalidImage, ensure_thumbnail, load_rgb, safe_filename, validate_bytes
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def solid(colour: tuple[int, int, int] = RED, size: tuple[int, int] = (32, 24), mode: str = "RGB") -> Image.Image:
+    return Image.new(mode, size, colour)
+
+
+def halves(size: tuple[int, int] = (40, 20)) -> Image.Image:
+    """Left half red, right half blue: shows which way the image was turned."""
+    im = solid(RED, size)
+    im.paste(BLUE, (size[0] // 2, 0, size[0], size[1]))
+    return im
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    return encode(halves(), "JPEG", quality=95, exif=exif)
+
+
+def animated_gif() -> bytes:
+    frames = [solid(RED).convert("P"), solid(BLUE).convert("P")]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(Image.new("CMYK", (32, 24), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
+
+
+def png16(value: int) -> bytes:
+    return encode(Image.fromarray(np.full((24, 32), value, dtype=np.uint16)), "PNG")
+
+
+def palette_with_transparency() -> bytes:
+    im = Image.new("P", (32, 24), 0)
+    im.putpalette([0, 0, 0] + [255, 0, 0] + [0] * 762)
+    im.paste(1, (16, 0, 32, 24))  # right half red, left half index 0 = transparent
+    return encode(im, "PNG", transparency=0)
+
+
+def rgba_half_transparent() -> bytes:
+    im = Image.new("RGBA", (32, 24), (0, 0, 255, 0))  # fully transparent blue: must become white
+    im.paste((255, 0, 0, 255), (16, 0, 32, 24))
+    return encode(im, "PNG")
+
+
+def bomb_png() -> bytes:
+    """A real 16x16 PNG whose header claims 20000 x 20000 pixels (400 MP)."""
+    data = bytearray(encode(solid(RED, (16, 16)), "PNG"))
+    ihdr = bytearray(data[16:29])  # IHDR data: width, height, depth, colour, ...
+    ihdr[0:8] = struct.pack(">II", 20000, 20000)
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)))
+    return bytes(data)
+
+
+def truncated_jpeg() -> bytes:
+    data = encode(Image.effect_noise((64, 64), 60).convert("RGB"), "JPEG", quality=95)
+    return data[: len(data) // 2]
+
+
+def truncated_png() -> bytes:
+    data = encode(Image.effect_noise((64, 64), 60).convert("RGB"), "PNG")
+    return data[: len(data) // 2]
+
+
+def oversized() -> bytes:
+    return encode(solid(), "PNG") + b"\0" * (MAX_UPLOAD_BYTES + 1)
+
+
+# (case, bytes builder, expected format or None, expected error fragment or None)
+VALIDATION_CASES: list[tuple[str, Callable[[], bytes], str | None, str | None]] = [
+    ("jpg", lambda: encode(solid(), "JPEG"), "JPEG", None),
+    ("png", lambda: encode(solid(), "PNG"), "PNG", None),
+    ("gif", lambda: encode(solid().convert("P"), "GIF"), "GIF", None),
+    ("webp", lambda: encode(solid(), "WEBP"), "WEBP", None),
+    ("animated gif", animated_gif, "GIF", None),
+    ("cmyk jpeg", cmyk_jpeg, "JPEG", None),
+    ("16-bit png", lambda: png16(65535), "PNG", None),
+    ("palette png with transparency", palette_with_transparency, "PNG", None),
+    ("rgba png", rgba_half_transparent, "PNG", None),
+    ("exif-rotated jpeg", exif_rotated_jpeg, "JPEG", None),
+    ("over 25 MB", oversized, None, "limit is 25 MB"),
+    ("decompression bomb", bomb_png, None, "decompression bomb"),
+    ("truncated jpeg", truncated_jpeg, None, "truncated"),
+    ("truncated png", truncated_png, None, "png"),
+    ("corrupt jpeg", lambda: b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, None, "jpeg"),
+    ("corrupt png body", lambda: encode(solid(), "PNG")[:40] + b"garbage" * 50, None, "png"),
+    ("html named .png", lambda: b"<!DOCTYPE html><html><script>alert(1)</script></html>", None, "HTML"),
+    ("svg named .png", lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"></svg>', None, "SVG"),
+    ("bmp", lambda: encode(solid(), "BMP"), None, "BMP"),
+    ("pdf", lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", None, "PDF"),
+    ("empty", lambda: b"", None, "empty file"),
+    ("text", lambda: "просто текст".encode(), None, "not a jpg/png/gif/webp"),
+    ("4x4 pixels", lambda: encode(solid(RED, (4, 4)), "PNG"), None, "only 4x4"),
+]
+
+
+@pytest.mark.parametrize(("case", "build", "fmt", "error"), VALIDATION_CASES, ids=[c[0] for c in VALIDATION_CASES])
+def test_validation_table(case: str, build: Callable[[], bytes], fmt: str | None, error: str | None) -> None:
+    data = build()
+    if error is None:
+        info = validate_bytes(data)
+        assert info.format == fmt
+        assert info.bytes == len(data)
+        assert len(info.sha256) == 64
+    else:
+        with pytest.raises(InvalidImage) as exc:
+            validate_bytes(data)
+        assert error.lower() in str(exc.value).lower()
+
+
+def test_format_comes_from_content_not_extension(tmp_path) -> None:
+    """A PNG named .jpg is a PNG; ingest renames it to the sniffed format's extension."""
+    data = encode(solid(), "PNG")
+    assert validate_bytes(data).format == "PNG"
+    assert safe_filename("photo.jpg", "PNG") == "photo.png"
+    assert safe_filename("photo.jpeg", "JPEG") == "photo.jpeg"
+    assert safe_filename("../../etc/passwd.png", "PNG") == "passwd.png"
+
+
+def near(pixel: tuple[int, ...], colour: tuple[int, int, int], tol: int = 40) -> bool:
+    return all(abs(int(a) - b) <= tol for a, b in zip(pixel, colour))
+
+
+# (case, bytes builder, expected size after loading, [(xy, colour)])
+LOADER_CASES = [
+    ("exif orientation honoured", exif_rotated_jpeg, (20, 40), [((10, 5), RED), ((10, 35), BLUE)]),
+    ("animated gif -> first frame", animated_gif, (32, 24), [((5, 5), RED)]),
+    ("cmyk -> rgb", cmyk_jpeg, (32, 24), [((5, 5), RED)]),
+    ("16-bit white -> 255", lambda: png16(65535), (32, 24), [((5, 5), (255, 255, 255))]),
+    ("16-bit mid grey -> 128", lambda: png16(32768), (32, 24), [((5, 5), (128, 128, 128))]),
+    ("palette transparency -> white", palette_with_transparency, (32, 24), [((5, 5), (255, 255, 255)), ((25, 5), RED)]),
+    ("alpha composited on white", rgba_half_transparent, (32, 24), [((5, 5), (255, 255, 255)), ((25, 5), RED)]),
+    ("webp", lambda: encode(halves(), "WEBP", lossless=True), (40, 20), [((5, 5), RED), ((35, 5), BLUE)]),
+]
+
+
+@pytest.mark.parametrize(("case", "build", "size", "pixels"), LOADER_CASES, ids=[c[0] for c in LOADER_CASES])
+def test_load_rgb_table(case: str, build: Callable[[], bytes], size: tuple[int, int], pixels: list) -> None:
+    data = build()
+    im = load_rgb(data)
+    assert im.mode == "RGB"
+    assert im.size == size
+    assert validate_bytes(data).width == size[0]  # validation reports the oriented size too
+    for xy, colour in pixels:
+        assert near(im.getpixel(xy), colour, tol=12 if "16-bit" in case else 40), (case, xy, im.getpixel(xy))
+
+
+def test_thumbnail_is_made_once(tmp_path) -> None:
+    source = tmp_path / "meme.jpg"
+    source.write_bytes(exif_rotated_jpeg())
+    first = ensure_thumbnail(tmp_path / "thumbs", "ab" * 32, source, size=16)
+    stamp = first.stat().st_mtime_ns
+    source.write_bytes(b"not an image any more")  # a second call must not decode the source again
+    again = ensure_thumbnail(tmp_path / "thumbs", "ab" * 32, source, size=16)
+    assert again == first and again.stat().st_mtime_ns == stamp
+    with Image.open(first) as thumb:
+        assert thumb.size == (8, 16)  # portrait: the EXIF rotation is baked in
