@@ -97,23 +97,26 @@ def temporary_postgres(dbname: str = "workbench") -> Iterator[str]:
             raise PostgresUnavailable(f"pg_ctl start failed: {start.stderr.strip()[-300:]} {log}")
         started = True
         url = f"postgresql://{role}@127.0.0.1:{port}"
-        _create_database(url, dbname)
-        yield f"{url}/{dbname}"
+        yield create_database(f"{url}/postgres", dbname)
     finally:
         if started:
             _run([str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], user, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _create_database(url: str, dbname: str) -> None:
+def create_database(url: str, dbname: str) -> str:
+    """Create database `dbname` on the server of `url` (any database there); return its URL."""
     import psycopg
 
+    if not dbname.replace("_", "").isalnum():
+        raise ValueError(f"database name must be alphanumeric: {dbname!r}")
+    server = url.rsplit("/", 1)[0]
     deadline = time.monotonic() + 30
     while True:
         try:
-            with psycopg.connect(f"{url}/postgres", autocommit=True) as conn:
+            with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{dbname}"')
-            return
+            return f"{server}/{dbname}"
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
                 raise

@@ -1,0 +1,227 @@
+"""Concurrency and crash safety on a real SQLite file and a real PostgreSQL server.
+
+Two annotator processes write 500 labels each (one transaction per click, as the Label
+page does) while a prediction job writes batches: every row lands exactly once and no
+"database is locked" reaches anyone. A job SIGKILLed in the middle of a batch and then
+restarted leaves exactly one prediction per image for its run.
+
+The worker processes run this file as a script (`python tests/test_concurrency.py ...`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # when run as a worker script
+    sys.path.insert(0, str(REPO_ROOT))
+
+from workbench import db  # noqa: E402
+from workbench.jobs import job_status, run_step  # noqa: E402
+from workbench.predictors.base import PredictInput, PredictOutput, Predictor, PredictorStep  # noqa: E402
+from workbench.schema import Image, Job, Label, ModelRun, Prediction  # noqa: E402
+
+LABELS_PER_ANNOTATOR = 500
+N_IMAGES = 40
+
+
+class SlowMeanPredictor(Predictor):
+    """Deterministic test predictor: dark images are 'toxic'. `delay_s` per batch makes
+    the job overlap the annotators; `hang_on_batch` + `marker` let a test SIGKILL it
+    while a batch is in flight."""
+
+    kind = "test-mean"
+
+    def __init__(self, delay_s: float = 0.0, hang_on_batch: int | None = None, marker: str | None = None) -> None:
+        self.delay_s, self.hang_on_batch, self.marker = delay_s, hang_on_batch, marker
+        self.batches = 0
+
+    def config(self) -> dict:
+        return {"model": "mean-brightness"}  # delay/hang do not change outputs: same run on restart
+
+    def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
+        self.batches += 1
+        if self.hang_on_batch is not None and self.batches == self.hang_on_batch:
+            Path(self.marker or "").write_text(str(os.getpid()))
+            time.sleep(600)  # killed here, mid-batch
+        time.sleep(self.delay_s)
+        outs = []
+        for item in batch:
+            p = round(1 - float(np.asarray(item.image.convert("L")).mean()) / 255, 6)
+            outs.append(PredictOutput("toxic" if p > 0.5 else "non_toxic", p))
+        return outs
+
+
+# ---- worker entry points (run in separate processes) ----------------------------------------
+
+def annotate(url: str, annotator: str, n: int, go_file: str) -> None:
+    from workbench.labels import add_label
+
+    with db.session_scope(url) as session:
+        ids = list(session.scalars(select(Image.id).order_by(Image.id)))
+    while not Path(go_file).exists():
+        time.sleep(0.01)
+    for i in range(n):
+        with db.session_scope(url) as session:  # one click = one transaction
+            add_label(session, ids[i % len(ids)], "toxic" if (i + len(annotator)) % 2 else "non_toxic", annotator,
+                      note=f"{annotator}-{i}")
+
+
+def predict_job(url: str, memes_dir: str, lock_dir: str, delay_s: float, hang_on_batch: int | None,
+                marker: str | None, go_file: str | None) -> None:
+    while go_file and not Path(go_file).exists():
+        time.sleep(0.01)
+    with db.session_scope(url) as session:
+        ids = list(session.scalars(select(Image.id).order_by(Image.id)))
+    step = PredictorStep(SlowMeanPredictor(delay_s, hang_on_batch, marker))
+    summary = run_step(url, step, ids, memes_dir=Path(memes_dir), lock_dir=Path(lock_dir), batch_size=4)
+    print(summary.describe())
+    if summary.status != "done":
+        raise SystemExit(1)
+
+
+def _spawn(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pg_server():
+    from workbench.pgserver import PostgresUnavailable, find_pg_bin, temporary_postgres
+
+    if find_pg_bin() is None:
+        pytest.skip("no PostgreSQL server binary (initdb/pg_ctl) installed; `bash .ci/install --test` installs it")
+    try:
+        with temporary_postgres("postgres_tests") as url:
+            yield url
+            db.dispose_all()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL could not start: {exc}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_url(request, settings, monkeypatch) -> str:
+    """A fresh, migrated database of each backend (WORKBENCH_DB_URL points at it)."""
+    if request.param == "sqlite":
+        return settings.db_url
+    from workbench.pgserver import create_database
+
+    server = request.getfixturevalue("pg_server")
+    url = create_database(server, f"t_{os.getpid()}_{time.monotonic_ns()}")
+    monkeypatch.setenv("WORKBENCH_DB_URL", url)
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def memes(settings, backend_url):
+    """N_IMAGES small generated memes, ingested without folder labels."""
+    from workbench.ingest import scan_folder
+    from workbench.samples import write_sample_memes
+
+    write_sample_memes(settings.memes_dir, n=N_IMAGES, seed=7, into_label_folders=False, size=(64, 64))
+    with db.session_scope(backend_url) as session:
+        report = scan_folder(session, settings.memes_dir)
+    assert report.count("added") == N_IMAGES
+    return backend_url
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+
+
+# ---- tests ---------------------------------------------------------------------------------
+
+def test_two_annotators_and_a_job_write_at_once(memes, settings, tmp_path):
+    url = memes
+    go = tmp_path / "go"
+    env = _env()
+    procs = [
+        _spawn("annotate", url, "anna", str(LABELS_PER_ANNOTATOR), str(go), env=env),
+        _spawn("annotate", url, "boris", str(LABELS_PER_ANNOTATOR), str(go), env=env),
+        _spawn("predict", url, str(settings.memes_dir), str(settings.artefacts_dir), "0.05", "", "", str(go), env=env),
+    ]
+    time.sleep(1.0)  # let the workers import and wait at the barrier
+    go.touch()
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert "database is locked" not in err and "could not serialize" not in err
+        assert proc.returncode == 0, err[-3000:]
+
+    with db.session_scope(url) as session:
+        for who in ("anna", "boris"):
+            notes = list(session.scalars(select(Label.note).where(Label.annotator == who)))
+            assert len(notes) == LABELS_PER_ANNOTATOR  # nothing lost ...
+            assert sorted(notes) == sorted(f"{who}-{i}" for i in range(LABELS_PER_ANNOTATOR))  # ... nothing doubled
+        run_id = session.scalar(select(ModelRun.id))
+        per_image = session.execute(select(Prediction.image_id, func.count()).where(Prediction.run_id == run_id)
+                                    .group_by(Prediction.image_id)).all()
+        assert len(per_image) == N_IMAGES and all(n == 1 for _, n in per_image)
+        job = session.scalar(select(Job))
+        assert (job.status, job.done, job.failed) == ("done", N_IMAGES, 0)
+        # the three writers really overlapped in time (else this test proves nothing)
+        spans = [session.execute(select(func.min(Label.created_at), func.max(Label.created_at))
+                                 .where(Label.annotator == who)).one() for who in ("anna", "boris")]
+        spans.append(session.execute(select(func.min(Prediction.created_at), func.max(Prediction.created_at))).one())
+        assert max(lo for lo, _ in spans) < min(hi for _, hi in spans), spans
+        # each annotator's current label is their last write on each image
+        from workbench.labels import current_labels
+
+        current = {(c.image_id, c.annotator): c.label for c in current_labels(session)}
+        assert len(current) == 2 * N_IMAGES
+
+
+def test_sigkilled_job_resumes_with_exactly_one_prediction_per_image(memes, settings, tmp_path):
+    url = memes
+    marker = tmp_path / "in-batch-3"
+    proc = _spawn("predict", url, str(settings.memes_dir), str(settings.artefacts_dir), "0", "3", str(marker), "",
+                  env=_env())
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the job never reached its third batch"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # in the middle of batch 3: batches 1-2 are committed
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    with db.session_scope(url) as session:
+        run_id = session.scalar(select(ModelRun.id))
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 8
+        killed = session.scalar(select(Job))
+        assert job_status(killed) == "interrupted"
+
+    # restart: the same config is the same run; only the missing images are predicted
+    with db.session_scope(url) as session:
+        ids = list(session.scalars(select(Image.id)))
+    step = PredictorStep(SlowMeanPredictor())
+    summary = run_step(url, step, ids, memes_dir=settings.memes_dir, lock_dir=settings.artefacts_dir, batch_size=4)
+    assert (summary.status, summary.run_id, summary.skipped, summary.done) == ("done", run_id, 8, N_IMAGES - 8)
+    with db.session_scope(url) as session:
+        per_image = dict(session.execute(select(Prediction.image_id, func.count()).where(Prediction.run_id == run_id)
+                                         .group_by(Prediction.image_id)).all())
+        assert sorted(per_image) == sorted(ids) and set(per_image.values()) == {1}
+        assert session.scalar(select(func.count()).select_from(ModelRun)) == 1
+
+
+if __name__ == "__main__":
+    command, *rest = sys.argv[1:]
+    if command == "annotate":
+        annotate(rest[0], rest[1], int(rest[2]), rest[3])
+    elif command == "predict":
+        url_, memes_dir_, lock_dir_, delay, hang, marker_, go_ = rest
+        predict_job(url_, memes_dir_, lock_dir_, float(delay), int(hang) if hang else None, marker_ or None,
+                    go_ or None)
+    else:
+        raise SystemExit(f"unknown worker command {command}")
