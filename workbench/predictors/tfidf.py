@@ -1,0 +1,120 @@
+"""Offline text baseline: TF-IDF character n-grams of the OCR text + logistic regression,
+trained from the current labels with stratified k-fold (out-of-fold predictions for
+labeled images). Needs no weights: the first learned predictor a new user can run."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from workbench.predictors.base import Option, PredictInput
+from workbench.predictors.trained import Fitted, OutOfFoldPredictor, labeled_arrays
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+
+
+class TfidfPredictor(OutOfFoldPredictor):
+    kind = "text-tfidf"
+    title = "TF-IDF char n-grams + logistic regression (OCR text, trained on your labels)"
+    needs_ocr_text = True
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("ngram_min", 2, "shortest character n-gram", "int"),
+        Option("ngram_max", 5, "longest character n-gram", "int"),
+        Option("C", 1.0, "inverse regularisation strength of the logistic regression", "float"),
+        Option("folds", 5, "stratified cross-validation folds", "int"),
+        Option("seed", 0, "fold shuffling seed", "int"),
+        Option("max_features", 50000, "vocabulary cap", "int"),
+    )
+
+    def __init__(self, ngram_min: int = 2, ngram_max: int = 5, C: float = 1.0, folds: int = 5, seed: int = 0,  # noqa: N803
+                 max_features: int = 50000) -> None:
+        super().__init__()
+        if not 1 <= int(ngram_min) <= int(ngram_max) <= 10:
+            raise ValueError("need 1 <= ngram_min <= ngram_max <= 10")
+        if int(folds) < 2:
+            raise ValueError("folds must be >= 2")
+        self.ngram = (int(ngram_min), int(ngram_max))
+        self.C, self.folds, self.seed, self.max_features = float(C), int(folds), int(seed), int(max_features)
+        self.texts: dict[int, str] = {}
+
+    def training_config(self) -> dict[str, Any]:
+        return {"model": "tfidf-char-logreg", "ngram_range": list(self.ngram), "C": self.C, "folds": self.folds,
+                "seed": self.seed, "max_features": self.max_features}
+
+    def collect(self, session: Session, labels: dict[int, str]) -> str:
+        from workbench.texts import best_texts
+
+        found = best_texts(session, sorted(labels))
+        self.texts = {i: found.get(i, "") for i in labels}
+        return hashlib.sha1("|".join(f"{i}:{_text_hash(t)}" for i, t in sorted(self.texts.items())).encode()).hexdigest()[:16]
+
+    def _pipeline(self):  # noqa: ANN202
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        return make_pipeline(
+            TfidfVectorizer(analyzer="char_wb", ngram_range=self.ngram, lowercase=True, sublinear_tf=True,
+                            max_features=self.max_features),
+            LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000),
+        )
+
+    def fit(self) -> Fitted:
+        import time
+
+        from workbench.heads import binary_metrics, stratified_folds
+
+        ids = sorted(self.labels)
+        y = labeled_arrays(self.labels, ids)
+        texts = [self.texts.get(i, "") for i in ids]
+        folds = stratified_folds(y, self.folds, self.seed)
+        models, seconds = [], []
+        oof = np.zeros(len(ids))
+        for fold in range(int(folds.max()) + 1):
+            t0 = time.perf_counter()
+            train = folds != fold
+            model = self._pipeline().fit([t for t, m in zip(texts, train) if m], y[train])
+            seconds.append(time.perf_counter() - t0)
+            models.append(model)
+            val = np.flatnonzero(~train)
+            oof[val] = _prob_toxic(model, [texts[j] for j in val])
+        final = self._pipeline().fit(texts, y)
+        metrics = binary_metrics(y, oof)
+        metrics.update(folds=int(folds.max()) + 1, n_empty_text=sum(1 for t in texts if not t.strip()))
+        return Fitted(fold_of={i: int(f) for i, f in zip(ids, folds)}, fold_models=models, final=final,
+                      metrics=metrics, fold_seconds=seconds)
+
+    def features_for(self, inp: PredictInput) -> str:
+        # A labeled image is scored on the text it was cross-validated with.
+        return self.texts[inp.image_id] if inp.image_id in self.labels else (inp.ocr_text or "")
+
+    def score(self, model: Any, inputs: list[str]) -> list[tuple[float, str | None]]:
+        probs = _prob_toxic(model, inputs)
+        return [(float(p), _top_ngrams(model, text, p >= 0.5)) for p, text in zip(probs, inputs)]
+
+
+def _prob_toxic(model: Any, texts: list[str]) -> np.ndarray:
+    classes = list(model.classes_)
+    return model.predict_proba(texts)[:, classes.index(1)]
+
+
+def _top_ngrams(model: Any, text: str, toxic: bool, k: int = 3) -> str:
+    """The character n-grams that pushed this text most toward the predicted class."""
+    if not text.strip():
+        return "no OCR text: the prediction is the class prior"
+    vec, clf = model.steps[0][1], model.steps[-1][1]
+    row = vec.transform([text])
+    sign = 1.0 if list(clf.classes_).index(1) == 1 else -1.0
+    contrib = row.multiply(clf.coef_[0] * sign).tocsr()
+    if contrib.nnz == 0:
+        return "no known n-grams in the text"
+    names = vec.get_feature_names_out()
+    order = np.argsort(contrib.data)
+    picked = order[::-1][:k] if toxic else order[:k]
+    parts = [f"'{names[contrib.indices[j]]}' {contrib.data[j]:+.2f}" for j in picked]
+    return ("toxic" if toxic else "non_toxic") + " n-grams: " + ", ".join(parts)
