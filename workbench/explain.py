@@ -17,12 +17,15 @@ without it); numpy has no bfloat16, so everything handed to grad-cam is cast to 
 The model sees the whole meme squashed to its input size (no centre crop), so captions at
 the top and bottom are explained too; the map is resized back to the image's size.
 
-Maps are cached under `<artefacts>/cam/` as 8-bit grayscale PNGs, keyed by image sha256 +
-model + dtype + method + prompts; overlays with any opacity are drawn from the cached map.
+Maps are cached as 8-bit grayscale PNGs at `<artefacts>/cam/<sha[:2]>/<sha256>/<request>.png`
+(image content + fingerprint of model, dtype, method and prompts), with the request written
+into the PNG's text chunk, so the maps of one image can be listed (reports, cards) without
+knowing the request. Overlays with any opacity are drawn from the cached map.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ METHOD_TITLES = {
 }
 # Same wording as the CLIP predictor's defaults when it has none to offer.
 DEFAULT_CLASS_PROMPTS = {"toxic": "a toxic, offensive meme", "non_toxic": "a neutral, harmless meme"}
+_PNG_KEY = "workbench-cam"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -74,6 +78,17 @@ class CamRequest:
                 raise ValueError(f"{self.method} needs a class prompt")
             if not 0 <= self.target < len(self.prompts):
                 raise ValueError(f"target {self.target} is not one of the {len(self.prompts)} prompts")
+
+    @classmethod
+    def for_class(cls, model: str, method: str, label: str, prompts: dict[str, str] | None = None,
+                  dtype: str = "float32") -> CamRequest:
+        """A request explaining `label` (toxic | non_toxic) against the other class's prompt."""
+        prompts = prompts or class_prompts()
+        order = ("toxic", "non_toxic")
+        if method not in CLASS_METHODS:
+            return cls(model=model, method=method, dtype=dtype)
+        return cls(model=model, method=method, prompts=tuple(prompts[c] for c in order), target=order.index(label),
+                   dtype=dtype)
 
     @property
     def class_specific(self) -> bool:
@@ -104,6 +119,20 @@ class CamResult:
     path: Path
     computed: bool
     seconds: float = 0.0
+
+
+def class_prompts() -> dict[str, str]:
+    """{'toxic': prompt, 'non_toxic': prompt}: the CLIP predictor's default prompts when it
+    defines them, else ours."""
+    try:
+        from workbench.predictors import clip as clip_predictor
+
+        found = getattr(clip_predictor, "DEFAULT_CLASS_PROMPTS", None) or getattr(clip_predictor, "DEFAULT_PROMPTS", None)
+        if isinstance(found, dict) and {"toxic", "non_toxic"} <= set(found):
+            return {k: (v if isinstance(v, str) else v[0]) for k, v in found.items() if k in ("toxic", "non_toxic")}
+    except ImportError:
+        pass
+    return dict(DEFAULT_CLASS_PROMPTS)
 
 
 # ---------------------------------------------------------------- the model side
@@ -220,14 +249,14 @@ def cam_dir(artefacts_dir: Path) -> Path:
     return artefacts_dir / "cam"
 
 
-def cam_key(sha256: str, request: CamRequest) -> str:
-    """Cache key of one map: the image content + everything in the request."""
-    return fingerprint({"image": sha256, **request.config()}, length=24)
+def image_cam_dir(artefacts_dir: Path, sha256: str) -> Path:
+    """The folder holding every cached map of one image."""
+    return cam_dir(artefacts_dir) / sha256[:2] / sha256
 
 
 def cam_path(artefacts_dir: Path, sha256: str, request: CamRequest) -> Path:
-    key = cam_key(sha256, request)
-    return cam_dir(artefacts_dir) / key[:2] / f"{key}.png"
+    """Where the map of this image under this request is cached."""
+    return image_cam_dir(artefacts_dir, sha256) / f"{request.fingerprint()}.png"
 
 
 def read_cam(path: Path) -> np.ndarray:
@@ -235,12 +264,41 @@ def read_cam(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
-def write_cam(path: Path, cam: np.ndarray) -> None:
-    """Store a map as an 8-bit grayscale PNG (written atomically)."""
+def write_cam(path: Path, cam: np.ndarray, request: CamRequest | None = None) -> None:
+    """Store a map as an 8-bit grayscale PNG (written atomically), the request in its text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    if request is not None:
+        info.add_itxt(_PNG_KEY, json.dumps(request.config(), ensure_ascii=False))
     tmp = path.with_name(path.name + ".tmp")
-    PILImage.fromarray(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").save(tmp, "PNG")
+    PILImage.fromarray(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").save(tmp, "PNG", pnginfo=info)
     tmp.replace(path)
+
+
+def read_request(path: Path) -> CamRequest | None:
+    """The request a cached map was made with (from its PNG text chunk), or None."""
+    try:
+        with PILImage.open(path) as im:
+            cfg = json.loads(im.text.get(_PNG_KEY, "null"))  # type: ignore[attr-defined]
+        if not cfg:
+            return None
+        return CamRequest(model=cfg["model"], method=cfg["method"], prompts=tuple(cfg.get("prompts", ())),
+                          target=int(cfg.get("target", 0)), dtype=cfg.get("dtype", "float32"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cached_cams(artefacts_dir: Path, sha256: str) -> list[tuple[CamRequest, Path]]:
+    """Every cached map of one image with its request (EigenCAM first), never computing."""
+    folder = image_cam_dir(artefacts_dir, sha256)
+    found = []
+    for path in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+        request = read_request(path)
+        if request is not None:
+            found.append((request, path))
+    return sorted(found, key=lambda rp: (rp[0].class_specific, rp[0].method, rp[0].target))
 
 
 ModelLoader = Callable[[CamRequest], tuple[Any, Any]]
@@ -273,7 +331,7 @@ def explain(
     t0 = time.perf_counter()
     cam = compute_cam(clip, processor, image, request)
     seconds = time.perf_counter() - t0
-    write_cam(path, cam)
+    write_cam(path, cam, request)
     return CamResult(read_cam(path), path, computed=True, seconds=seconds)
 
 

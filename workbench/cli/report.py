@@ -1,0 +1,130 @@
+"""Report, export and CAM commands: `report OUT.html [--pdf]`, `export-predictions PATH`,
+`cam [--method ...] [--selection ...]` (thin wrappers over workbench.report / exports / explain).
+
+`export-predictions` is its own command: argparse has no public way to add a sub-command
+to the `export` parser that workbench/cli/core.py owns; `add_predictions_parser(exsub)`
+lets that parser offer `export predictions` too with one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from workbench.cli import CliError
+from workbench.config import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write the self-contained HTML report (and optionally a PDF of it)")
+    p.add_argument("out", type=Path, help="the .html file to write")
+    p.add_argument("--pdf", action="store_true", help="also write OUT.pdf (needs Chromium or weasyprint)")
+    p.add_argument("--run", type=int, action="append", dest="runs", metavar="ID",
+                   help="report on this run id (repeat; default: every run with predictions)")
+    p.add_argument("--top", type=int, default=20, help="disagreement cards to include (default 20)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.set_defaults(func=cmd_report)
+
+    add_predictions_parser(sub, "export-predictions")
+
+    from workbench.catalog import SELECTIONS
+    from workbench.config import DEFAULT_CLIP_MODEL
+    from workbench.explain import METHODS
+
+    p = sub.add_parser("cam", help="compute and cache CAM explanation maps for a selection of memes")
+    p.add_argument("--method", choices=METHODS, default="eigencam",
+                   help="eigencam (not class-specific) or a class-specific map on the class prompt")
+    p.add_argument("--selection", choices=SELECTIONS, default="all", help="which images (default all)")
+    p.add_argument("--image", type=int, action="append", dest="images", metavar="ID",
+                   help="explain these image ids instead of a selection (repeat)")
+    p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--class", dest="target", choices=("toxic", "non_toxic"), default="toxic",
+                   help="class whose prompt the class-specific map explains (default toxic)")
+    p.add_argument("--toxic-prompt", help="prompt of the toxic class (default: the CLIP predictor's)")
+    p.add_argument("--neutral-prompt", help="prompt of the non_toxic class (default: the CLIP predictor's)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--force", action="store_true", help="recompute maps that are already cached")
+    p.set_defaults(func=cmd_cam)
+
+
+def add_predictions_parser(sub: argparse._SubParsersAction, name: str = "predictions") -> argparse.ArgumentParser:
+    """Add the predictions.csv export as `name` to a sub-parsers action (top level or `export`)."""
+    p = sub.add_parser(name, help="predictions.csv: one row per image x run (spreadsheet-safe)")
+    p.add_argument("path", type=Path)
+    p.add_argument("--run", type=int, action="append", dest="runs", metavar="ID", help="only this run id (repeat)")
+    p.set_defaults(func=cmd_export_predictions)
+    return p
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.db import session_scope
+    from workbench.report import PdfUnavailable, ReportOptions, html_to_pdf, write_report
+
+    if args.out.suffix.lower() not in (".html", ".htm"):
+        raise CliError(f"{args.out} should end in .html")
+    if args.top < 0 or args.n_boot < 0:
+        raise CliError("--top and --n-boot must not be negative")
+    options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot)
+    with session_scope(settings.db_url) as session:
+        out = write_report(session, settings, args.out, options)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
+    if args.pdf:
+        pdf = args.out.with_suffix(".pdf")
+        try:
+            html_to_pdf(out.read_text(encoding="utf-8"), pdf)
+        except PdfUnavailable as exc:
+            print(f"PDF not written: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {pdf} ({pdf.stat().st_size / 1024:.0f} KB)")
+    return 0
+
+
+def cmd_export_predictions(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.db import session_scope
+    from workbench.exports import write_predictions
+
+    with session_scope(settings.db_url) as session:
+        n = write_predictions(session, args.path, args.runs)
+    print(f"wrote {n} rows to {args.path}")
+    return 0
+
+
+def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.catalog import image_ids
+    from workbench.db import session_scope
+    from workbench.explain import CamRequest, CamStep, class_prompts
+    from workbench.jobs import JobBusy, run_step
+
+    prompts = class_prompts()
+    if args.toxic_prompt:
+        prompts["toxic"] = args.toxic_prompt
+    if args.neutral_prompt:
+        prompts["non_toxic"] = args.neutral_prompt
+    try:
+        request = CamRequest.for_class(args.model, args.method, args.target, prompts, dtype=args.dtype)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    with session_scope(settings.db_url) as session:
+        ids = list(args.images) if args.images else image_ids(session, args.selection)
+    ids = ids[: args.limit] if args.limit else ids
+    if not ids:
+        raise CliError("no images to explain (ingest memes first, or check --selection / --image)")
+    step = CamStep(request, settings.artefacts_dir)
+
+    def progress(p) -> None:  # noqa: ANN001
+        print(f"\r{step.name}: {p.describe()}", end="", file=sys.stderr, flush=True)
+
+    try:
+        summary = run_step(settings.db_url, step, ids, memes_dir=settings.memes_dir, lock_dir=settings.artefacts_dir,
+                           batch_size=args.batch_size, force=args.force, on_progress=progress)
+    except JobBusy as exc:
+        raise CliError(str(exc)) from exc
+    print(file=sys.stderr)
+    for image_id, error in summary.errors:
+        print(f"image {image_id}: {error}", file=sys.stderr)
+    print(summary.describe())
+    print(f"maps cached under {settings.artefacts_dir / 'cam'}")
+    return 0 if summary.status == "done" and not summary.failed else 1
