@@ -50,7 +50,36 @@ def count_present(session: Session) -> int:
 
 def folders(session: Session) -> list[str]:
     """Distinct first-level folders of present images ('' = the memes root)."""
-    return list(session.scalars(select(Image.folder).where(Image.missing.is_(False)).distinct().order_by(Image.folder)))
+    # Distinct over the folder index first, then one indexed probe per folder: ~1 ms at 10k images
+    # where a filtered DISTINCT reads every row.
+    distinct = select(Image.folder).distinct().subquery()
+    present = select(Image.id).where(Image.folder == distinct.c.folder, Image.missing.is_(False)).exists()
+    return list(session.scalars(select(distinct.c.folder).where(present).order_by(distinct.c.folder)))
+
+
+def _gallery_filters(folder: str | None, annotator: str | None, text: str | None) -> list:
+    conditions = [Image.missing.is_(False)]
+    if folder is not None:
+        conditions.append(Image.folder == folder)
+    if annotator:
+        conditions.append(Image.id.in_(
+            select(Label.image_id).where(Label.annotator == annotator, Label.revoked_at.is_(None))))
+    if text:
+        patterns = text_patterns(text)
+        ocr_match = select(OcrResult.image_id).where(or_(*(OcrResult.text.ilike(p, escape="\\") for p in patterns)))
+        conditions.append(or_(*(Image.path.ilike(p, escape="\\") for p in patterns), Image.id.in_(ocr_match)))
+    return conditions
+
+
+def text_patterns(text: str) -> list[str]:
+    """LIKE patterns for a case-insensitive substring search that also works for Cyrillic.
+
+    SQLite's lower()/ILIKE fold ASCII only, so the common spellings of the query (as typed,
+    lower, UPPER — memes are often all caps — Capitalised, Title) are searched side by side.
+    """
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    variants = dict.fromkeys([escaped, escaped.lower(), escaped.upper(), escaped.capitalize(), escaped.title()])
+    return [f"%{v}%" for v in variants]
 
 
 def gallery_page(
@@ -62,26 +91,31 @@ def gallery_page(
     page: int = 0,
     page_size: int = 48,
 ) -> tuple[list[ImageCard], int]:
-    """One page of the gallery and the total number of matches."""
-    query = select(Image.id, Image.path, Image.sha256, Image.folder).where(Image.missing.is_(False))
-    if folder is not None:
-        query = query.where(Image.folder == folder)
-    if annotator:
-        query = query.where(Image.id.in_(
-            select(Label.image_id).where(Label.annotator == annotator, Label.revoked_at.is_(None))))
-    if text:
-        pattern = f"%{text.lower()}%"
-        ocr_match = select(OcrResult.image_id).where(func.lower(OcrResult.text).like(pattern))
-        query = query.where(or_(func.lower(Image.path).like(pattern), Image.id.in_(ocr_match)))
-    rows = session.execute(query.order_by(Image.path, Image.id)).all()
-    labels = consensus_labels(session) if rows else {}
-    if label == "unlabeled":
-        rows = [r for r in rows if r[0] not in labels]
-    elif label:
-        rows = [r for r in rows if labels.get(r[0]) == label]
-    total = len(rows)
-    chunk = rows[page * page_size : (page + 1) * page_size]
-    return [ImageCard(r[0], r[1], r[2], r[3], labels.get(r[0])) for r in chunk], total
+    """One page of the gallery (ordered by path) and the total number of matches.
+
+    Without a label filter the page is cut in SQL (COUNT + LIMIT/OFFSET) and only its
+    images' labels are read; with one, the cached consensus map filters the ids.
+    Text search: file name or any OCR text (see text_patterns for case handling).
+    """
+    conditions = _gallery_filters(folder, annotator, text)
+    order = (Image.path, Image.id)
+    if not label:
+        total = session.scalar(select(func.count()).select_from(Image).where(*conditions)) or 0
+        rows = session.execute(select(Image.id, Image.path, Image.sha256, Image.folder).where(*conditions)
+                               .order_by(*order).limit(page_size).offset(page * page_size)).all()
+        labels = consensus_labels(session, [r[0] for r in rows]) if rows else {}
+    else:
+        labels = consensus_labels(session)
+        ids = list(session.scalars(select(Image.id).where(*conditions).order_by(*order)))
+        if label == "unlabeled":
+            ids = [i for i in ids if i not in labels]
+        else:
+            ids = [i for i in ids if labels.get(i) == label]
+        total = len(ids)
+        chunk = ids[page * page_size : (page + 1) * page_size]
+        rows = session.execute(select(Image.id, Image.path, Image.sha256, Image.folder)
+                               .where(Image.id.in_(chunk)).order_by(*order)).all() if chunk else []
+    return [ImageCard(r[0], r[1], r[2], r[3], labels.get(r[0])) for r in rows], total
 
 
 def stats(session: Session) -> dict[str, object]:
