@@ -1,0 +1,312 @@
+"""Feature vectors of frozen models, extracted once per image and cached in the
+`embeddings` table (float16 bytes) under the feature model's fingerprint.
+
+Embedding kinds:
+- clip-image: CLIP's L2-normalised image projection;
+- clip-text:  CLIP's L2-normalised text projection of the image's OCR text;
+- vlm-pooled: a VLM's (Qwen2.5-VL) last hidden state mean-pooled over the attention mask,
+  for image + prompt (the frozen-VLM binary-classifier design).
+
+A text-dependent embedding is stored under "<fingerprint>:t<hash of the text>", so a
+corrected OCR text makes it stale and the next run recomputes it. Precision (device,
+dtype) is not part of the identity: a head trained on GPU embeddings works on CPU ones.
+Extraction runs through the job runner (`EmbedStep`): batched, resumable, per-item errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
+from workbench.images import load_rgb
+from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
+from workbench.schema import Embedding
+
+EMBEDDING_VERSION = 1  # bump when the meaning of stored vectors changes
+EMBEDDING_KINDS = ("clip-image", "clip-text", "vlm-pooled")
+VLM_EMBED_PROMPT = "Ты — модератор контента. Перед тобой мем. Оцени, токсичный он или нейтральный."
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    """Compact storage: little-endian float16."""
+    return np.asarray(vector, dtype="<f2").tobytes()
+
+
+def from_blob(blob: bytes, dim: int) -> np.ndarray:
+    vec = np.frombuffer(blob, dtype="<f2").astype(np.float32)
+    if vec.shape[0] != dim:
+        raise ValueError(f"stored embedding has {vec.shape[0]} values, expected {dim}")
+    return vec
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha1(" ".join((text or "").split()).encode("utf-8")).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- embedders
+
+class Embedder:
+    """One kind of feature vector from one frozen model."""
+
+    kind: str = "embedding"
+    uses_text: bool = False  # the vector depends on the image's OCR text
+
+    def config(self) -> dict[str, Any]:
+        """What determines the vector (model id, prompt ...)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        return fingerprint({"embedding": self.kind, "config": self.config(), "v": EMBEDDING_VERSION})
+
+    def stored_fingerprint(self, text: str = "") -> str:
+        """The key of one image's row: the fingerprint, plus the text hash for text embeddings."""
+        return f"{self.fingerprint()}:t{text_hash(text)}" if self.uses_text else self.fingerprint()
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.config().get('model', '?')}"
+
+    def load(self) -> None:
+        """Load the model once per process; raise ModelUnavailable if impossible."""
+
+    def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
+        """[n, dim] float32 vectors for aligned images and OCR texts."""
+        raise NotImplementedError
+
+
+class ClipImageEmbedder(Embedder):
+    kind = "clip-image"
+
+    def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str = "auto", dtype: str = "auto") -> None:
+        self.model_name, self.device, self.dtype = (model or DEFAULT_CLIP_MODEL).strip(), device, dtype
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.model_name}
+
+    def _loaded(self) -> tuple[Any, Any]:
+        from workbench.predictors.clip import load_clip
+
+        return load_clip(self.model_name, self.device, self.dtype)
+
+    def load(self) -> None:
+        self._loaded()
+
+    def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
+        from workbench.predictors.clip import encode_images
+
+        model, processor = self._loaded()
+        return encode_images(model, processor, images).numpy()
+
+
+class ClipTextEmbedder(ClipImageEmbedder):
+    kind = "clip-text"
+    uses_text = True
+
+    def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
+        from workbench.predictors.clip import encode_texts
+
+        model, processor = self._loaded()
+        # An image without OCR text gets the embedding of the empty text: "no text" is a feature too.
+        return encode_texts(model, processor, [" ".join((t or "").split()) for t in texts]).numpy()
+
+
+_vlm_lock = threading.Lock()
+
+
+class VlmPooledEmbedder(Embedder):
+    """Mean of a VLM's last hidden state over the attention mask (image + prompt tokens)."""
+
+    kind = "vlm-pooled"
+
+    def __init__(self, model: str = DEFAULT_VLM_MODEL, device: str = "auto", dtype: str = "auto",
+                 prompt: str = VLM_EMBED_PROMPT, use_ocr_text: bool = False, max_pixels: int = 448 * 448,
+                 min_pixels: int = 56 * 56) -> None:
+        self.model_name = (model or DEFAULT_VLM_MODEL).strip()
+        self.device, self.dtype, self.prompt = device, dtype, prompt
+        self.use_ocr_text, self.uses_text = bool(use_ocr_text), bool(use_ocr_text)
+        self.max_pixels, self.min_pixels = int(max_pixels), int(min_pixels)
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.model_name, "prompt": self.prompt, "use_ocr_text": self.use_ocr_text,
+                "max_pixels": self.max_pixels, "min_pixels": self.min_pixels}
+
+    def _loaded(self) -> tuple[Any, Any]:
+        # Share B2's per-process VLM cache, so a moderation run and embeddings hold one copy.
+        from workbench import devices
+        from workbench.predictors import vlm
+
+        placement = devices.resolve(self.device, self.dtype)
+        key = (self.model_name, placement.device, placement.dtype, "none")
+        with vlm._models_lock:
+            if key not in vlm._models:
+                vlm._models[key] = vlm._load(*key)
+            return vlm._models[key]
+
+    def load(self) -> None:
+        from workbench import devices
+
+        devices.set_threads()
+        self._loaded()
+
+    def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
+        import torch
+
+        model, processor = self._loaded()
+        chats = []
+        for text in texts:
+            prompt = self.prompt
+            if self.use_ocr_text and text.strip():
+                prompt += f"\nТекст на меме: «{' '.join(text.split())}»"
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            chats.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        inputs = processor(text=chats, images=images, padding=True, return_tensors="pt",
+                           size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}).to(model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        with torch.inference_mode():
+            out = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1].float()
+        mask = inputs["attention_mask"].to(hidden.device).unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return pooled.cpu().numpy()
+
+
+def make_embedders(source: str, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                   **vlm_options: Any) -> list[Embedder]:
+    """The embedders `python -m workbench embed SOURCE` runs: clip -> image + text; vlm -> pooled."""
+    if source == "clip":
+        return [ClipImageEmbedder(model or DEFAULT_CLIP_MODEL, device, dtype),
+                ClipTextEmbedder(model or DEFAULT_CLIP_MODEL, device, dtype)]
+    if source == "vlm":
+        return [VlmPooledEmbedder(model or DEFAULT_VLM_MODEL, device, dtype, **vlm_options)]
+    raise ValueError(f"embedding source must be clip or vlm, not {source!r}")
+
+
+# ---------------------------------------------------------------- storage
+
+def _chunks(ids: Sequence[int], size: int = 900) -> list[list[int]]:
+    ids = list(ids)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _expected(session: Session, embedder: Embedder, image_ids: Sequence[int]) -> dict[int, str]:
+    """image_id -> the stored fingerprint its current embedding must have."""
+    if not embedder.uses_text:
+        fp = embedder.fingerprint()
+        return {i: fp for i in image_ids}
+    from workbench.texts import best_texts
+
+    texts = best_texts(session, list(image_ids))
+    return {i: embedder.stored_fingerprint(texts.get(i, "")) for i in image_ids}
+
+
+def _rows(session: Session, embedder: Embedder, chunk: list[int]):  # noqa: ANN202
+    fp = embedder.fingerprint()
+    cond = Embedding.fingerprint.like(f"{fp}:t%") if embedder.uses_text else Embedding.fingerprint == fp
+    return session.execute(select(Embedding.image_id, Embedding.fingerprint, Embedding.dim, Embedding.vector)
+                           .where(Embedding.image_id.in_(chunk), cond)).all()
+
+
+def current_ids(session: Session, embedder: Embedder, image_ids: Sequence[int]) -> set[int]:
+    """Images whose stored embedding is current (text embeddings: for the current OCR text)."""
+    expected = _expected(session, embedder, image_ids)
+    done: set[int] = set()
+    for chunk in _chunks(list(expected)):
+        done.update(i for i, fp, _, _ in _rows(session, embedder, chunk) if expected.get(i) == fp)
+    return done
+
+
+def load_embeddings(session: Session, embedder: Embedder, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """image_id -> float32 vector for the images with a current embedding."""
+    expected = _expected(session, embedder, image_ids)
+    out: dict[int, np.ndarray] = {}
+    for chunk in _chunks(list(expected)):
+        for i, fp, dim, blob in _rows(session, embedder, chunk):
+            if expected.get(i) == fp:
+                out[i] = from_blob(blob, dim)
+    return out
+
+
+def store_embeddings(session: Session, embedder: Embedder, rows: Sequence[tuple[int, str, np.ndarray]]) -> None:
+    """Store (image_id, stored fingerprint, vector) rows, replacing the image's older rows of this embedder."""
+    fp = embedder.fingerprint()
+    ids = [r[0] for r in rows]
+    for chunk in _chunks(ids):
+        cond = Embedding.fingerprint.like(f"{fp}:t%") if embedder.uses_text else Embedding.fingerprint == fp
+        session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk), cond))
+    for image_id, stored_fp, vector in rows:
+        vector = np.asarray(vector, np.float32).reshape(-1)
+        session.add(Embedding(image_id=image_id, fingerprint=stored_fp, kind=embedder.kind, dim=int(vector.shape[0]),
+                              vector=to_blob(vector)))
+
+
+def embedding_counts(session: Session) -> list[dict[str, Any]]:
+    """Rows per (kind, fingerprint family) for the Train page's overview."""
+    from sqlalchemy import func
+
+    rows = session.execute(select(Embedding.kind, Embedding.fingerprint, Embedding.dim, func.count())
+                           .group_by(Embedding.kind, Embedding.fingerprint, Embedding.dim)).all()
+    merged: dict[tuple[str, str, int], int] = {}
+    for kind, fp, dim, n in rows:
+        key = (kind, fp.split(":t", 1)[0], dim)
+        merged[key] = merged.get(key, 0) + n
+    return [{"kind": k, "fingerprint": fp, "dim": d, "images": n} for (k, fp, d), n in sorted(merged.items())]
+
+
+# ---------------------------------------------------------------- job step
+
+class EmbedStep(Step):
+    """Extract one embedder's vectors through the job runner (skips current ones; resumes)."""
+
+    kind = "embed"
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.name = f"embed:{embedder.describe()}"
+        self.needs_ocr_text = embedder.uses_text
+
+    def fingerprint(self) -> str:
+        return self.embedder.fingerprint()
+
+    def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
+        return current_ids(session, self.embedder, image_ids)
+
+    def load(self) -> None:
+        self.embedder.load()
+
+    def process(self, items: list[WorkItem]) -> list[ItemResult]:
+        import time
+
+        results: list[ItemResult] = []
+        ready: list[tuple[WorkItem, Any]] = []
+        for item in items:
+            try:
+                ready.append((item, load_rgb(item.path)))
+            except Exception as exc:  # noqa: BLE001 - unreadable file: this item fails, the batch goes on
+                results.append(ItemResult(item.image_id, error=f"cannot read image: {type(exc).__name__}: {exc}"))
+        groups = [ready] if ready else []
+        while groups:
+            group = groups.pop()
+            t0 = time.perf_counter()
+            try:
+                vectors = self.embedder.embed([im for _, im in group], [it.ocr_text for it, _ in group])
+            except Exception as exc:  # noqa: BLE001 - isolate the bad item: retry one by one
+                if len(group) > 1:
+                    groups.extend([[pair] for pair in group])
+                    continue
+                results.append(ItemResult(group[0][0].image_id, error=f"{type(exc).__name__}: {exc}"))
+                continue
+            ms = (time.perf_counter() - t0) * 1000 / len(group)
+            for (item, _), vec in zip(group, vectors, strict=True):
+                results.append(ItemResult(item.image_id, value=(self.embedder.stored_fingerprint(item.ocr_text), vec),
+                                          duration_ms=ms))
+        return results
+
+    def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
+        store_embeddings(session, self.embedder, [(r.image_id, *r.value) for r in results if r.error is None])
