@@ -15,7 +15,7 @@ from workbench.metrics import DEFAULT_N_BOOT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("metrics", help="metrics per run vs the human consensus, with 95% CIs, McNemar and kappa")
+    p = sub.add_parser("metrics", help="metrics per run vs the human consensus, with 95%% CIs, McNemar and kappa")
     p.add_argument("run_ids", nargs="*", type=int, metavar="RUN_ID", help="runs to evaluate (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--n-boot", type=int, default=DEFAULT_N_BOOT, help="bootstrap resamples for the CIs")
