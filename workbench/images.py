@@ -158,6 +158,16 @@ def sha256_file(path: Path) -> str:
 
 
 _UNSAFE = re.compile(r"[^\w.\- ()\[\]+,]", re.UNICODE)
+_EMOJI_PARTS = {"\u200d", "\ufe0f", "\u20e3"}  # ZWJ, emoji presentation selector, keycap
+
+
+def _keep_emoji(match: re.Match[str]) -> str:
+    """Emoji (non-ASCII symbols and their joiners) are safe in file names and people use them;
+    other unsafe characters (controls, bidi overrides, separators) become '_'."""
+    ch = match.group(0)
+    if ord(ch) > 0x7F and (unicodedata.category(ch) in ("So", "Sk") or ch in _EMOJI_PARTS):
+        return ch
+    return "_"
 
 
 def safe_filename(name: str, fmt: str | None = None, max_len: int = 120) -> str:
@@ -169,7 +179,7 @@ def safe_filename(name: str, fmt: str | None = None, max_len: int = 120) -> str:
     stem, dot, ext = name.rpartition(".")
     if not dot:
         stem, ext = name, ""
-    stem = _UNSAFE.sub("_", stem).strip(" ._") or "meme"
+    stem = _UNSAFE.sub(_keep_emoji, stem).strip(" ._") or "meme"
     suffix = EXTENSIONS[fmt] if fmt else ("." + _UNSAFE.sub("", ext).lower() if ext else "")
     if fmt == "JPEG" and ext.lower() in ("jpg", "jpeg"):
         suffix = "." + ext.lower()
