@@ -145,6 +145,7 @@ class TrainedHead:
     feature_model: dict[str, Any]  # {"fingerprint": ..., "description": ...}
     tensors: dict[str, Any]  # name -> torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)  # training summary, out-of-fold results
+    _module: Any = field(default=None, repr=False, compare=False)  # built once, on first prediction
 
     @property
     def feature_fingerprint(self) -> str:
@@ -166,12 +167,13 @@ class TrainedHead:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise HeadError(f"head expects {self.dim}-dim features, got shape {tuple(x.shape)}")
-        module = _build_module(self.dim, self.config)
-        module.load_state_dict({k[len("net."):]: v for k, v in self.tensors.items() if k.startswith("net.")})
-        module.eval()
+        if self._module is None:
+            module = _build_module(self.dim, self.config)
+            module.load_state_dict({k[len("net."):]: v for k, v in self.tensors.items() if k.startswith("net.")})
+            self._module = module.eval()
         with torch.no_grad():
             xt = (torch.from_numpy(x) - self.tensors["mean"]) / self.tensors["std"]
-            return torch.softmax(module(xt), dim=1)[:, 1].numpy().astype(np.float64)
+            return torch.softmax(self._module(xt), dim=1)[:, 1].numpy().astype(np.float64)
 
 
 def _build_module(dim: int, config: HeadConfig):  # noqa: ANN202 - torch imported lazily
@@ -248,6 +250,7 @@ class CrossValResult:
     fold_seconds: list[float]
     final: TrainedHead
     metrics: dict[str, Any]
+    fold_heads: list[TrainedHead] = field(default_factory=list)
 
     def oof_by_key(self) -> dict[str, tuple[float, int]]:
         return {k: (float(p), int(f)) for k, p, f in zip(self.keys, self.oof_prob, self.folds, strict=True)}
@@ -266,11 +269,13 @@ def cross_validate(
     oof = np.full(len(y), np.nan)
     curves: list[dict[str, float]] = []
     fold_seconds: list[float] = []
+    fold_heads: list[TrainedHead] = []
     for fold in range(int(folds.max()) + 1):
         train, val = folds != fold, folds == fold
         t0 = time.perf_counter()
         head, curve = train_head(x[train], y[train], config, feature_model, x_val=x[val], y_val=y[val], seed_offset=fold + 1)
         fold_seconds.append(time.perf_counter() - t0)
+        fold_heads.append(head)
         oof[val] = head.predict_proba(x[val])
         curves.extend({"fold": fold, **point} for point in curve)
     final, _ = train_head(x, y, config, feature_model)
@@ -280,7 +285,7 @@ def cross_validate(
         "cv_metrics": metrics,
         "oof": {k: [float(p), int(f)] for k, p, f in zip(keys, oof, folds, strict=True)},
     })
-    return CrossValResult(list(keys), y, oof, folds, curves, fold_seconds, final, metrics)
+    return CrossValResult(list(keys), y, oof, folds, curves, fold_seconds, final, metrics, fold_heads)
 
 
 # ---------------------------------------------------------------- save / load

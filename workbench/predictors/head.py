@@ -1,0 +1,213 @@
+"""The `head` predictor: a logistic-regression or MLP head on cached frozen-model
+embeddings (CLIP image / text / both / image×text interaction, or VLM pooled states),
+trained from the current labels with stratified k-fold.
+
+Labeled images get out-of-fold predictions (the fold is in extra), others the head trained
+on all labels. The trained head (safetensors + JSON, with its curves and out-of-fold
+results) is saved under artefacts/heads/<run fingerprint>/; `head_path` predicts with a
+saved head instead of training (refused when its feature model differs).
+Embeddings are not computed here: run `python -m workbench embed clip|vlm` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
+from workbench.embeddings import ClipImageEmbedder, ClipTextEmbedder, Embedder, VlmPooledEmbedder, load_embeddings
+from workbench.heads import (
+    FEATURE_SETS, HEAD_MODELS, HeadConfig, HeadError, TrainedHead, compose_features, cross_validate, load_head,
+    save_head,
+)
+from workbench.jobs import fingerprint
+from workbench.predictors.base import Option, PredictInput
+from workbench.predictors.trained import Fitted, OutOfFoldPredictor, labeled_arrays
+from workbench.schema import Image
+
+HEAD_FEATURES = (*FEATURE_SETS, "vlm")  # 'vlm' = the VLM's mean-pooled last hidden state
+
+
+def heads_dir() -> Path:
+    from workbench.config import load_settings
+
+    return load_settings().artefacts_dir / "heads"
+
+
+def feature_embedders(features: str, clip_model: str = DEFAULT_CLIP_MODEL,
+                      vlm_model: str = DEFAULT_VLM_MODEL) -> dict[str, Embedder]:
+    """The cached embeddings a feature set reads: {'image': ..., 'text': ...} or {'vlm': ...}."""
+    if features == "vlm":
+        return {"vlm": VlmPooledEmbedder(vlm_model)}
+    if features not in FEATURE_SETS:
+        raise ValueError(f"features must be one of {', '.join(HEAD_FEATURES)}, not {features!r}")
+    out: dict[str, Embedder] = {}
+    if features in ("image", "both", "interaction"):
+        out["image"] = ClipImageEmbedder(clip_model)
+    if features in ("text", "both", "interaction"):
+        out["text"] = ClipTextEmbedder(clip_model)
+    return out
+
+
+def feature_model(features: str, embedders: dict[str, Embedder]) -> dict[str, Any]:
+    """Identity of the head's input: fingerprint + a human description (stored with the head)."""
+    parts = {name: e.fingerprint() for name, e in sorted(embedders.items())}
+    model = next(iter(embedders.values())).config().get("model", "?")
+    source = "vlm" if features == "vlm" else "clip"
+    return {"fingerprint": fingerprint({"features": features, "embedders": parts}),
+            "description": f"{source}:{model} · {features}", "features": features, "embedders": parts}
+
+
+def _file_digest(directory: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("head.json", "head.safetensors"):
+        try:
+            h.update((directory / name).read_bytes())
+        except OSError:
+            return "missing"
+    return h.hexdigest()[:16]
+
+
+class HeadPredictor(OutOfFoldPredictor):
+    kind = "head"
+    title = "Trained head on frozen CLIP / VLM embeddings (trained on your labels)"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("features", "both", "image | text (CLIP of the OCR text) | both (concatenated) | interaction "
+               "(image×text, Hate-CLIPper align fusion) | vlm (VLM mean-pooled hidden state)", "choice", HEAD_FEATURES),
+        Option("head", "mlp", "logreg = Linear(d→2); mlp = Linear(d→512)→ReLU→Dropout(0.1)→Linear(512→2)", "choice",
+               HEAD_MODELS),
+        Option("clip_model", DEFAULT_CLIP_MODEL, "CLIP model whose cached embeddings to use"),
+        Option("vlm_model", DEFAULT_VLM_MODEL, "VLM whose cached pooled embeddings to use (features = vlm)"),
+        Option("epochs", 60, "training epochs per fold", "int"),
+        Option("lr", 1e-3, "Adam learning rate", "float"),
+        Option("weight_decay", 1e-4, "Adam weight decay", "float"),
+        Option("folds", 5, "stratified cross-validation folds", "int"),
+        Option("seed", 0, "seed of folds and initialisation", "int"),
+        Option("head_path", "", "folder of a saved head to predict with instead of training (empty = train)"),
+    )
+
+    def __init__(self, features: str = "both", head: str = "mlp", clip_model: str = DEFAULT_CLIP_MODEL,
+                 vlm_model: str = DEFAULT_VLM_MODEL, epochs: int = 60, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 folds: int = 5, seed: int = 0, head_path: str = "") -> None:
+        super().__init__()
+        self.features = features
+        self.embedders = feature_embedders(features, (clip_model or DEFAULT_CLIP_MODEL).strip(),
+                                           (vlm_model or DEFAULT_VLM_MODEL).strip())
+        self.feature_model = feature_model(features, self.embedders)
+        try:
+            self.head_config = HeadConfig(model=head, epochs=int(epochs), lr=float(lr),
+                                          weight_decay=float(weight_decay), folds=int(folds), seed=int(seed))
+        except HeadError as exc:
+            raise ValueError(str(exc)) from None
+        self.folds, self.seed = self.head_config.folds, self.head_config.seed
+        self.head_path = Path(head_path).expanduser() if str(head_path or "").strip() else None
+        self.x: dict[int, np.ndarray] = {}
+        self.sha: dict[int, str] = {}
+        self.missing_hint = ""
+
+    def training_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"model": f"{self.head_config.model}:{self.feature_model['description']}",
+                                  "feature_model": self.feature_model["fingerprint"], "features": self.features}
+        if self.head_path is not None:
+            config.update(head_path=str(self.head_path), head_file=_file_digest(self.head_path))
+        else:
+            config["head"] = self.head_config.to_dict()
+        return config
+
+    def run_name(self) -> str:
+        return f"head:{self.head_config.model}:{self.feature_model['description']}"
+
+    def collect(self, session: Session, labels: dict[int, str]) -> str:
+        ids = list(session.scalars(select(Image.id).where(Image.missing.is_(False))))
+        parts = {name: load_embeddings(session, emb, ids) for name, emb in self.embedders.items()}
+        common = sorted(set.intersection(*(set(p) for p in parts.values()))) if parts else []
+        self.x = {}
+        if common:
+            rows = self._compose(parts, common)
+            self.x = {i: rows[k] for k, i in enumerate(common)}
+        self.sha = dict(session.execute(select(Image.id, Image.sha256)).all())
+        source = "vlm" if self.features == "vlm" else "clip"
+        self.missing_hint = (f"no {'/'.join(e.kind for e in self.embedders.values())} embedding for this image: "
+                             f"run `python -m workbench embed {source} --model "
+                             f"{next(iter(self.embedders.values())).config()['model']}` (or the Train page) first")
+        # Training uses the labeled images that have features; the hash covers exactly those.
+        trained_on = sorted(i for i in labels if i in self.x)
+        return fingerprint({"feature_model": self.feature_model["fingerprint"], "train": trained_on})
+
+    def _compose(self, parts: dict[str, dict[int, np.ndarray]], ids: list[int]) -> np.ndarray:
+        if self.features == "vlm":
+            return np.stack([parts["vlm"][i] for i in ids])
+        image = np.stack([parts["image"][i] for i in ids]) if "image" in parts else None
+        text = np.stack([parts["text"][i] for i in ids]) if "text" in parts else None
+        return compose_features(image, text, self.features)
+
+    def fit(self) -> Fitted:
+        if self.head_path is not None:
+            return self._fit_loaded(self.head_path)
+        ids = sorted(i for i in self.labels if i in self.x)
+        if not ids:
+            raise HeadError(f"no labeled image has {self.feature_model['description']} embeddings yet: "
+                            f"{self.missing_hint.split(': ', 1)[1]}")
+        y = labeled_arrays(self.labels, ids)
+        x = np.stack([self.x[i] for i in ids])
+        result = cross_validate(x, y, [self.sha[i] for i in ids], self.head_config, self.feature_model)
+        save_head(result.final, heads_dir() / self.fingerprint(), result.curves)
+        metrics = dict(result.metrics, n_labeled_without_features=sum(1 for i in self.labels if i not in self.x))
+        return Fitted(fold_of={i: int(f) for i, f in zip(ids, result.folds)}, fold_models=result.fold_heads,
+                      final=result.final, metrics=metrics, curves=result.curves, fold_seconds=result.fold_seconds)
+
+    def _fit_loaded(self, directory: Path) -> Fitted:
+        head = load_head(directory, self.feature_model["fingerprint"], self.feature_model["description"])
+        by_sha = {sha: i for i, sha in self.sha.items()}
+        stored = {by_sha[sha]: (float(p), int(f)) for sha, (p, f) in (head.meta.get("oof") or {}).items() if sha in by_sha}
+        return Fitted(fold_of={}, fold_models=[], final=head, metrics=dict(head.meta.get("cv_metrics") or {}),
+                      stored_oof=stored)
+
+    def features_for(self, inp: PredictInput) -> np.ndarray:
+        if inp.image_id not in self.x:
+            raise ValueError(self.missing_hint)
+        return self.x[inp.image_id]
+
+    def score(self, model: TrainedHead, inputs: list[np.ndarray]) -> list[tuple[float, str | None]]:
+        probs = model.predict_proba(np.stack(inputs))
+        return [(float(p), None) for p in probs]
+
+
+def saved_heads(root: Path | None = None) -> list[dict[str, Any]]:
+    """Heads saved under artefacts/heads (newest first): folder, features, head, metrics."""
+    from workbench.heads import read_head_info
+
+    root = root or heads_dir()
+    out = []
+    for directory in sorted(root.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []:
+        try:
+            info = read_head_info(directory)
+        except HeadError:
+            continue
+        metrics = (info.get("meta") or {}).get("cv_metrics") or {}
+        out.append({"name": directory.name, "path": str(directory),
+                    "features": (info.get("feature_model") or {}).get("description", "?"),
+                    "head": (info.get("config") or {}).get("model"), "n_train": (info.get("meta") or {}).get("n_train"),
+                    "oof_f1": metrics.get("f1"), "oof_auroc": metrics.get("auroc")})
+    return out
+
+
+def copy_head(source: Path, destination: Path) -> Path:
+    """Copy a saved head (head.json + head.safetensors) to `destination` (a new or empty folder)."""
+    import shutil
+
+    from workbench.heads import CONFIG_FILE, WEIGHTS_FILE, read_head_info
+
+    read_head_info(source)  # refuses a folder that holds no head
+    destination = Path(destination).expanduser()
+    if destination.exists() and any(destination.iterdir()):
+        raise HeadError(f"{destination} is not empty; choose a new folder")
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        shutil.copy2(Path(source) / name, destination / name)
+    return destination
