@@ -102,14 +102,19 @@ def _auto_dtype(device: str) -> str:
 
 def set_threads(n: int | None = None) -> int:
     """Set torch's intra-op threads to `n` (default: OMP_NUM_THREADS when set, else the free
-    cores); returns the number."""
+    cores; never above OMP_THREAD_LIMIT); returns the number."""
     import torch
 
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    n = n or (int(env) if env.isdigit() and int(env) > 0 else 0) or free_cores()
+    n = n or _env_int("OMP_NUM_THREADS") or free_cores()
+    n = min(n, _env_int("OMP_THREAD_LIMIT") or n)  # OpenMP's hard cap (the tests set it to 1)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 0
 
 
 def describe(placement: Placement) -> str:
