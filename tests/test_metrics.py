@@ -230,7 +230,7 @@ def test_run_outcomes_and_evaluation_from_db(session, world):
     assert len(human) == 7
     assert outcomes.latency(data_a) == {"n": 6, "mean_ms": 350.0, "p95_ms": float(np.percentile(
         [100, 200, 300, 400, 500, 600], 95))}
-    cells = {(c["human"], c["run"]): c["count"] for c in outcomes.confusion_cells(data_a)}
+    cells = {(c["human"], c["answer"]): c["count"] for c in outcomes.confusion_cells(data_a)}
     assert cells == {("toxic", "toxic"): 0, ("toxic", "non_toxic"): 1, ("toxic", "no class"): 1,
                      ("non_toxic", "toxic"): 2, ("non_toxic", "non_toxic"): 1, ("non_toxic", "no class"): 2}
     assert outcomes.cell_image_ids(data_a, "non_toxic", "no class") == [ids[4], ids[5]]

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import case, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from workbench.labels import CurrentLabel, consensus_from, consensus_labels, current_labels
@@ -148,26 +148,48 @@ class RunData:
         out[verdict] = (self.true[verdict] == self.pred[verdict]).astype(np.int8)
         return out
 
-    def evaluate(self, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, mask: np.ndarray | None = None) -> Evaluation:
-        if mask is None:
-            return evaluate_codes(self.true, self.pred, self.prob, n_boot=n_boot, seed=seed)
-        return evaluate_codes(self.true[mask], self.pred[mask], self.prob[mask], n_boot=n_boot, seed=seed)
+    def evaluate(self, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, mask: np.ndarray | None = None,
+                 with_prob: bool = True) -> Evaluation:
+        """Metrics of this run (on the items of `mask`); with_prob=False skips AUC/AP."""
+        sel = slice(None) if mask is None else mask
+        prob = self.prob[sel] if with_prob else None
+        return evaluate_codes(self.true[sel], self.pred[sel], prob, n_boot=n_boot, seed=seed)
+
+
+def fetch_tuples(session: Session, stmt: Select) -> list[tuple]:
+    """Run a select of plain numbers/strings on the session's DBAPI cursor: skips
+    SQLAlchemy's per-row Row objects, ~3x faster at 100k rows (values are inlined as
+    literals by the dialect's own compiler, so only use this for trusted ints/strings)."""
+    conn = session.connection()
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _answer_code():  # noqa: ANN202
+    """PRED_CODES computed in SQL: small ints instead of strings keep 100k-row fetches fast."""
+    return case(
+        (Prediction.error.is_not(None), PRED_CODES["failed"]),
+        (Prediction.label == "toxic", PRED_CODES["toxic"]),
+        (Prediction.label == "non_toxic", PRED_CODES["non_toxic"]),
+        else_=PRED_CODES["unknown"],
+    )
 
 
 def load_run_data(session: Session, run: RunInfo, truth: Truth) -> RunData:
     """Fetch a run's predictions and align them with the truth."""
-    rows = session.execute(
-        select(Prediction.image_id, Prediction.label, Prediction.prob_toxic, Prediction.latency_ms, Prediction.error)
-        .where(Prediction.run_id == run.id)
-    ).all()
+    rows = fetch_tuples(session, select(Prediction.image_id, _answer_code(), Prediction.prob_toxic,
+                                        Prediction.latency_ms).where(Prediction.run_id == run.id)
+                        .order_by(Prediction.image_id))
     n = len(rows)
     p_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    p_code = np.fromiter((PRED_CODES["failed"] if r[4] is not None else PRED_CODES.get(r[1], 2) for r in rows),
-                         dtype=np.int8, count=n)
-    p_prob = np.fromiter((np.nan if r[2] is None else r[2] for r in rows), dtype=np.float64, count=n)
-    p_lat = np.fromiter((np.nan if r[3] is None else r[3] for r in rows), dtype=np.float64, count=n)
-    order = np.argsort(p_ids, kind="stable")
-    p_ids, p_code, p_prob, p_lat = p_ids[order], p_code[order], p_prob[order], p_lat[order]
+    p_code = np.fromiter((r[1] for r in rows), dtype=np.int8, count=n)
+    p_prob = np.array([r[2] for r in rows], dtype=np.float64)  # None -> nan
+    p_lat = np.array([r[3] for r in rows], dtype=np.float64)
     # A failed prediction's probability is not an answer.
     p_prob[p_code == PRED_CODES["failed"]] = np.nan
 
@@ -209,9 +231,9 @@ def confusion_cells(data: RunData) -> list[dict[str, Any]]:
     cells = []
     for human, row in (("toxic", ("TP", "FN")), ("non_toxic", ("FP", "TN"))):
         for answer, outcome in zip(("toxic", "non_toxic"), row):
-            cells.append({"human": human, "run": answer, "outcome": outcome, "count": int((out == outcome).sum())})
+            cells.append({"human": human, "answer": answer, "outcome": outcome, "count": int((out == outcome).sum())})
         mask = (data.true == TRUE_CODES[human]) & (data.pred >= 2)
-        cells.append({"human": human, "run": NO_CLASS, "outcome": NO_CLASS, "count": int(mask.sum())})
+        cells.append({"human": human, "answer": NO_CLASS, "outcome": NO_CLASS, "count": int(mask.sum())})
     return cells
 
 
@@ -230,21 +252,21 @@ def latency(data: RunData) -> dict[str, float | int | None]:
     return {"n": int(len(lat)), "mean_ms": float(lat.mean()), "p95_ms": float(np.percentile(lat, 95))}
 
 
-def image_groups(session: Session, image_ids: np.ndarray, by: str = "folder") -> np.ndarray:
-    """Folder (or source) of each image id, aligned with image_ids ('?' for an unknown id)."""
+def image_groups(session: Session, by: str = "folder") -> dict[int, str]:
+    """image_id -> folder (or source) of every image ('(root)' for the memes root)."""
     column = Image.folder if by == "folder" else Image.source
-    lookup = dict(session.execute(select(Image.id, column)).all())
-    return np.asarray([lookup.get(int(i), "?") or "(root)" for i in image_ids], dtype=object)
+    return {i: g or "(root)" for i, g in fetch_tuples(session, select(Image.id, column))}
 
 
 def breakdown(session: Session, datas: Sequence[RunData], by: str = "folder",
               n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> list[dict[str, Any]]:
     """Per run and per folder (or source): counts and metrics with CIs, one row each."""
+    lookup = image_groups(session, by)
     rows = []
     for data in datas:
-        groups = image_groups(session, data.image_ids, by)
+        groups = np.asarray([lookup.get(i, "?") for i in data.image_ids.tolist()], dtype=object)
         for group in sorted(set(groups.tolist())):
-            ev = data.evaluate(n_boot=n_boot, seed=seed, mask=groups == group)
+            ev = data.evaluate(n_boot=n_boot, seed=seed, mask=groups == group, with_prob=False)
             rows.append({"run_id": data.run.id, "run": data.run.title, by: group, "n_labeled": ev.n_labeled,
                          "coverage": ev.coverage, "accuracy": ev.accuracy, "accuracy_ci": ev.ci.get("accuracy"),
                          "f1": ev.f1, "n_unknown": ev.n_unknown, "n_failed": ev.n_failed, "n_missing": ev.n_missing})

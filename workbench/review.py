@@ -116,6 +116,14 @@ def suspected_label_issues(datas: Sequence[RunData], min_score: float = 0.5,
     return issues[:limit] if limit else issues
 
 
+def without_reviewed(session: Session, issues: Sequence[LabelIssue], annotator: str) -> list[LabelIssue]:
+    """The issues whose image does not carry a current label by `annotator` yet."""
+    ids = [x.image_id for x in issues]
+    mine = {c.image_id for start in range(0, len(ids), 900)
+            for c in current_labels(session, ids[start:start + 900]) if c.annotator == annotator}
+    return [x for x in issues if x.image_id not in mine]
+
+
 @dataclass(frozen=True)
 class CardPrediction:
     run_id: int

@@ -1,0 +1,182 @@
+"""Dashboard: metrics of chosen runs against the human consensus, with 95% bootstrap CIs,
+confusion heatmaps (click a cell for its memes), ROC/PR/calibration curves, a live
+threshold slider, per-folder/source breakdown, latency, and pairwise tests."""
+
+from workbench import ui
+
+ctx = ui.bootstrap("Dashboard", "📊")
+
+import altair as alt  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from workbench import analysis, db, outcomes  # noqa: E402
+from workbench.review import cards  # noqa: E402
+from workbench.metrics import DEFAULT_N_BOOT  # noqa: E402
+
+MAX_THUMBS = 24
+NO_CELL = "(choose a cell)"
+state = st.session_state
+
+
+@st.cache_resource(show_spinner="Computing metrics…", max_entries=8)
+def _dashboard(db_url: str, run_ids: tuple[int, ...], version: tuple[int, ...], n_boot: int,
+               seed: int) -> analysis.Dashboard:
+    """Cached on the data version: a relabel or a new prediction recomputes, a widget change does not."""
+    with db.session_scope(db_url) as session:
+        return analysis.dashboard(session, run_ids, n_boot=n_boot, seed=seed)
+
+
+def _cell_key(run_id: int, human: str, answer: str) -> str:
+    return f"{run_id}|{human}|{answer}"
+
+
+st.title("Dashboard")
+with ctx.session() as session:
+    runs = outcomes.list_runs(session)
+    version = outcomes.data_version(session)
+if not runs:
+    st.info("No model runs yet. Run a model on the Models page (or `python -m workbench predict ...`).")
+    st.stop()
+
+titles = {r.id: r.title for r in runs}
+top = st.columns([4, 1, 1])
+chosen = top[0].multiselect("Runs", list(titles), default=[r.id for r in runs[:3]], format_func=titles.get,
+                            key="dash_runs")
+n_boot = top[1].number_input("Bootstrap resamples", 100, 10_000, DEFAULT_N_BOOT, step=100, key="dash_n_boot")
+seed = top[2].number_input("Seed", 0, 2**31 - 1, 0, key="dash_seed")
+if not chosen:
+    st.info("Choose at least one run.")
+    st.stop()
+
+dash = _dashboard(ctx.db_url, tuple(chosen), version, int(n_boot), int(seed))
+if not any(d.true.max(initial=-1) >= 0 for d in dash.datas):
+    st.warning("No labeled images yet: metrics need human labels (Label page, or folder labels from a scan).")
+
+st.subheader("Metrics (95% bootstrap CI)")
+st.caption("Toxic is the positive class. Accuracy, precision, recall and F1 are computed on the *covered* images "
+           "(human label and a toxic/non_toxic answer); **coverage** says how many labeled images that is, and "
+           "**accuracy_strict** counts unknown / failed / missing answers as wrong. Nothing is dropped silently: "
+           "the counts are in the table.")
+st.dataframe(pd.DataFrame(dash.metrics_rows).set_index("run_id"), width="stretch")
+
+# --- confusion heatmaps --------------------------------------------------------------
+st.subheader("Confusion matrices")
+st.caption("Rows: human consensus. Columns: the run's answer; “no class” = unknown, failed or not predicted. "
+           "Click a cell (or pick it below) to list its memes.")
+conf = pd.DataFrame(dash.confusion_rows)
+cell = alt.selection_point(fields=["run_id", "human", "answer"], name="cell")
+base = alt.Chart().encode(
+    x=alt.X("answer:N", title="run says", sort=["toxic", "non_toxic", outcomes.NO_CLASS]),
+    y=alt.Y("human:N", title="human", sort=["toxic", "non_toxic"]),
+)
+rect = base.mark_rect().encode(
+    color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"), legend=None),
+    opacity=alt.condition(cell, alt.value(1.0), alt.value(0.6)),
+    tooltip=["run:N", "human:N", "answer:N", "outcome:N", "count:Q"],
+).add_params(cell)
+text = base.mark_text(fontSize=16).encode(text="count:Q")
+heatmap = alt.layer(rect, text, data=conf).properties(width=210, height=150).facet(
+    column=alt.Column("run:N", title=None))
+event = st.altair_chart(heatmap, on_select="rerun", key="dash_confusion")
+
+picked = [p for p in (event.selection.get("cell") or []) if "run_id" in p] if event else []
+cell_options = [NO_CELL] + [_cell_key(c["run_id"], c["human"], c["answer"]) for c in dash.confusion_rows]
+
+
+def _cell_label(key: str) -> str:
+    if key == NO_CELL:
+        return key
+    run_id, human, answer = key.split("|")
+    n = next(c["count"] for c in dash.confusion_rows
+             if c["run_id"] == int(run_id) and c["human"] == human and c["answer"] == answer)
+    return f"{titles[int(run_id)]} · human {human} · run {answer} ({n})"
+
+
+choice = st.selectbox("Show memes of", cell_options, format_func=_cell_label, key="dash_cell")
+if picked:
+    choice = _cell_key(int(picked[0]["run_id"]), picked[0]["human"], picked[0]["answer"])
+if choice != NO_CELL:
+    run_id, human, answer = choice.split("|")
+    ids = outcomes.cell_image_ids(dash.data(int(run_id)), human, answer)
+    st.caption(f"{_cell_label(choice)} — showing {min(len(ids), MAX_THUMBS)} of {len(ids)}")
+    with ctx.session() as session:
+        shown = cards(session, ids[:MAX_THUMBS], [int(run_id)])
+    cols = st.columns(6)
+    for k, c in enumerate(shown):
+        with cols[k % 6]:
+            thumb = ui.thumbnail(ctx, c.sha256, c.path)
+            if thumb is not None:
+                st.image(str(thumb), width="stretch")
+            else:
+                st.caption("⚠️ file missing")
+            p = c.predictions[0]
+            st.caption(ui.md_escape(f"#{c.image_id} {c.path.rsplit('/', 1)[-1][:40]}"))
+            st.caption(ui.md_escape(f"p(toxic)={p.prob_toxic:.2f}" if p.prob_toxic is not None else "no probability"))
+
+# --- curves --------------------------------------------------------------------------
+prob_runs = [d.run.title for d in dash.datas if dash.evaluations[d.run.id].has_prob]
+if prob_runs:
+    st.subheader("ROC and precision-recall")
+    left, right = st.columns(2)
+    diag = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="gray").encode(
+        x="x:Q", y="y:Q")
+    roc = alt.Chart(pd.DataFrame(dash.roc_rows)).mark_line().encode(
+        x=alt.X("fpr:Q", title="false positive rate"), y=alt.Y("tpr:Q", title="true positive rate"),
+        color=alt.Color("run:N", legend=alt.Legend(orient="bottom")), tooltip=["run:N", "fpr:Q", "tpr:Q", "threshold:Q"])
+    left.altair_chart((diag + roc).properties(title="ROC", height=320), width="stretch")
+    pr = alt.Chart(pd.DataFrame(dash.pr_rows)).mark_line(interpolate="step-after").encode(
+        x=alt.X("recall:Q"), y=alt.Y("precision:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("run:N", legend=alt.Legend(orient="bottom")),
+        tooltip=["run:N", "recall:Q", "precision:Q", "threshold:Q"])
+    right.altair_chart(pr.properties(title="Precision-recall", height=320), width="stretch")
+
+    st.subheader("Calibration (reliability)")
+    calib = alt.Chart(pd.DataFrame(dash.calibration_rows)).mark_line(point=True).encode(
+        x=alt.X("mean_prob:Q", title="mean predicted p(toxic)", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("frac_toxic:Q", title="fraction toxic (human)", scale=alt.Scale(domain=[0, 1])),
+        color="run:N", tooltip=["run:N", "bin_low:Q", "bin_high:Q", "mean_prob:Q", "frac_toxic:Q", "count:Q"])
+    st.altair_chart((diag + calib).properties(height=320), width="stretch")
+
+    st.subheader("Threshold")
+    threshold = st.slider("Call toxic when p(toxic) ≥", 0.0, 1.0, 0.5, 0.01, key="dash_threshold")
+    st.caption("Metrics of the probabilistic runs at this threshold, on labeled images that have a probability.")
+    st.dataframe(pd.DataFrame(dash.threshold_rows(threshold)), hide_index=True, width="stretch")
+else:
+    st.caption("None of these runs stores probabilities: no ROC / PR / calibration / threshold view.")
+
+# --- breakdowns, latency, pairs ------------------------------------------------------
+st.subheader("By folder and source")
+by = st.radio("Break down by", ["folder", "source"], horizontal=True, key="dash_by")
+rows = dash.folder_rows if by == "folder" else dash.source_rows
+if rows:
+    frame = pd.DataFrame(rows)
+    frame["accuracy_ci"] = [analysis.fmt_ci(a, ci) for a, ci in zip(frame["accuracy"], frame["accuracy_ci"])]
+    st.dataframe(frame.drop(columns=["run_id"]), hide_index=True, width="stretch")
+
+st.subheader("Latency and failures")
+lat = pd.DataFrame(dash.latency_rows)
+counts = pd.DataFrame([{"run": r["run"], "unknown": r["unknown"], "failed": r["failed"], "missing": r["missing"]}
+                       for r in dash.metrics_rows])
+st.dataframe(lat.merge(counts, on="run"), hide_index=True, width="stretch")
+if lat["mean_ms"].notna().any():
+    st.altair_chart(alt.Chart(lat.dropna(subset=["mean_ms"])).mark_bar().encode(
+        x=alt.X("mean_ms:Q", title="mean latency (ms)"), y=alt.Y("run:N", title=None),
+        tooltip=["run:N", "mean_ms:Q", "p95_ms:Q", "n:Q"]), width="stretch")
+
+if dash.pair_rows:
+    st.subheader("Run vs run")
+    st.caption("Exact McNemar test on the labeled images both runs answered (small p: their accuracies really "
+               "differ); Cohen's kappa on every image both answered (agreement beyond chance).")
+    st.dataframe(pd.DataFrame(dash.pair_rows), hide_index=True, width="stretch")
+
+with st.expander("Annotator agreement"):
+    with ctx.session() as session:
+        agreement = outcomes.annotator_agreement(session)
+    if agreement["annotators"]:
+        st.caption("“vs others” compares each annotator with the consensus of everyone else on the same images.")
+        st.dataframe(pd.DataFrame(agreement["annotators"]), hide_index=True, width="stretch")
+    if agreement["pairs"]:
+        st.dataframe(pd.DataFrame(agreement["pairs"]), hide_index=True, width="stretch")
+    if not agreement["annotators"]:
+        st.caption("No labels yet.")

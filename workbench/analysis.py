@@ -1,0 +1,106 @@
+"""Everything the Dashboard page shows, computed in one call as plain rows (lists of
+dicts) ready for tables and Altair charts — no plotting here. bench/metrics.py times
+exactly this call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from workbench.metrics import DEFAULT_N_BOOT, HEADLINE, Evaluation
+from workbench.outcomes import (
+    RunData,
+    breakdown,
+    compare,
+    confusion_cells,
+    latency,
+    load_runs,
+    load_truth,
+)
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """The dashboard's data for a set of runs."""
+
+    datas: list[RunData]
+    evaluations: dict[int, Evaluation]
+    metrics_rows: list[dict[str, Any]]
+    confusion_rows: list[dict[str, Any]]
+    roc_rows: list[dict[str, Any]]
+    pr_rows: list[dict[str, Any]]
+    calibration_rows: list[dict[str, Any]]
+    latency_rows: list[dict[str, Any]]
+    folder_rows: list[dict[str, Any]]
+    source_rows: list[dict[str, Any]]
+    pair_rows: list[dict[str, Any]]
+
+    def data(self, run_id: int) -> RunData:
+        return next(d for d in self.datas if d.run.id == run_id)
+
+    def threshold_rows(self, threshold: float) -> list[dict[str, Any]]:
+        """Metrics of every probabilistic run with its probability cut at `threshold`."""
+        rows = []
+        for d in self.datas:
+            ev = self.evaluations[d.run.id]
+            if ev.has_prob:
+                rows.append({"run": d.run.title, **ev.at_threshold(threshold).to_dict()})
+        return rows
+
+
+def fmt_ci(value: float | None, ci: tuple[float, float] | None) -> str:
+    """'0.812 [0.705, 0.901]' (— for undefined)."""
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def metrics_row(data: RunData, ev: Evaluation) -> dict[str, Any]:
+    """One line of the metrics table: headline metrics with CIs, coverage and the counts
+    of everything not covered."""
+    row: dict[str, Any] = {"run_id": data.run.id, "run": data.run.title}
+    for name in (*HEADLINE, "accuracy_strict"):
+        row[name] = fmt_ci(getattr(ev, name), ev.ci.get(name))
+    row["roc_auc"] = fmt_ci(ev.roc_auc, ev.ci.get("roc_auc"))
+    row["average_precision"] = fmt_ci(ev.average_precision, None)
+    row.update({"coverage": fmt_ci(ev.coverage, ev.ci.get("coverage")), "labeled": ev.n_labeled,
+                "covered": ev.n_covered, "unknown": ev.n_unknown, "failed": ev.n_failed, "missing": ev.n_missing,
+                "unlabeled predicted": ev.n_unlabeled})
+    return row
+
+
+def dashboard(session: Session, run_ids: Sequence[int], n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+              breakdowns: bool = True) -> Dashboard:
+    """Compute the dashboard for these runs against the current human consensus."""
+    datas = load_runs(session, run_ids, load_truth(session))
+    evaluations = {d.run.id: d.evaluate(n_boot=n_boot, seed=seed) for d in datas}
+    metrics_rows, confusion, roc, pr, calib, lat = [], [], [], [], [], []
+    for d in datas:
+        ev, title = evaluations[d.run.id], d.run.title
+        metrics_rows.append(metrics_row(d, ev))
+        confusion += [{"run_id": d.run.id, "run": title, **c} for c in confusion_cells(d)]
+        if ev.has_prob:
+            r = ev.roc_points()
+            roc += [{"run": title, "fpr": x, "tpr": y, "threshold": t}
+                    for x, y, t in zip(r["fpr"], r["tpr"], r["threshold"])]
+            p = ev.pr_points()
+            pr += [{"run": title, "recall": x, "precision": y, "threshold": t}
+                   for x, y, t in zip(p["recall"], p["precision"], p["threshold"])]
+            calib += [{"run": title, **b} for b in ev.calibration()]
+        lat.append({"run": title, **latency(d)})
+    pairs = []
+    for a, b in combinations(datas, 2):
+        c = compare(a, b)
+        pairs.append({"run A": a.run.title, "run B": b.run.title, "McNemar p": c.mcnemar.pvalue,
+                      "A right, B wrong": c.mcnemar.table[0][1], "A wrong, B right": c.mcnemar.table[1][0],
+                      "paired n": c.mcnemar.n, "excluded": c.mcnemar.n_excluded, "kappa": c.kappa,
+                      "kappa n": c.kappa_n})
+    folder_rows = breakdown(session, datas, "folder", n_boot=n_boot, seed=seed) if breakdowns else []
+    source_rows = breakdown(session, datas, "source", n_boot=n_boot, seed=seed) if breakdowns else []
+    return Dashboard(datas, evaluations, metrics_rows, confusion, roc, pr, calib, lat, folder_rows, source_rows,
+                     pairs)
