@@ -67,11 +67,14 @@ class TfidfPredictor(OutOfFoldPredictor):
     def fit(self) -> Fitted:
         import time
 
-        from workbench.heads import binary_metrics, stratified_folds
+        from workbench.heads import HeadError, binary_metrics, stratified_folds
 
         ids = sorted(self.labels)
         y = labeled_arrays(self.labels, ids)
         texts = [self.texts.get(i, "") for i in ids]
+        if not any(t.strip() for t in texts):
+            raise HeadError(f"none of the {len(ids)} labeled images has OCR text yet: run OCR first "
+                            "(Run page, or `python -m workbench ocr`)")
         folds = stratified_folds(y, self.folds, self.seed)
         models, seconds = [], []
         oof = np.zeros(len(ids))
