@@ -45,7 +45,9 @@ def _run(settings, predictor, ids, **kw):
 
 def _predictions(session, run_id: int) -> list[Prediction]:
     session.expire_all()
-    return list(session.scalars(select(Prediction).where(Prediction.run_id == run_id).order_by(Prediction.image_id)))
+    rows = list(session.scalars(select(Prediction).where(Prediction.run_id == run_id).order_by(Prediction.image_id)))
+    session.commit()  # end the read transaction (SQLite BEGIN IMMEDIATE) so the next job can write
+    return rows
 
 
 @pytest.mark.parametrize("mode", ["label+explanation", "label"])

@@ -1,0 +1,263 @@
+"""The endpoint backend against a real local HTTP server speaking the chat-completions
+schema (the one stand-in: vLLM cannot run here). Checks request shape, retries,
+timeouts stored as errors, logprobs -> prob_toxic, and graceful fallbacks."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import func, select
+
+from workbench.ingest import scan_folder
+from workbench.jobs import run_step
+from workbench.predictors import make_predictor
+from workbench.predictors.base import PredictorStep
+from workbench.predictors.vlm_endpoint import VlmEndpointPredictor, class_probs_from_logprobs
+from workbench.samples import write_sample_memes
+from workbench.schema import Image, ModelRun, Prediction
+from workbench.texts import save_correction
+
+MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+ANSWER = "Класс: токсичный\nОбъяснение: мем высмеивает людей."
+# Top alternatives at the class word: " ток" (toxic) vs " ней" / " не" (non-toxic).
+TOP = [{"token": " ток", "logprob": -0.2}, {"token": " ней", "logprob": -1.8}, {"token": " не", "logprob": -4.0},
+       {"token": " Это", "logprob": -5.0}]
+EXPECTED_PROB = math.exp(-0.2) / (math.exp(-0.2) + math.exp(-1.8) + math.exp(-4.0))
+
+
+def completion(content: str = ANSWER, logprobs: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": "cmpl-1", "object": "chat.completion", "model": MODEL, "choices": [{
+        "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 300, "completion_tokens": 12, "total_tokens": 312}}
+    if logprobs:
+        body["choices"][0]["logprobs"] = {"content": [
+            {"token": "Класс", "logprob": -0.01, "top_logprobs": [{"token": "Класс", "logprob": -0.01}]},
+            {"token": ":", "logprob": 0.0, "top_logprobs": [{"token": ":", "logprob": 0.0}]},
+            {"token": " ток", "logprob": -0.2, "top_logprobs": TOP},
+        ]}
+    return body
+
+
+class ChatServer:
+    """A chat-completions server on 127.0.0.1; `reply(body, n)` -> (status, json, delay_s)
+    decides each POST's answer (n counts POSTs from 1). Requests are recorded."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.models = [MODEL]
+        self.reply: Callable[[dict[str, Any], int], tuple[int, Any, float]] = lambda body, n: (200, completion(), 0.0)
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, payload: Any) -> None:
+                data = json.dumps(payload, ensure_ascii=False).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def do_GET(self) -> None:
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append(body)
+                    server.headers.append(dict(self.headers))
+                    n = len(server.requests)
+                if self.path != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": "not found"}})
+                    return
+                status, payload, delay = server.reply(body, n)
+                time.sleep(delay)
+                self._send(status, payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ChatServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[ChatServer]:
+    with ChatServer() as s:
+        yield s
+
+
+@pytest.fixture
+def memes(settings, session) -> list[int]:
+    write_sample_memes(settings.memes_dir, n=4, seed=5, size=(200, 150))
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    ids = list(session.scalars(select(Image.id).order_by(Image.id)))
+    save_correction(session, ids[0], "Когда пятница, а ты на работе", "anna")
+    session.commit()
+    return ids
+
+
+def endpoint_predictor(server: ChatServer, **options: Any) -> VlmEndpointPredictor:
+    options = {"endpoint": server.url, "model": MODEL, "backoff_s": 0.01, **options}
+    predictor = make_predictor("vlm", **options)
+    assert isinstance(predictor, VlmEndpointPredictor)
+    return predictor
+
+
+def run(settings, predictor, ids):
+    return run_step(settings.db_url, PredictorStep(predictor), ids, memes_dir=settings.memes_dir,
+                    lock_dir=settings.artefacts_dir, batch_size=8)
+
+
+def stored(session, run_id: int) -> list[Prediction]:
+    session.expire_all()
+    rows = list(session.scalars(select(Prediction).where(Prediction.run_id == run_id).order_by(Prediction.image_id)))
+    session.commit()  # end the read transaction (SQLite BEGIN IMMEDIATE) so the next job can write
+    return rows
+
+
+def test_request_shape_and_stored_predictions(settings, session, memes, server, monkeypatch) -> None:
+    monkeypatch.setenv("WORKBENCH_VLM_API_KEY", "sk-test-123")
+    summary = run(settings, endpoint_predictor(server), memes)
+    assert (summary.status, summary.done, summary.failed) == ("done", 4, 0), summary.errors
+    assert len(server.requests) == 4
+    for body, headers in zip(server.requests, server.headers, strict=True):
+        assert body["model"] == MODEL and body["temperature"] == 0 and body["logprobs"] is True
+        assert body["max_tokens"] == 96 and "structured_outputs" not in body  # generate mode: free answer
+        image_part, text_part = body["messages"][0]["content"]
+        url = image_part["image_url"]["url"]
+        assert url.startswith("data:image/jpeg;base64,")
+        decoded = PILImage.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert decoded.format == "JPEG" and decoded.size == (200, 150)
+        assert text_part["type"] == "text" and "Ты — модератор контента" in text_part["text"]
+        assert headers["Authorization"] == "Bearer sk-test-123"
+    assert sum("«Когда пятница, а ты на работе»" in b["messages"][0]["content"][1]["text"] for b in server.requests) == 1
+    rows = stored(session, summary.run_id)
+    assert [r.label for r in rows] == ["toxic"] * 4
+    assert all(r.prob_toxic == pytest.approx(EXPECTED_PROB) for r in rows)
+    assert rows[0].explanation == "мем высмеивает людей." and rows[0].raw_output == ANSWER
+    assert rows[0].extra["attempts"] == 1 and rows[0].extra["usage"]["total_tokens"] == 312
+    params = session.get(ModelRun, summary.run_id).params
+    assert params["backend"] == "endpoint" and params["endpoint"] == server.url
+    assert "sk-test-123" not in json.dumps(params)  # the key is never stored with the run
+
+
+def test_retries_5xx_then_succeeds(settings, session, memes, server) -> None:
+    server.reply = lambda body, n: (503, {"error": {"message": "overloaded"}}, 0.0) if n <= 2 else (200, completion(), 0.0)
+    summary = run(settings, endpoint_predictor(server, concurrency=1, retries=3), memes[:1])
+    assert (summary.done, summary.failed) == (1, 0)
+    assert len(server.requests) == 3
+    assert stored(session, summary.run_id)[0].extra["attempts"] == 3
+
+
+def test_persistent_5xx_becomes_a_stored_error(settings, session, memes, server) -> None:
+    server.reply = lambda body, n: (500, {"error": {"message": "CUDA out of memory"}}, 0.0)
+    summary = run(settings, endpoint_predictor(server, retries=2), memes[:2])
+    assert (summary.status, summary.done, summary.failed) == ("done", 0, 2)
+    assert len(server.requests) == 6  # 1 + 2 retries each
+    rows = stored(session, summary.run_id)
+    assert all(r.label == "unknown" and "HTTP 500: CUDA out of memory (3 attempts" in r.error for r in rows)
+
+
+def test_timeouts_are_stored_errors_and_retried_on_the_next_run(settings, session, memes, server) -> None:
+    server.reply = lambda body, n: (200, completion(), 2.0)  # slower than the timeout
+    predictor = endpoint_predictor(server, timeout_s=0.3, retries=1)
+    t0 = time.monotonic()
+    summary = run(settings, predictor, memes)
+    assert time.monotonic() - t0 < 6  # 4 in parallel, 2 attempts of 0.3 s each, no 2 s waits
+    assert (summary.status, summary.failed) == ("done", 4)
+    rows = stored(session, summary.run_id)
+    assert len(rows) == 4 and all("timed out after 0.3 s (2 attempts" in r.error for r in rows)
+    server.reply = lambda body, n: (200, completion(), 0.0)  # the server recovers: failed items are redone
+    again = run(settings, endpoint_predictor(server, timeout_s=0.3, retries=1), memes)
+    assert (again.run_id, again.done, again.skipped) == (summary.run_id, 4, 0)
+    assert all(r.error is None and r.label == "toxic" for r in stored(session, again.run_id))
+
+
+def test_client_error_is_not_retried(settings, session, memes, server) -> None:
+    server.reply = lambda body, n: (404, {"error": {"message": "The model does not exist."}}, 0.0)
+    summary = run(settings, endpoint_predictor(server, retries=3), memes[:1])
+    assert summary.failed == 1 and len(server.requests) == 1
+    assert "HTTP 404" in stored(session, summary.run_id)[0].error
+
+
+def test_label_mode_constrained_choice_falls_back_to_what_the_server_takes(settings, session, memes, server) -> None:
+    def reply(body: dict[str, Any], n: int) -> tuple[int, Any, float]:
+        if "structured_outputs" in body:  # an older vLLM: only guided_choice
+            return 400, {"error": {"message": "extra fields not permitted: structured_outputs"}}, 0.0
+        assert body["guided_choice"] == ["токсичный", "нейтральный"] and body["max_tokens"] == 16
+        return 200, completion(content="нейтральный", logprobs=False), 0.0
+
+    server.reply = reply
+    summary = run(settings, endpoint_predictor(server, mode="label", concurrency=1), memes)
+    assert (summary.done, summary.failed) == (4, 0)
+    assert sum("structured_outputs" in b for b in server.requests) == 1  # learned once, then remembered
+    rows = stored(session, summary.run_id)
+    assert all(r.label == "non_toxic" and r.prob_toxic is None for r in rows)  # no logprobs: label from text
+
+
+def test_logprobs_rejected_are_dropped(settings, session, memes, server) -> None:
+    server.reply = lambda body, n: ((400, {"error": {"message": "logprobs are not supported"}}, 0.0)
+                                    if body.get("logprobs") else (200, completion(logprobs=False), 0.0))
+    summary = run(settings, endpoint_predictor(server, concurrency=1), memes[:2])
+    assert (summary.done, summary.failed) == (2, 0)
+    assert [bool(b.get("logprobs")) for b in server.requests] == [True, False, False]
+
+
+def test_unreachable_endpoint_or_unknown_model_fails_clearly_and_stores_nothing(settings, session, memes, server) -> None:
+    server.models = ["some-other-model"]
+    summary = run(settings, endpoint_predictor(server), memes)
+    assert summary.status == "failed" and "serves some-other-model" in summary.error
+    dead = make_predictor("vlm", endpoint="http://127.0.0.1:9/v1", model=MODEL, timeout_s=1)
+    summary = run(settings, dead, memes)
+    assert summary.status == "failed" and "does not answer" in summary.error and MODEL in summary.error
+    assert session.scalar(select(func.count()).select_from(Prediction)) == 0 and server.requests == []
+
+
+def test_endpoint_from_env_and_bad_url(monkeypatch, server) -> None:
+    monkeypatch.setenv("WORKBENCH_VLM_ENDPOINT", server.url)
+    monkeypatch.setenv("WORKBENCH_VLM_ENDPOINT_MODEL", "served-name")
+    predictor = make_predictor("vlm")
+    assert isinstance(predictor, VlmEndpointPredictor) and predictor.config()["model"] == "served-name"
+    with pytest.raises(ValueError, match="http"):
+        make_predictor("vlm", endpoint="gpu-box:8000")
+
+
+@pytest.mark.parametrize(("logprobs", "expected"), [
+    (None, (0.0, 0.0)),
+    ({"content": []}, (0.0, 0.0)),
+    ({"content": [{"token": "токсичный", "logprob": -0.1, "top_logprobs": []}]}, (math.exp(-0.1), 0.0)),
+    ({"content": [{"token": "Ней", "logprob": -0.5, "top_logprobs": [
+        {"token": "Ней", "logprob": -0.5}, {"token": "Токс", "logprob": -1.0}]}]}, (math.exp(-1.0), math.exp(-0.5))),
+])
+def test_class_probs_from_logprobs(logprobs, expected) -> None:
+    got = class_probs_from_logprobs(logprobs, "токсичный", "нейтральный")
+    assert got == pytest.approx(expected)
