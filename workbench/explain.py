@@ -3,15 +3,18 @@
 Two kinds of map:
 - EigenCAM (`eigencam`): the first principal component of the last ViT block's patch
   tokens, as in the research notebook. Not class-specific: the same map whatever the prompt.
-- Class-specific (`gradcam`, `eigengradcam`): Grad-CAM / EigenGradCAM on the image-text
+- Class-specific (`gradcam`, `layercam`): Grad-CAM / LayerCAM on the image-text
   similarity of a chosen class prompt. With several prompts (e.g. toxic vs neutral) the
   target is the prompt's log-softmax over them, so the map shows what pushes the image
-  towards that class rather than towards the others.
+  towards that class rather than towards the others. A class prompt may hold several
+  lines: their embeddings are averaged, like the CLIP predictor's prompt ensembles.
+  (EigenGradCAM is not offered: its SVD is blind to the gradient's sign, and with two
+  prompts the gradients of the two classes are opposite, so both classes get one map.)
 
 Facts that shaped the code (grad-cam 1.5.7, transformers 5): CLIP modules return output
 objects, which grad-cam cannot use, so `ClipImageTower` wraps the model and returns a float
 tensor; ViT activations are (batch, tokens, channels), so `vit_reshape` drops the CLS token
-and folds the rest onto the patch grid (gradient methods fail with "Invalid grads shape"
+(CLIP; SigLIP has none) and folds the rest onto the patch grid (gradient methods fail with "Invalid grads shape"
 without it); numpy has no bfloat16, so everything handed to grad-cam is cast to float32.
 
 The model sees the whole meme squashed to its input size (no centre crop), so captions at
@@ -42,15 +45,15 @@ from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
 from workbench.schema import Image
 
 CAM_VERSION = 1  # bump when the meaning of a stored map changes
-METHODS = ("eigencam", "gradcam", "eigengradcam")
-CLASS_METHODS = ("gradcam", "eigengradcam")
+METHODS = ("eigencam", "gradcam", "layercam")
+CLASS_METHODS = ("gradcam", "layercam")
 METHOD_TITLES = {
     "eigencam": "EigenCAM (not class-specific)",
     "gradcam": "Grad-CAM on the class prompt",
-    "eigengradcam": "EigenGradCAM on the class prompt",
+    "layercam": "LayerCAM on the class prompt",
 }
-# Same wording as the CLIP predictor's defaults when it has none to offer.
-DEFAULT_CLASS_PROMPTS = {"toxic": "a toxic, offensive meme", "non_toxic": "a neutral, harmless meme"}
+# The research notebook's prompts, used when the CLIP predictor offers none.
+DEFAULT_CLASS_PROMPTS = {"toxic": "токсичный мем", "non_toxic": "нейтральный мем"}
 _PNG_KEY = "workbench-cam"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -68,9 +71,13 @@ class CamRequest:
     method: str = "eigencam"
     prompts: tuple[str, ...] = ()
     target: int = 0
-    dtype: str = "float32"
+    dtype: str = "auto"  # resolved on creation (workbench.devices), so the cache key is concrete
 
     def __post_init__(self) -> None:
+        if self.dtype == "auto":
+            from workbench import devices
+
+            object.__setattr__(self, "dtype", devices.resolve("auto", "auto").dtype)
         if self.method not in METHODS:
             raise ValueError(f"unknown CAM method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.method in CLASS_METHODS:
@@ -80,8 +87,8 @@ class CamRequest:
                 raise ValueError(f"target {self.target} is not one of the {len(self.prompts)} prompts")
 
     @classmethod
-    def for_class(cls, model: str, method: str, label: str, prompts: dict[str, str] | None = None,
-                  dtype: str = "float32") -> CamRequest:
+    def for_class(cls, model: str, method: str, label: str = "toxic", prompts: dict[str, str] | None = None,
+                  dtype: str = "auto") -> CamRequest:
         """A request explaining `label` (toxic | non_toxic) against the other class's prompt."""
         prompts = prompts or class_prompts()
         order = ("toxic", "non_toxic")
@@ -107,7 +114,9 @@ class CamRequest:
 
     def describe(self) -> str:
         if self.class_specific:
-            return f"{self.method} on “{self.prompts[self.target]}”"
+            lines = _prompt_lines(self.prompts[self.target])
+            more = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+            return f"{self.method} on “{lines[0] if lines else ''}”{more}"
         return self.method
 
 
@@ -121,18 +130,22 @@ class CamResult:
     seconds: float = 0.0
 
 
-def class_prompts() -> dict[str, str]:
-    """{'toxic': prompt, 'non_toxic': prompt}: the CLIP predictor's default prompts when it
-    defines them, else ours."""
+def class_prompts(prompt_set: str | None = None) -> dict[str, str]:
+    """{'toxic': prompt, 'non_toxic': prompt}, one line per ensemble member: the CLIP
+    predictor's prompt set (its default set when None), else the notebook's two prompts."""
     try:
-        from workbench.predictors import clip as clip_predictor
+        from workbench.predictors.clip import PROMPT_SETS, ClipPredictor
 
-        found = getattr(clip_predictor, "DEFAULT_CLASS_PROMPTS", None) or getattr(clip_predictor, "DEFAULT_PROMPTS", None)
-        if isinstance(found, dict) and {"toxic", "non_toxic"} <= set(found):
-            return {k: (v if isinstance(v, str) else v[0]) for k, v in found.items() if k in ("toxic", "non_toxic")}
-    except ImportError:
-        pass
-    return dict(DEFAULT_CLASS_PROMPTS)
+        if prompt_set is None:
+            prompt_set = next(o.default for o in ClipPredictor.options if o.name == "prompt_set")
+        chosen = PROMPT_SETS[prompt_set]
+        return {c: "\n".join(chosen[c]) for c in ("toxic", "non_toxic")}
+    except (ImportError, KeyError, StopIteration):
+        return dict(DEFAULT_CLASS_PROMPTS)
+
+
+def _prompt_lines(prompt: str) -> list[str]:
+    return [line.strip() for line in prompt.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- the model side
@@ -143,14 +156,20 @@ def _torch():  # noqa: ANN202 - torch is imported lazily: the app must start wit
     return torch
 
 
+def _is_square(n: int) -> bool:
+    return int(round(n**0.5)) ** 2 == n
+
+
 def vit_reshape(tensor: Any) -> Any:
-    """(batch, 1 + h*w, channels) ViT tokens -> (batch, channels, h, w) float32, CLS dropped."""
+    """(batch, [CLS +] h*w, channels) ViT tokens -> (batch, channels, h, w) float32, CLS dropped
+    (CLIP has one; SigLIP has none)."""
     if isinstance(tensor, tuple):  # some layers return (hidden, attn)
         tensor = tensor[0]
-    patches = tensor[:, 1:, :]
+    n = tensor.shape[1]
+    patches = tensor if _is_square(n) and not _is_square(n - 1) else tensor[:, 1:, :]
     side = int(round(patches.shape[1] ** 0.5))
     if side * side != patches.shape[1]:
-        raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid")
+        raise ValueError(f"{n} ViT tokens do not form a square patch grid")
     grid = patches.reshape(tensor.shape[0], side, side, tensor.shape[2])
     return grid.permute(0, 3, 1, 2).float()  # float32: numpy cannot hold bfloat16
 
@@ -173,13 +192,12 @@ def _make_tower(clip: Any, text_embeds: Any | None) -> Any:
             self.register_buffer("text_embeds", text_embeds, persistent=False)
 
         def forward(self, pixel_values: Any) -> Any:
-            out = self.clip.vision_model(pixel_values=pixel_values)
-            image = self.clip.visual_projection(out.pooler_output)
+            image = _features(self.clip.get_image_features(pixel_values=pixel_values)).float()
             if self.text_embeds is None:
-                return image.float()
-            image = image.float()
+                return image
             image = image / image.norm(dim=-1, keepdim=True)
-            return self.clip.logit_scale.exp().float() * image @ self.text_embeds.T
+            scale = self.clip.logit_scale.exp().float() if hasattr(self.clip, "logit_scale") else 100.0
+            return scale * image @ self.text_embeds.T
 
     return ClipImageTower()
 
@@ -205,26 +223,30 @@ def pixel_values(clip: Any, processor: Any, image: PILImage.Image) -> Any:
 
 
 def text_embeddings(clip: Any, processor: Any, prompts: Sequence[str]) -> Any:
-    """L2-normalised float32 text embeddings of the prompts (no gradients)."""
+    """One L2-normalised float32 embedding per class prompt (lines of a prompt averaged, as the
+    CLIP predictor's ensembles), on the model's device, without gradients."""
     torch = _torch()
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokens = tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
-    device = next(clip.parameters()).device
-    with torch.no_grad():
-        emb = _features(clip.get_text_features(**{k: v.to(device) for k, v in tokens.items()})).float()
-    return emb / emb.norm(dim=-1, keepdim=True)
+    from workbench.predictors.clip import encode_texts
+
+    groups = [_prompt_lines(p) or [p] for p in prompts]
+    emb = encode_texts(clip, processor, [line for group in groups for line in group])
+    out, start = [], 0
+    for group in groups:
+        out.append(emb[start : start + len(group)].mean(0))
+        start += len(group)
+    return torch.nn.functional.normalize(torch.stack(out), dim=-1).to(next(clip.parameters()).device)
 
 
 def compute_cam(clip: Any, processor: Any, image: PILImage.Image, request: CamRequest) -> np.ndarray:
     """The map for one image, float32 in [0, 1], shape (image height, image width)."""
     torch = _torch()
-    from pytorch_grad_cam import EigenCAM, EigenGradCAM, GradCAM
+    from pytorch_grad_cam import EigenCAM, GradCAM, LayerCAM
 
     x = pixel_values(clip, processor, image)
     layers = [target_layer(clip)]
     if request.class_specific:
         tower = _make_tower(clip, text_embeddings(clip, processor, request.prompts))
-        method = GradCAM if request.method == "gradcam" else EigenGradCAM
+        method = GradCAM if request.method == "gradcam" else LayerCAM
         index, contrast = request.target, len(request.prompts) > 1
 
         def target(output: Any) -> Any:
@@ -309,7 +331,7 @@ def load_clip_for(request: CamRequest) -> tuple[Any, Any]:
     (one load per model and dtype per process; ModelUnavailable when it cannot load)."""
     from workbench.predictors.clip import load_clip
 
-    return load_clip(request.model, dtype=request.dtype)
+    return load_clip(request.model, device="auto", dtype=request.dtype)
 
 
 def explain(
