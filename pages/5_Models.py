@@ -1,0 +1,104 @@
+"""Models: pick a predictor, set its options (the form is built from Predictor.options),
+run it over a selection through the job runner, and see every model run.
+
+Each distinct config is one model run; running the same config again only predicts the
+memes still missing (a closed tab or a cancel resumes where it stopped).
+"""
+
+from workbench import ui
+
+ctx = ui.bootstrap("Models", "🤖")
+
+import streamlit as st  # noqa: E402
+
+from workbench import catalog, outcomes  # noqa: E402
+from workbench.predict_jobs import build_predictor, predictor_specs  # noqa: E402
+from workbench.predictors.base import Option, PredictorStep  # noqa: E402
+from workbench.schema import ModelRun  # noqa: E402
+
+st.title("Models")
+st.caption("Zero-shot CLIP, the VLM moderator and the other predictors. Models load when a run starts, once "
+           "per server process; a model that cannot load says which id, why and how to supply it.")
+
+specs = predictor_specs()
+labels = {s.kind: f"{s.title} ({s.kind})" if s.available else f"{s.kind} — unavailable" for s in specs}
+kind = st.selectbox("Predictor", [s.kind for s in specs], format_func=labels.__getitem__, key="models_kind")
+spec = next(s for s in specs if s.kind == kind)
+
+
+def option_widget(option: Option, key: str):
+    """One input for one option, by its type; returns the value."""
+    label, help_text = option.name, option.help or None
+    if option.type == "text":
+        return st.text_area(label, value=str(option.default), help=help_text, key=key, height=140)
+    if option.type == "bool":
+        return st.checkbox(label, value=bool(option.default), help=help_text, key=key)
+    if option.type == "int":
+        return int(st.number_input(label, value=int(option.default), step=1, help=help_text, key=key))
+    if option.type == "float":
+        return float(st.number_input(label, value=float(option.default), step=0.05, format="%.4g",
+                                     help=help_text, key=key))
+    if option.type == "choice" and option.choices:
+        choices = list(option.choices)
+        index = choices.index(option.default) if option.default in choices else 0
+        return st.selectbox(label, choices, index=index, help=help_text, key=key)
+    return st.text_input(label, value=str(option.default), help=help_text, key=key)
+
+
+if not spec.available:
+    st.warning(f"The {kind} predictor cannot be used here; the other predictors work.")
+    st.text(spec.unavailable or "")
+else:
+    st.subheader("Options")
+    values = {}
+    long_options = [o for o in spec.options if o.type == "text"]
+    short_options = [o for o in spec.options if o.type != "text"]
+    columns = st.columns(2)
+    for i, option in enumerate(short_options):
+        with columns[i % 2]:
+            values[option.name] = option_widget(option, f"models_{kind}_{option.name}")
+    for option in long_options:
+        values[option.name] = option_widget(option, f"models_{kind}_{option.name}")
+
+    st.subheader("Memes")
+    with ctx.session() as session:
+        folders = catalog.folders(session)
+    c1, c2, c3, c4 = st.columns(4)
+    selection = c1.selectbox("Selection", catalog.SELECTIONS, key="models_selection")
+    folder = c2.selectbox("Folder", ["(all)", *folders], key="models_folder")
+    limit = int(c3.number_input("Limit (0 = all)", min_value=0, value=0, step=10, key="models_limit"))
+    batch_size = int(c4.number_input("Batch (memes per commit)", min_value=1, max_value=256, value=8,
+                                     key="models_batch"))
+    force = st.checkbox("Predict again memes this config already did", key="models_force")
+    with ctx.session() as session:
+        ids = catalog.image_ids(session, selection, folder=None if folder == "(all)" else folder,
+                                limit=limit or None)
+    st.caption(f"{len(ids)} memes selected.")
+
+    if st.button("Run", type="primary", key="models_run", disabled=not ids):
+        try:
+            predictor = build_predictor(kind, values)
+        except ValueError as exc:
+            st.error(ui.md_escape(str(exc)))
+        else:
+            st.text(f"Run config: {predictor.run_name()} · fingerprint {predictor.fingerprint()}")
+            ui.run_job_widget(ctx, PredictorStep(predictor), ids, batch_size=batch_size, force=force, key="models_job")
+
+st.subheader("Model runs")
+with ctx.session() as session:
+    runs = outcomes.list_runs(session)
+if not runs:
+    st.caption("No model runs yet.")
+else:
+    st.dataframe(
+        [{"run": r.id, "kind": r.kind, "model": r.model_id, "name": r.name, "status": r.status,
+          "predictions": r.n_predictions, "unknown": r.n_unknown, "failed": r.n_failed, "created": r.created_at}
+         for r in runs],
+        hide_index=True, key="models_runs",
+    )
+    chosen = st.selectbox("Show a run's config", [r.id for r in runs],
+                          format_func=lambda i: next(r.title for r in runs if r.id == i), key="models_run_detail")
+    with ctx.session() as session:
+        run = session.get(ModelRun, chosen)
+        params = dict(run.params or {}) if run else {}
+    st.json(params, expanded=False)

@@ -1,0 +1,92 @@
+"""The Models page through Streamlit's AppTest on a real SQLite file: the form built from
+Predictor.options, a CLIP run over real generated memes with a tiny local CLIP, an
+unloadable model, and a predictor kind whose module is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from workbench.db import session_scope
+from workbench.ingest import scan_folder
+from workbench.predictors import REGISTRY
+from workbench.samples import write_sample_memes
+from workbench.schema import ModelRun, Prediction
+from workbench.tiny_models import tiny_model_dir
+
+PAGE = Path(__file__).resolve().parent.parent / "pages" / "5_Models.py"
+TIMEOUT = 120
+
+
+@pytest.fixture
+def memes(settings) -> int:
+    write_sample_memes(settings.memes_dir, n=5, size=(96, 96))
+    with session_scope(settings.db_url) as session:
+        scan_folder(session, settings.memes_dir)
+    return 5
+
+
+def _open() -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _predictions(settings) -> int:
+    with session_scope(settings.db_url) as session:
+        return session.scalar(select(func.count()).select_from(Prediction))
+
+
+def test_form_is_built_from_the_options_and_a_run_stores_predictions(settings, memes, clear_streamlit_cache) -> None:
+    at = _open()
+    assert at.selectbox(key="models_kind").value == "clip"
+    assert at.text_area(key="models_clip_toxic_prompts").value.startswith("токсичный мем")
+    assert at.number_input(key="models_clip_threshold").value == 0.5
+    assert at.checkbox(key="models_clip_use_ocr").value is True
+    at.text_input(key="models_clip_model").set_value(str(tiny_model_dir("clip")))
+    at.selectbox(key="models_clip_dtype").set_value("float32")
+    at.number_input(key="models_clip_threshold").set_value(0.3)
+    at.button(key="models_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("5 done" in s.value for s in at.success), [s.value for s in at.success]
+    assert _predictions(settings) == 5
+    with session_scope(settings.db_url) as session:
+        run = session.scalars(select(ModelRun)).one()
+        assert run.status == "done" and run.params["threshold"] == 0.3
+    table = at.dataframe[-1].value  # the runs table is the last one
+    assert list(table["predictions"]) == [5] and list(table["status"]) == ["done"]
+
+
+def test_unloadable_model_shows_which_and_how_and_stores_nothing(settings, memes, clear_streamlit_cache) -> None:
+    at = _open()
+    at.text_input(key="models_clip_model").set_value("/no/such/clip")
+    at.button(key="models_run").click().run()
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "no/such/clip" in errors and "cannot be loaded" in errors
+    assert _predictions(settings) == 0
+
+
+def test_bad_option_value_is_an_error_not_a_crash(settings, memes, clear_streamlit_cache) -> None:
+    at = _open()
+    at.selectbox(key="models_clip_prompt_set").set_value("custom")
+    at.text_area(key="models_clip_toxic_prompts").set_value("   ")
+    at.button(key="models_run").click().run()
+    assert not at.exception
+    assert any("no prompts" in e.value for e in at.error)
+    assert _predictions(settings) == 0
+
+
+def test_a_missing_predictor_module_is_shown_as_unavailable(settings, clear_streamlit_cache, monkeypatch) -> None:
+    monkeypatch.setitem(REGISTRY, "ghost", "workbench.predictors.ghost_not_written_yet:Ghost")
+    at = _open()
+    assert "ghost — unavailable" in at.selectbox(key="models_kind").options
+    at.selectbox(key="models_kind").set_value("ghost").run()
+    assert not at.exception
+    assert any("cannot be used here" in w.value for w in at.warning)
+    at.selectbox(key="models_kind").set_value("vlm").run()  # the others still render their forms
+    assert not at.exception
+    assert at.text_area(key="models_vlm_prompt").value
