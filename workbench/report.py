@@ -280,9 +280,11 @@ def _cam_figures(settings: Settings, sha256: str, rel_path: str, max_px: int) ->
 def _disagreements_section(session: Session, settings: Settings, datas: list[Any], options: ReportOptions) -> str:
     from workbench.review import cards, suspected_label_issues
 
-    issues = suspected_label_issues(datas, min_score=0.5, limit=options.top_n)
+    # Every image at least one run contradicts, most confident contradictions first.
+    issues = [x for x in suspected_label_issues(datas, min_score=0.0) if x.n_contradicting > 0][: options.top_n]
     out = ["<section><h2>Top disagreements with the human labels</h2>",
-           "<p>Labeled images ranked by the runs' mean confidence in the class opposite to the human label.</p>"]
+           "<p>Labeled images that at least one run contradicts, ranked by the runs' mean confidence in the class "
+           "opposite to the human label (a hard label without probability counts as 1 or 0).</p>"]
     if not issues:
         out.append("<p>No image where the runs contradict the human label.</p></section>")
         return "".join(out)
@@ -434,3 +436,18 @@ def html_to_pdf(html_text: str, out: Path, timeout_s: float = 120.0) -> Path:
             raise PdfUnavailable(f"Chromium could not print the PDF (exit {proc.returncode}): {proc.stderr[-500:]}")
         shutil.move(str(target), out)
     return out
+
+
+def report_html(settings: Settings, options: ReportOptions | None = None) -> str:
+    """The report built in its own session (for download buttons that run off the page thread)."""
+    from workbench.db import session_scope
+
+    with session_scope(settings.db_url) as session:
+        return build_report(session, settings, options)
+
+
+def report_pdf(settings: Settings, options: ReportOptions | None = None) -> bytes:
+    """The report as PDF bytes; raises PdfUnavailable without a converter."""
+    with tempfile.TemporaryDirectory(prefix="workbench-pdf-") as tmp:
+        out = html_to_pdf(report_html(settings, options), Path(tmp) / "report.pdf")
+        return out.read_bytes()

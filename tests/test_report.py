@@ -1,0 +1,204 @@
+"""The HTML report, predictions.csv and the Export page on a real SQLite DB: every run's
+metrics are in the report and equal workbench.outcomes' numbers, model/user text stays
+text, zero predictions is said plainly, and 10,000 images keep the report small."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench import explain, exports, outcomes, report
+from workbench.ingest import scan_folder
+from workbench.labels import add_label
+from workbench.samples import write_sample_memes
+from workbench.schema import Image
+from workbench.synthetic_runs import Pred, add_run, generate
+from workbench.texts import save_correction
+
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+class ReportParser(HTMLParser):
+    """Collects tags, and metric cells per run section (strict enough to catch broken markup)."""
+
+    VOID = {"meta", "img", "br", "hr", "input", "link", "rect", "line", "polyline", "text", "path"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.stack: list[str] = []
+        self.run: str | None = None
+        self.metric: str | None = None
+        self.cells: list[str] = []
+        self.metrics: dict[str, dict[str, str]] = {}
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        if tag == "section" and (attrs.get("id") or "").startswith("run-"):
+            self.run = attrs["id"][4:]
+            self.metrics[self.run] = {}
+        if tag == "tr" and attrs.get("data-metric"):
+            self.metric, self.cells = attrs["data-metric"], []
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+        if tag == "tr" and self.metric:
+            self.metrics[self.run][self.metric] = self.cells[1]
+            self.metric = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.metric is not None and self.stack and self.stack[-1] == "td":
+            self.cells.append(data)
+
+
+def parse(html_text: str) -> ReportParser:
+    parser = ReportParser()
+    parser.feed(html_text)
+    parser.close()
+    assert parser.stack == [], f"unclosed tags: {parser.stack}"
+    return parser
+
+
+@pytest.fixture
+def study(settings, session):
+    """6 real generated memes, labels, OCR with a <script>, and two runs whose explanations
+    carry HTML and a spreadsheet formula."""
+    write_sample_memes(settings.memes_dir, n=6, seed=11, size=(160, 120))
+    scan_folder(session, settings.memes_dir)
+    images = session.query(Image).order_by(Image.id).all()
+    ids = [img.id for img in images]
+    add_label(session, ids[0], "non_toxic", "анна")  # a human overrides the folder label
+    save_correction(session, ids[0], f"OCR {EVIL}", "анна")
+    folder_labels = {img.id: ("toxic" if img.folder == "Негативно" else "non_toxic") for img in images}
+    human = {**folder_labels, ids[0]: "non_toxic"}
+    wrong = {i: ("non_toxic" if lab == "toxic" else "toxic") for i, lab in human.items()}
+    run_a = add_run(session, "clip", "clip test", {
+        i: Pred(wrong[i] if i in ids[:3] else human[i], prob=0.95 if (wrong[i] if i in ids[:3] else human[i]) == "toxic"
+                else 0.05, explanation=f"=HYPERLINK(\"http://x\") {EVIL}") for i in ids},
+        model_id="tiny/clip", params={"prompts": {"toxic": [EVIL]}, "threshold": 0.5})
+    run_b = add_run(session, "vlm", "vlm test", {
+        i: Pred(human[i] if i != ids[1] else wrong[i], explanation="-bad start") for i in ids[:5]},
+        model_id="tiny/vlm", params={"system_prompt": "Ты модератор"})
+    session.commit()
+    return {"ids": ids, "runs": [run_a, run_b], "images": {img.id: (img.path, img.sha256) for img in images}}
+
+
+def test_report_contains_every_runs_metrics_and_parses(settings, session, study):
+    html_text = report.build_report(session, settings)
+    parsed = parse(html_text)
+    datas = outcomes.load_runs(session, study["runs"])
+    assert set(parsed.metrics) == {str(r) for r in study["runs"]}
+    for data in datas:
+        ev = data.evaluate()
+        shown = parsed.metrics[str(data.run.id)]
+        for key in ("accuracy", "precision", "recall", "f1", "coverage"):
+            assert shown[key] == f"{getattr(ev, key):.3f}", (data.run.id, key)
+    assert "roc_auc" in parsed.metrics[str(study["runs"][0])]  # the run with probabilities has curves
+    assert "roc_auc" not in parsed.metrics[str(study["runs"][1])]
+    assert html_text.count("<svg") == 2
+    assert "McNemar" in html_text and "Ты модератор" in html_text  # pairwise test and exact configs
+    assert "анна" in html_text  # annotators section
+    assert parsed.tags.count("article") == len([1 for _ in re.finditer(r'<article class="card">', html_text)]) > 0
+
+
+def test_user_and_model_text_stays_text(settings, session, study):
+    html_text = report.build_report(session, settings)
+    parsed = parse(html_text)
+    assert "script" not in parsed.tags and "<script" not in html_text.lower()
+    assert "onerror" not in " ".join(t for t in parsed.tags)  # no injected element at all
+    assert not re.search(r"<img[^>]+onerror", html_text)
+    text = "".join(parsed.text)
+    assert EVIL in text  # shown literally: OCR text, explanation and the run config
+
+
+def test_report_is_self_contained_with_thumbnails_and_cached_cams(settings, session, study):
+    # a cached map for the top disagreement's image is shown as an overlay, without a model
+    first_path, first_sha = study["images"][study["ids"][0]]
+    request = explain.CamRequest("some/clip", "eigencam", dtype="float32")
+    explain.write_cam(explain.cam_path(settings.artefacts_dir, first_sha, request),
+                      np.linspace(0, 1, 120 * 160, dtype=np.float32).reshape(120, 160), request)
+    html_text = report.build_report(session, settings)
+    assert html_text.count('src="data:image/jpeg;base64,') >= 3
+    assert "EigenCAM (not class-specific)" in html_text
+    assert not re.search(r'(src|href)="(?!data:|#)', html_text)  # no external resource
+
+
+def test_zero_predictions_says_so(settings, session):
+    write_sample_memes(settings.memes_dir, n=2, seed=1, size=(64, 64))
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    html_text = report.build_report(session, settings)
+    parse(html_text)
+    assert "No predictions yet" in html_text
+    assert "<section class=\"run\"" not in html_text
+
+
+def test_ten_thousand_images_keep_the_report_small(settings, session):
+    generate(session, 10_000, 3, seed=4)
+    session.commit()
+    html_text = report.build_report(session, settings, report.ReportOptions(top_n=20, n_boot=200))
+    parsed = parse(html_text)
+    assert len(parsed.metrics) == 3
+    assert parsed.tags.count("article") == 20
+    assert len(html_text.encode()) < 250_000
+    for polyline in re.findall(r'points="([^"]*)"', html_text):
+        assert len(polyline.split()) <= 201  # curves are thinned
+
+
+def test_predictions_csv_is_spreadsheet_safe(settings, session, study):
+    text = exports.export_predictions(session)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == list(exports.PREDICTION_COLUMNS)
+    assert len(rows) == len(study["ids"]) + 5  # one row per image x run
+    assert all(r["explanation"][0] not in "=+-@" for r in rows if r["explanation"])
+    assert any(r["explanation"].startswith("'=HYPERLINK") for r in rows)
+    assert any(r["explanation"] == "'-bad start" for r in rows)
+    first = next(r for r in rows if r["filename"] == study["images"][study["ids"][0]][0] and r["run_id"] == str(study["runs"][0]))
+    assert first["human_label"] == "non_toxic" and first["model"] == "tiny/clip"
+    only_b = exports.export_predictions(session, [study["runs"][1]])
+    assert only_b.count("\n") == 1 + 5
+
+
+def test_cli_report_and_export_predictions(settings, study, tmp_path, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "out" / "report.html"
+    assert main(["report", str(out), "--n-boot", "100"]) == 0
+    parse(out.read_text(encoding="utf-8"))
+    csv_path = tmp_path / "predictions.csv"
+    assert main(["export-predictions", str(csv_path), "--run", str(study["runs"][1])]) == 0
+    assert "wrote 5 rows" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "report.txt")]) == 2
+
+
+@pytest.mark.slow
+def test_pdf_when_a_converter_exists(settings, study, tmp_path):
+    if report.pdf_converter() is None:
+        pytest.skip("no weasyprint or Chromium here")
+    pdf = report.report_pdf(settings, report.ReportOptions(n_boot=100))
+    assert pdf.startswith(b"%PDF") and len(pdf) > 5_000
+
+
+def test_export_page(settings, study, clear_streamlit_cache):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGES / "9_Export.py"), default_timeout=60).run()
+    assert not at.exception
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download annotations.csv" in labels and "Download predictions.csv" in labels
+    assert "Download report (HTML)" in labels
