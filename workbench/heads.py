@@ -275,6 +275,7 @@ def cross_validate(
         t0 = time.perf_counter()
         head, curve = train_head(x[train], y[train], config, feature_model, x_val=x[val], y_val=y[val], seed_offset=fold + 1)
         fold_seconds.append(time.perf_counter() - t0)
+        head.meta["train_keys"] = [keys[j] for j in np.flatnonzero(train)]  # evidence for the out-of-fold check
         fold_heads.append(head)
         oof[val] = head.predict_proba(x[val])
         curves.extend({"fold": fold, **point} for point in curve)
