@@ -162,3 +162,55 @@ def test_cli_cam_command(settings, session, clip_dir, capsys):
     assert main(["cam", "--method", "gradcam", "--class", "non_toxic", "--model", clip_dir, "--dtype", "float32"]) == 0
     assert "2 done" in capsys.readouterr().out
     assert len(list((settings.artefacts_dir / "cam").rglob("*.png"))) == 2
+
+
+def test_explain_page_computes_on_demand_then_reads_the_cache(settings, session, clip_dir, clear_streamlit_cache):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.ingest import scan_folder
+    from workbench.schema import Image
+
+    write_sample_memes(settings.memes_dir, n=2, seed=9, size=(96, 80))
+    scan_folder(session, settings.memes_dir)
+    image_id = session.query(Image.id).order_by(Image.id.desc()).first()[0]
+    session.commit()
+    page = Path(__file__).resolve().parent.parent / "pages" / "8_Explain.py"
+    at = AppTest.from_file(str(page), default_timeout=120)
+    at.query_params["image"] = str(image_id)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="exp_image").value == image_id  # deep link
+    at.text_input(key="exp_model").set_value(clip_dir)
+    at.selectbox(key="exp_dtype").set_value("float32")
+    at.run()
+    assert len(at.get("image")) == 1 and len(at.info) == 2  # original only; both maps not computed yet
+    at.button(key="exp_compute").click().run()
+    assert not at.exception and not at.error
+    assert len(at.get("image")) == 3  # original + EigenCAM + class map
+    # a new session finds both maps in the cache: no button, no compute
+    again = AppTest.from_file(str(page), default_timeout=120)
+    again.query_params["image"] = str(image_id)
+    again.session_state["exp_model"] = clip_dir
+    again.session_state["exp_dtype"] = "float32"
+    again.run()
+    assert len(again.get("image")) == 3 and not [b for b in again.button if b.key == "exp_compute"]
+
+
+def test_explain_page_names_an_unavailable_model(settings, session, clear_streamlit_cache):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.ingest import scan_folder
+
+    write_sample_memes(settings.memes_dir, n=1, seed=2, size=(64, 64))
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    page = Path(__file__).resolve().parent.parent / "pages" / "8_Explain.py"
+    at = AppTest.from_file(str(page), default_timeout=120).run()
+    at.text_input(key="exp_model").set_value("/no/such/clip").run()
+    at.button(key="exp_compute").click().run()
+    assert not at.exception
+    assert "/no/such/clip" in at.error[0].value and "cannot be loaded" in at.error[0].value
