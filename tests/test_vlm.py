@@ -126,5 +126,10 @@ def test_unloadable_model_fails_the_job_clearly_and_stores_nothing(settings, ses
     missing = str(tmp_path / "no-such-model")
     summary = _run(settings, make_predictor("vlm", model=missing, **SMALL), memes)
     assert summary.status == "failed"
-    assert f"Model '{missing}' cannot be loaded" in summary.error and "huggingface-cli download" in summary.error
+    assert f"Model '{missing}' cannot be loaded: no such folder" in summary.error
+    not_a_model = tmp_path / "empty-folder"
+    not_a_model.mkdir()
+    summary = _run(settings, make_predictor("vlm", model=str(not_a_model), **SMALL), memes)
+    assert summary.status == "failed"
+    assert f"Model '{not_a_model}' cannot be loaded: ValueError: Unrecognized" in summary.error and "huggingface-cli" in summary.error
     assert session.scalar(select(func.count()).select_from(Prediction)) == 0

@@ -247,6 +247,9 @@ def test_endpoint_from_env_and_bad_url(monkeypatch, server) -> None:
     monkeypatch.setenv("WORKBENCH_VLM_ENDPOINT_MODEL", "served-name")
     predictor = make_predictor("vlm")
     assert isinstance(predictor, VlmEndpointPredictor) and predictor.config()["model"] == "served-name"
+    from workbench.predictors.vlm import LocalVlmPredictor
+
+    assert isinstance(make_predictor("vlm", endpoint="local"), LocalVlmPredictor)  # forced local despite the env
     with pytest.raises(ValueError, match="http"):
         make_predictor("vlm", endpoint="gpu-box:8000")
 

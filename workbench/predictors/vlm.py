@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from workbench.config import DEFAULT_VLM_MODEL
 from workbench.errors import ModelUnavailable
 from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
 from workbench.predictors.vlm_parse import parse_answer
@@ -109,10 +111,7 @@ class LocalVlmPredictor(Predictor):
         from workbench import devices
 
         devices.set_threads()
-        key = self._cache_key()
-        with _models_lock:
-            if key not in _models:
-                _models[key] = _load(*key)
+        load_vlm(self.model_name, self.placement.device, self.placement.dtype, self.quantization)
         self._class_ids = None
 
     def _loaded(self) -> tuple[Any, Any]:
@@ -239,6 +238,9 @@ def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[An
 
     from workbench.config import load_settings
 
+    if _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+        raise ModelUnavailable(model_id, "no such folder", "Enter the folder that holds config.json and the "
+                               "weights (or a Hugging Face id such as Qwen/Qwen2.5-VL-3B-Instruct).")
     cache_dir = load_settings().hf_cache_dir
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if cache_dir:
@@ -258,7 +260,8 @@ def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[An
         processor = AutoProcessor.from_pretrained(model_id, **({"cache_dir": cache_dir} if cache_dir else {}))
         model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any loading failure becomes the one clear error
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {first_line}".rstrip(". ")
         raise ModelUnavailable(model_id, reason) from None
     if getattr(processor, "chat_template", None) is None:
         raise ModelUnavailable(model_id, "its processor has no chat template (not an instruction-tuned VLM?)",
@@ -267,6 +270,23 @@ def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[An
         model = model.to(device)
     processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
     return model.eval(), processor
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return model_id.startswith(("/", ".", "~")) or "\\" in model_id or model_id.count("/") > 1
+
+
+def load_vlm(model_id: str, device: str = "auto", dtype: str = "auto", quantization: str = "none") -> tuple[Any, Any]:
+    """(model, processor) for `model_id`, loaded once per process per placement and shared by
+    every user (moderation runs, embeddings). Raises ModelUnavailable."""
+    from workbench import devices
+
+    placement = devices.resolve(device, dtype)
+    key = (model_id, placement.device, placement.dtype, quantization)
+    with _models_lock:
+        if key not in _models:
+            _models[key] = _load(*key)
+        return _models[key]
 
 
 def register_loaded(predictor: LocalVlmPredictor, model: Any, processor: Any) -> None:
@@ -292,10 +312,14 @@ def make_vlm_predictor(**options: Any) -> Predictor:
     if values["mode"] not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)} (got {values['mode']!r})")
     settings = load_settings()
-    endpoint = (values.get("endpoint") or settings.vlm_endpoint or "").strip()
+    endpoint = str(values.get("endpoint") or "").strip()
+    if endpoint.lower() == "local":  # run locally even when WORKBENCH_VLM_ENDPOINT is set
+        endpoint = ""
+    elif not endpoint:
+        endpoint = settings.vlm_endpoint or ""
     if endpoint:
         values["endpoint"] = endpoint
-        if "model" not in options and settings.vlm_endpoint_model:
+        if values["model"] == DEFAULT_VLM_MODEL and settings.vlm_endpoint_model:  # the server's own name for it
             values["model"] = settings.vlm_endpoint_model
         names = {o.name for o in COMMON_OPTIONS + ENDPOINT_OPTIONS}
         return VlmEndpointPredictor(**{k: v for k, v in values.items() if k in names})

@@ -35,8 +35,8 @@ DEFAULT_PROMPT = """Ты — модератор контента. Перед т�
 
 COMMON_OPTIONS: tuple[Option, ...] = (
     Option("model", DEFAULT_VLM_MODEL, "Hugging Face id or local folder (local backend); model name on the server (endpoint)"),
-    Option("endpoint", "", "OpenAI-compatible base URL, e.g. http://gpu-box:8000/v1 (vLLM); empty = run locally "
-           "(WORKBENCH_VLM_ENDPOINT is used when empty)"),
+    Option("endpoint", "", "OpenAI-compatible base URL, e.g. http://gpu-box:8000/v1 (vLLM); empty = "
+           "WORKBENCH_VLM_ENDPOINT if set, else run locally; 'local' = always run locally"),
     Option("mode", MODE_GENERATE, "label+explanation generates an answer; label scores the class words only "
            "(one prefill, no generation, much faster)", "choice", MODES),
     Option("prompt", DEFAULT_PROMPT, "moderation prompt; placeholders {ocr_text} {toxic_word} {non_toxic_word}", "text"),
