@@ -191,10 +191,14 @@ with right:
     st.subheader("Text on the meme")
     edited = st.text_area("OCR text (edit and save to correct it)", value=ocr_text, key=f"lbl_ocr_{image_id}",
                           height=100, placeholder="No OCR text yet — run OCR on the Run page, or type it here.")
-    if st.button("Save text", key="lbl_save_text", disabled=not annotator or edited.strip() == ocr_text.strip()):
-        with ctx.session() as session:
-            texts.save_correction(session, image_id, edited, annotator)
-        st.toast("Text correction saved.")
+    # Never disabled by "unchanged": the browser commits the typed text together with this click.
+    if st.button("Save text", key="lbl_save_text", disabled=not annotator):
+        if edited.strip() == ocr_text.strip():
+            st.toast("The text is unchanged.")
+        else:
+            with ctx.session() as session:
+                texts.save_correction(session, image_id, edited, annotator)
+            st.toast("Text correction saved.")
 
     st.subheader("Models")
     if predictions:
