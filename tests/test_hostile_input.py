@@ -318,3 +318,27 @@ def test_label_page_shows_the_text_exactly(hostile_db, settings, clear_streamlit
     assert set(history["note"]) == {f"{SCRIPT} {MD_NOTE}", MD_NOTE}
     models = next(f for f in frames if "explanation" in f.columns)
     assert models["explanation"].iloc[0] == f"{SCRIPT} {MD_NOTE} {IMG}"
+
+
+def test_html_report_and_predictions_export_stay_inert(hostile_db, session, settings):
+    """The HTML report escapes every stored text; predictions.csv neutralises formulas."""
+    from workbench.exports import export_predictions
+    from workbench.report import ReportOptions, build_report
+
+    pred = session.scalar(select(Prediction))
+    pred.explanation = "=HYPERLINK(\"http://evil.example\",\"click\") " + SCRIPT
+    session.commit()
+    html_text = build_report(session, settings, ReportOptions(n_boot=50, n_cam=0))
+    assert "<script" not in html_text.lower() and "<img src=x" not in html_text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text  # present, as text
+    rows = export_predictions(session).splitlines()
+    assert len(rows) == 2
+    assert ",'=HYPERLINK(" in rows[1] or ",\"'=HYPERLINK(" in rows[1], rows[1]
+
+
+def test_the_app_binds_to_localhost_by_default():
+    import tomllib
+
+    config = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["server"]["address"] == "127.0.0.1"
+    assert config["browser"]["gatherUsageStats"] is False
