@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from workbench.config import FOLDER_LABELS, LABEL_FOLDERS, LABELS
 from workbench.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
 from workbench.labels import add_label, current_labels
-from workbench.schema import Image
+from workbench.schema import Image, Label
 
 FOLDER_ANNOTATOR = "folder"
 UPLOAD_FOLDER = "uploads"
@@ -113,6 +113,7 @@ def scan_folder(
     by_sha = {img.sha256: img for img in known.values()}
     files = list(_iter_files(memes_dir))
     seen_paths: set[str] = set()
+    pending: list[tuple[FileReport, Image]] = []  # report rows waiting for their image's id
     for n, path in enumerate(files, 1):
         rel = rel_posix(path, memes_dir)
         seen_paths.add(rel)
@@ -153,24 +154,38 @@ def scan_folder(
                 _set_folder_label(session, same.id, label_for_path(rel))
                 report.files.append(FileReport(rel, "moved", f"was {old_rel}", same.id))
             else:
-                report.files.append(FileReport(rel, "duplicate", f"same content as {same.path}", same.id))
+                pending.append((_report(report, FileReport(rel, "duplicate", f"same content as {same.path}")), same))
             continue
         if existing is not None:  # same path, new content: keep the old row's history, point it at nothing
             existing.missing = True
             existing.path = f"{existing.path}#replaced-{existing.id}"
         image = _new_image(rel, path.name, info, source, stat.st_mtime)
-        session.add(image)
-        session.flush()
+        folder_label = label_for_path(rel)
+        if folder_label:  # a new image has no labels yet: no need to look any up
+            image.labels.append(Label(label=folder_label, annotator=FOLDER_ANNOTATOR))
+        session.add(image)  # inserted in batches at the next commit (ids filled in then)
         known[rel], by_sha[info.sha256] = image, image
-        _set_folder_label(session, image.id, label_for_path(rel))
-        report.files.append(FileReport(rel, "added", image_id=image.id))
-        if n % commit_every == 0:
-            session.commit()
+        pending.append((_report(report, FileReport(rel, "added")), image))
+        if len(pending) >= commit_every:
+            _commit(session, pending)
     for rel, img in known.items():
         if rel not in seen_paths and not img.missing and not (memes_dir / rel).exists():
             img.missing = True
-    session.commit()
+    _commit(session, pending)
     return report
+
+
+def _report(report: IngestReport, entry: FileReport) -> FileReport:
+    report.files.append(entry)
+    return entry
+
+
+def _commit(session: Session, pending: list[tuple[FileReport, Image]]) -> None:
+    """Commit the batch and give its report rows their image ids."""
+    session.commit()
+    for entry, image in pending:
+        entry.image_id = image.id
+    pending.clear()
 
 
 def unique_target(folder: Path, filename: str) -> Path:
