@@ -25,6 +25,8 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and raises abo
 
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}
 ACCEPTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+EXIF_ORIENTATION = 0x0112
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 90 / transverse / rotate 270
 
 
 class InvalidImage(ValueError):
@@ -95,8 +97,9 @@ def validate_bytes(data: bytes) -> ImageInfo:
                 mode = im.mode
                 im.seek(0)
                 im.load()  # full decode of the first frame: catches truncation and corruption
-                oriented = ImageOps.exif_transpose(im)
-                width, height = oriented.size
+                width, height = w, h
+                if im.getexif().get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS:  # size as displayed, no copy
+                    width, height = h, w
     except InvalidImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
