@@ -240,3 +240,25 @@ def test_cli_embed_and_head_commands(settings, tiny_clip: str, capsys) -> None:
     assert main(["head", "show", str(settings.artefacts_dir / "kept")]) == 0
     assert main(["head", "show", "nope"]) == 2
     assert len(ids) == 10
+
+
+def test_train_page_trains_a_head_and_plots_its_curves(settings, tiny_clip: str, clear_streamlit_cache) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    ids = _memes(settings, 10)
+    _embed(settings, tiny_clip, ids)
+    page = Path(__file__).resolve().parent.parent / "pages" / "10_Train.py"
+    at = AppTest.from_file(str(page), default_timeout=120).run()
+    assert not at.exception
+    at.radio(key="train_what").set_value("Head on embeddings").run()
+    at.selectbox(key="train_head_features").set_value("interaction")
+    at.number_input(key="train_head_epochs").set_value(4)
+    at.text_input(key="train_head_clip_model").set_value(tiny_clip)
+    at.button(key="train_run").click().run()
+    assert not at.exception, at.exception
+    assert any("Out-of-fold F1" == m.label for m in at.metric)
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec["facet"]["column"]["field"] == "metric"  # one panel per metric: train/val loss, val F1
+    encoding = spec["spec"]["encoding"]
+    assert (encoding["x"]["field"], encoding["y"]["field"], encoding["color"]["field"]) == ("epoch", "value", "fold")
+    assert len(at.dataframe) >= 1  # the saved heads table

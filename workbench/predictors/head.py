@@ -60,7 +60,8 @@ def feature_model(features: str, embedders: dict[str, Embedder]) -> dict[str, An
     model = next(iter(embedders.values())).config().get("model", "?")
     source = "vlm" if features == "vlm" else "clip"
     return {"fingerprint": fingerprint({"features": features, "embedders": parts}),
-            "description": f"{source}:{model} · {features}", "features": features, "embedders": parts}
+            "description": f"{source}:{model} · {features}", "features": features, "model": model,
+            "embedders": parts}
 
 
 def _file_digest(directory: Path) -> str:
@@ -211,3 +212,17 @@ def copy_head(source: Path, destination: Path) -> Path:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         shutil.copy2(Path(source) / name, destination / name)
     return destination
+
+
+def predictor_for_saved_head(directory: Path) -> HeadPredictor:
+    """A head predictor that predicts with the saved head in `directory`, on the features it was trained on."""
+    from workbench.heads import read_head_info
+
+    info = read_head_info(Path(directory))
+    fm = info.get("feature_model") or {}
+    features, model = fm.get("features"), fm.get("model")
+    if features not in HEAD_FEATURES or not model:
+        raise HeadError(f"{directory}: the saved head does not say which features it was trained on")
+    key = "vlm_model" if features == "vlm" else "clip_model"
+    return HeadPredictor(features=features, head=(info.get("config") or {}).get("model", "mlp"),
+                         head_path=str(directory), **{key: model})

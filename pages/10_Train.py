@@ -1,0 +1,148 @@
+"""Train: cache CLIP / VLM embeddings, train a head or the TF-IDF baseline from the current
+labels (stratified k-fold: labeled memes get out-of-fold predictions), see the training
+curves, and save / reuse trained heads."""
+
+from workbench import ui
+
+ctx = ui.bootstrap("Train", "🎓")
+
+import altair as alt  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from workbench import catalog  # noqa: E402
+from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL  # noqa: E402
+from workbench.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
+from workbench.heads import HEAD_MODELS, HeadError, read_head_info  # noqa: E402
+from workbench.labels import consensus_labels  # noqa: E402
+from workbench.predict_jobs import build_predictor  # noqa: E402
+from workbench.predictors.base import PredictorStep  # noqa: E402
+from workbench.predictors.head import HEAD_FEATURES, copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
+from workbench.predictors.trained import read_training_report  # noqa: E402
+
+
+def curves_chart(curves: list[dict]) -> alt.FacetChart | None:
+    """Loss and validation F1 per epoch, one line per fold."""
+    if not curves:
+        return None
+    df = pd.DataFrame(curves)
+    metrics = [m for m in ("train_loss", "val_loss", "val_f1") if m in df]
+    long = df.melt(id_vars=["fold", "epoch"], value_vars=metrics, var_name="metric", value_name="value")
+    return (alt.Chart(long).mark_line().encode(
+        x=alt.X("epoch:Q"), y=alt.Y("value:Q"), color=alt.Color("fold:N"),
+        tooltip=["fold", "epoch", "metric", alt.Tooltip("value:Q", format=".3f")])
+        .properties(width=260, height=200).facet(column=alt.Column("metric:N", title=None))
+        .resolve_scale(y="independent"))
+
+
+def show_metrics(metrics: dict) -> None:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Out-of-fold F1", f"{metrics['f1']:.3f}" if metrics.get("f1") is not None else "–")
+    c2.metric("Out-of-fold AUROC", f"{metrics['auroc']:.3f}" if metrics.get("auroc") is not None else "–")
+    c3.metric("Labeled memes", metrics.get("n", "–"))
+    c4.metric("Folds", metrics.get("folds", "–"))
+
+
+st.title("Train")
+with ctx.session() as session:
+    all_ids = catalog.image_ids(session, "all")
+    labels = consensus_labels(session)
+n_toxic = sum(1 for v in labels.values() if v == "toxic")
+st.caption(f"{len(all_ids)} memes, {len(labels)} labeled ({n_toxic} toxic, {len(labels) - n_toxic} non_toxic). "
+           "Training uses the current consensus labels; new labels make a new run.")
+
+tab_embed, tab_train, tab_heads = st.tabs(["1 · Embeddings", "2 · Train", "3 · Saved heads"])
+
+with tab_embed:
+    st.write("Heads train on cached embeddings: CLIP image + CLIP text-of-OCR, or the VLM's mean-pooled "
+             "hidden state. Extraction skips memes whose embedding is current.")
+    c1, c2, c3 = st.columns([1, 3, 1])
+    source = c1.radio("Source", ["clip", "vlm"], key="train_embed_source", horizontal=True)
+    default_model = DEFAULT_CLIP_MODEL if source == "clip" else DEFAULT_VLM_MODEL
+    model = c2.text_input("Model id or local folder", value=default_model, key=f"train_embed_model_{source}")
+    dtype = c3.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="train_embed_dtype")
+    if st.button("Extract embeddings", key="train_embed_run", disabled=not all_ids):
+        for embedder in make_embedders(source, model.strip() or default_model, dtype=dtype):
+            st.write(f"**{embedder.kind}**")
+            ui.run_job_widget(ctx, EmbedStep(embedder), all_ids, key=f"train_embed_{embedder.kind}")
+    with ctx.session() as session:
+        counts = embedding_counts(session)
+    if counts:
+        st.dataframe(counts, hide_index=True)
+    else:
+        st.info("No embeddings cached yet.")
+
+with tab_train:
+    what = st.radio("What to train", ["TF-IDF baseline (OCR text, no weights needed)", "Head on embeddings"],
+                    key="train_what")
+    values: dict = {}
+    if what.startswith("TF-IDF"):
+        kind = "text-tfidf"
+        c1, c2, c3 = st.columns(3)
+        values["ngram_min"] = int(c1.number_input("Shortest n-gram", 1, 10, 2, key="train_tfidf_min"))
+        values["ngram_max"] = int(c2.number_input("Longest n-gram", 1, 10, 5, key="train_tfidf_max"))
+        values["folds"] = int(c3.number_input("Folds", 2, 20, 5, key="train_tfidf_folds"))
+    else:
+        kind = "head"
+        c1, c2, c3 = st.columns(3)
+        values["features"] = c1.selectbox("Features", HEAD_FEATURES, index=HEAD_FEATURES.index("both"),
+                                          key="train_head_features",
+                                          help="image×text = 'interaction'; vlm = VLM pooled hidden state")
+        values["head"] = c2.selectbox("Head", HEAD_MODELS, index=HEAD_MODELS.index("mlp"), key="train_head_model")
+        values["folds"] = int(c3.number_input("Folds", 2, 20, 5, key="train_head_folds"))
+        c1, c2, c3 = st.columns(3)
+        values["epochs"] = int(c1.number_input("Epochs", 1, 1000, 60, key="train_head_epochs"))
+        values["lr"] = float(c2.number_input("Learning rate", 1e-5, 1.0, 1e-3, format="%.5f", key="train_head_lr"))
+        values["seed"] = int(c3.number_input("Seed", 0, 10_000, 0, key="train_head_seed"))
+        model_key = "vlm_model" if values["features"] == "vlm" else "clip_model"
+        values[model_key] = st.text_input("Feature model (its embeddings must be cached)",
+                                          value=DEFAULT_VLM_MODEL if model_key == "vlm_model" else DEFAULT_CLIP_MODEL,
+                                          key=f"train_head_{model_key}")
+    if st.button("Train and predict (out-of-fold)", type="primary", key="train_run", disabled=not all_ids):
+        try:
+            predictor = build_predictor(kind, values)
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            summary = ui.run_job_widget(ctx, PredictorStep(predictor), all_ids, key="train_job")
+            if summary is not None and summary.status == "done":
+                st.session_state["train_fingerprint"] = predictor.fingerprint()
+    fp = st.session_state.get("train_fingerprint")
+    report = read_training_report(fp) if fp else None
+    if report:
+        st.subheader(f"Training report · {report['kind']} · run {fp}")
+        show_metrics(report["metrics"])
+        chart = curves_chart(report.get("curves") or [])
+        if chart is not None:
+            st.altair_chart(chart)
+        st.caption("Per fold: training seconds " + ", ".join(f"{s:.2f}" for s in report.get("fold_seconds", [])))
+
+with tab_heads:
+    heads = saved_heads()
+    if not heads:
+        st.info("No saved heads yet: train one in the Train tab (it is saved automatically).")
+    else:
+        st.dataframe(heads, hide_index=True)
+        name = st.selectbox("Head", [h["name"] for h in heads], key="train_saved_head")
+        chosen = next(h for h in heads if h["name"] == name)
+        info = read_head_info(chosen["path"])
+        st.text(f"features: {info['feature_model'].get('description')}  ·  head: {info['config']['model']}")
+        chart = curves_chart(info.get("curves") or [])
+        if chart is not None:
+            st.altair_chart(chart)
+        dest = st.text_input("Copy this head to a folder", key="train_copy_dest", placeholder="/path/to/my_head")
+        if st.button("Copy", key="train_copy", disabled=not dest.strip()):
+            try:
+                st.success(f"Copied to {copy_head(chosen['path'], dest.strip())}")
+            except (HeadError, OSError) as exc:
+                st.error(str(exc))
+    st.subheader("Predict with a saved head")
+    path = st.text_input("Head folder (holding head.json + head.safetensors)", key="train_load_path",
+                         value=heads[0]["path"] if heads else "")
+    if st.button("Predict all memes with this head", key="train_load_run", disabled=not (path.strip() and all_ids)):
+        try:
+            predictor = predictor_for_saved_head(path.strip())
+        except HeadError as exc:
+            st.error(str(exc))
+        else:
+            ui.run_job_widget(ctx, PredictorStep(predictor), all_ids, key="train_load_job")
