@@ -3,6 +3,7 @@ the same rows, and annotations.csv byte for byte; a non-empty DB is refused."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -219,6 +220,44 @@ def test_restore_into_empty_postgres(settings, session, tmp_path):
                 assert new.id > max(r["id"] for r in before["labels"])
             with db.session_scope(url) as pg, pytest.raises(BackupError, match="not empty"):
                 restore(pg, tmp_path / "pg.zip")
+            from workbench.backup import snapshot_session
+
+            with snapshot_session(url) as snap:  # back up the PostgreSQL copy: same content again
+                again = backup(snap, tmp_path / "pg-again.zip")
+            assert again.counts["labels"] == len(before["labels"]) + 1
+            with db.session_scope(url) as pg:
+                now = export_annotations(pg).encode("utf-8")
+            assert read_manifest(tmp_path / "pg-again.zip")["annotations_sha256"] == hashlib.sha256(now).hexdigest()
             db.dispose_all()
     except PostgresUnavailable as exc:
         pytest.skip(str(exc))
+
+
+def test_backup_reads_a_snapshot_and_does_not_block_writers(settings, session, tmp_path):
+    """While a backup's snapshot is open, an annotator (another process) can still write,
+    and the backup holds the state of the moment it started."""
+    from workbench.backup import snapshot_session
+
+    populate(settings, session)
+    session.commit()
+    image_id = session.scalar(select(Label.image_id))
+    n_labels = table_counts(session)["labels"]
+    annotations = export_annotations(session)
+    session.close()
+    with snapshot_session(settings.db_url) as snap:
+        assert table_counts(snap)["labels"] == n_labels  # the snapshot starts here
+        code = ("import sys; from workbench import db; from workbench.labels import add_label\n"
+                f"with db.session_scope({settings.db_url!r}) as s: add_label(s, {image_id}, 'non_toxic', 'zoe')\n")
+        writer = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+        assert writer.returncode == 0, writer.stderr
+        report = backup(snap, tmp_path / "snap.zip")
+    assert report.counts["labels"] == n_labels
+    url2 = f"sqlite:///{tmp_path / 'r.sqlite3'}"
+    db.upgrade(url2)
+    with db.session_scope(url2) as s2:
+        restore(s2, tmp_path / "snap.zip")
+    with db.session_scope(url2) as s2:
+        assert export_annotations(s2) == annotations
+    with db.session_scope(settings.db_url) as s:
+        assert table_counts(s)["labels"] == n_labels + 1

@@ -36,10 +36,12 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, LargeBinary, Table, func, insert, select, text
+from sqlalchemy import Boolean, DateTime, Float, Integer, LargeBinary, Table, create_engine, event, func, insert, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from workbench.annotations import export_annotations
+from workbench.db import normalize_url
 from workbench.images import sha256_file
 from workbench.schema import Base
 
@@ -247,6 +249,34 @@ def _schema_revision(session: Session) -> str | None:
     except Exception:  # noqa: BLE001 - a DB created without Alembic has no revision
         session.rollback()
         return None
+
+
+@contextmanager
+def snapshot_session(db_url: str) -> Iterator[Session]:
+    """A consistent read-only view of the DB that does not block writers, so a backup can
+    run while people label. SQLite: a deferred transaction on its own connection (WAL pins
+    a snapshot at the first read; the app's sessions use BEGIN IMMEDIATE, which would hold
+    the write lock for the whole backup). PostgreSQL: REPEATABLE READ, READ ONLY."""
+    url = normalize_url(db_url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, poolclass=NullPool)
+
+        @event.listens_for(engine, "connect")
+        def _manual_transactions(dbapi_connection, _record) -> None:  # noqa: ANN001
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+
+        @event.listens_for(engine, "begin")
+        def _deferred(conn) -> None:  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN DEFERRED")
+    else:
+        engine = create_engine(url, poolclass=NullPool).execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    try:
+        with Session(bind=engine) as session:
+            yield session
+            session.rollback()
+    finally:
+        engine.dispose()
 
 
 def backup(

@@ -25,11 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.backup import BackupError, backup
-    from workbench.db import session_scope
+    from workbench.backup import BackupError, backup, snapshot_session
 
     try:
-        with session_scope(settings.db_url) as session:
+        with snapshot_session(settings.db_url) as session:  # people can keep labeling meanwhile
             report = backup(session, args.out, memes_dir=settings.memes_dir, include_embeddings=args.embeddings,
                             include_files=args.files)
     except BackupError as exc:
