@@ -19,12 +19,24 @@ NO_CELL = "(choose a cell)"
 state = st.session_state
 
 
+def _tips(*fields: str) -> list:
+    """Tooltip channels as objects: Altair turns shorthand strings into channels through a
+    slow schema lookup (~50 ms each), which dominated this page's rerun time."""
+    return [alt.Tooltip(f) for f in fields]
+
+
 @st.cache_resource(show_spinner="Computing metrics…", max_entries=8)
 def _dashboard(db_url: str, run_ids: tuple[int, ...], version: tuple[int, ...], n_boot: int,
                seed: int) -> analysis.Dashboard:
     """Cached on the data version: a relabel or a new prediction recomputes, a widget change does not."""
     with db.session_scope(db_url) as session:
         return analysis.dashboard(session, run_ids, n_boot=n_boot, seed=seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _agreement(db_url: str, version: tuple[int, ...]) -> dict:
+    with db.session_scope(db_url) as session:
+        return outcomes.annotator_agreement(session)
 
 
 def _cell_key(run_id: int, human: str, answer: str) -> str:
@@ -73,9 +85,9 @@ base = alt.Chart().encode(
 rect = base.mark_rect().encode(
     color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"), legend=None),
     opacity=alt.condition(cell, alt.value(1.0), alt.value(0.6)),
-    tooltip=["run:N", "human:N", "answer:N", "outcome:N", "count:Q"],
+    tooltip=_tips("run:N", "human:N", "answer:N", "outcome:N", "count:Q"),
 ).add_params(cell)
-text = base.mark_text(fontSize=16).encode(text="count:Q")
+text = base.mark_text(fontSize=16).encode(text=alt.Text("count:Q"))
 heatmap = alt.layer(rect, text, data=conf).properties(width=210, height=150).facet(
     column=alt.Column("run:N", title=None))
 event = st.altair_chart(heatmap, on_select="rerun", key="dash_confusion")
@@ -120,22 +132,22 @@ if prob_runs:
     st.subheader("ROC and precision-recall")
     left, right = st.columns(2)
     diag = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="gray").encode(
-        x="x:Q", y="y:Q")
+        x=alt.X("x:Q"), y=alt.Y("y:Q"))
     roc = alt.Chart(pd.DataFrame(dash.roc_rows)).mark_line().encode(
         x=alt.X("fpr:Q", title="false positive rate"), y=alt.Y("tpr:Q", title="true positive rate"),
-        color=alt.Color("run:N", legend=alt.Legend(orient="bottom")), tooltip=["run:N", "fpr:Q", "tpr:Q", "threshold:Q"])
+        color=alt.Color("run:N", legend=alt.Legend(orient="bottom")), tooltip=_tips("run:N", "fpr:Q", "tpr:Q", "threshold:Q"))
     left.altair_chart((diag + roc).properties(title="ROC", height=320), width="stretch")
     pr = alt.Chart(pd.DataFrame(dash.pr_rows)).mark_line(interpolate="step-after").encode(
         x=alt.X("recall:Q"), y=alt.Y("precision:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("run:N", legend=alt.Legend(orient="bottom")),
-        tooltip=["run:N", "recall:Q", "precision:Q", "threshold:Q"])
+        tooltip=_tips("run:N", "recall:Q", "precision:Q", "threshold:Q"))
     right.altair_chart(pr.properties(title="Precision-recall", height=320), width="stretch")
 
     st.subheader("Calibration (reliability)")
     calib = alt.Chart(pd.DataFrame(dash.calibration_rows)).mark_line(point=True).encode(
         x=alt.X("mean_prob:Q", title="mean predicted p(toxic)", scale=alt.Scale(domain=[0, 1])),
         y=alt.Y("frac_toxic:Q", title="fraction toxic (human)", scale=alt.Scale(domain=[0, 1])),
-        color="run:N", tooltip=["run:N", "bin_low:Q", "bin_high:Q", "mean_prob:Q", "frac_toxic:Q", "count:Q"])
+        color=alt.Color("run:N"), tooltip=_tips("run:N", "bin_low:Q", "bin_high:Q", "mean_prob:Q", "frac_toxic:Q", "count:Q"))
     st.altair_chart((diag + calib).properties(height=320), width="stretch")
 
     st.subheader("Threshold")
@@ -162,7 +174,7 @@ st.dataframe(lat.merge(counts, on="run"), hide_index=True, width="stretch")
 if lat["mean_ms"].notna().any():
     st.altair_chart(alt.Chart(lat.dropna(subset=["mean_ms"])).mark_bar().encode(
         x=alt.X("mean_ms:Q", title="mean latency (ms)"), y=alt.Y("run:N", title=None),
-        tooltip=["run:N", "mean_ms:Q", "p95_ms:Q", "n:Q"]), width="stretch")
+        tooltip=_tips("run:N", "mean_ms:Q", "p95_ms:Q", "n:Q")), width="stretch")
 
 if dash.pair_rows:
     st.subheader("Run vs run")
@@ -171,8 +183,7 @@ if dash.pair_rows:
     st.dataframe(pd.DataFrame(dash.pair_rows), hide_index=True, width="stretch")
 
 with st.expander("Annotator agreement"):
-    with ctx.session() as session:
-        agreement = outcomes.annotator_agreement(session)
+    agreement = _agreement(ctx.db_url, version)
     if agreement["annotators"]:
         st.caption("“vs others” compares each annotator with the consensus of everyone else on the same images.")
         st.dataframe(pd.DataFrame(agreement["annotators"]), hide_index=True, width="stretch")

@@ -92,6 +92,7 @@ class Evaluation:
     # Labeled items with a probability, for curves and the threshold slider (not serialised).
     y_prob_true: np.ndarray = field(repr=False, compare=False)
     y_prob: np.ndarray = field(repr=False, compare=False)
+    curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # sklearn ROC/PR curves
 
     @property
     def confusion(self) -> list[list[int]]:
@@ -118,24 +119,20 @@ class Evaluation:
         return threshold_sweep(self.y_prob_true, self.y_prob)
 
     def roc_points(self, max_points: int = 400) -> dict[str, list[float]]:
-        """ROC curve (fpr, tpr, threshold), thinned for charts."""
-        from sklearn.metrics import roc_curve
-
-        if not self._two_classes_with_prob():
+        """ROC curve (fpr, tpr, threshold) as sklearn.metrics.roc_curve, thinned for charts."""
+        if "fpr" not in self.curves:
             return {"fpr": [], "tpr": [], "threshold": []}
-        fpr, tpr, thr = roc_curve(self.y_prob_true, self.y_prob, drop_intermediate=True)
+        fpr, tpr, thr = self.curves["fpr"], self.curves["tpr"], self.curves["roc_thr"]
         keep = _thin(len(fpr), max_points)
         return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(),
                 "threshold": np.minimum(thr[keep], 1.0).tolist()}
 
     def pr_points(self, max_points: int = 400) -> dict[str, list[float]]:
-        """Precision-recall curve (recall, precision, threshold), thinned for charts."""
-        from sklearn.metrics import precision_recall_curve
-
-        if not self._two_classes_with_prob():
+        """Precision-recall curve as sklearn.metrics.precision_recall_curve, thinned for charts."""
+        if "recall" not in self.curves:
             return {"recall": [], "precision": [], "threshold": []}
-        precision, recall, thr = precision_recall_curve(self.y_prob_true, self.y_prob)
-        thr = np.append(thr, 1.0)  # the last point (recall 0, precision 1) has no threshold
+        precision, recall = self.curves["precision"], self.curves["recall"]
+        thr = np.append(self.curves["pr_thr"], 1.0)  # the last point (recall 0, precision 1) has no threshold
         keep = _thin(len(recall), max_points)
         return {"recall": recall[keep].tolist(), "precision": precision[keep].tolist(),
                 "threshold": thr[keep].tolist()}
@@ -143,9 +140,6 @@ class Evaluation:
     def calibration(self, n_bins: int = 10) -> list[dict[str, float]]:
         """Reliability curve: per probability bin, mean predicted prob, observed toxic rate, count."""
         return calibration_bins(self.y_prob_true, self.y_prob, n_bins)
-
-    def _two_classes_with_prob(self) -> bool:
-        return self.n_prob > 0 and 0 < int(self.y_prob_true.sum()) < self.n_prob
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what `python -m workbench metrics --json` prints per run)."""
@@ -208,11 +202,16 @@ def evaluate_codes(
 
     y_prob_true, y_prob = _prob_arrays(true, prob)
     roc_auc = average_precision = None
+    curves: dict[str, np.ndarray] = {}
     if len(y_prob) and 0 < y_prob_true.sum() < len(y_prob_true):
-        from sklearn.metrics import average_precision_score, roc_auc_score
+        from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-        roc_auc = float(roc_auc_score(y_prob_true, y_prob))
-        average_precision = float(average_precision_score(y_prob_true, y_prob))
+        # One curve each, reused for the charts; AUC and AP from them exactly as
+        # sklearn's roc_auc_score / average_precision_score compute them internally.
+        curves["fpr"], curves["tpr"], curves["roc_thr"] = roc_curve(y_prob_true, y_prob)
+        curves["precision"], curves["recall"], curves["pr_thr"] = precision_recall_curve(y_prob_true, y_prob)
+        roc_auc = float(auc(curves["fpr"], curves["tpr"]))
+        average_precision = float(max(0.0, -np.sum(np.diff(curves["recall"]) * curves["precision"][:-1])))
 
     ci = bootstrap_count_ci([tp, fp, fn, tn, unc_pos, unc_neg], n_boot=n_boot, seed=seed, level=ci_level)
     ci = {k: ci[k] for k in (*HEADLINE, "accuracy_strict", "coverage")}
@@ -228,7 +227,7 @@ def evaluate_codes(
         accuracy=point["accuracy"], accuracy_strict=point["accuracy_strict"], precision=point["precision"],
         recall=point["recall"], f1=point["f1"], coverage=point["coverage"],
         roc_auc=roc_auc, average_precision=average_precision, n_prob=len(y_prob),
-        ci=ci, ci_level=ci_level, y_prob_true=y_prob_true, y_prob=y_prob,
+        ci=ci, ci_level=ci_level, y_prob_true=y_prob_true, y_prob=y_prob, curves=curves,
     )
 
 

@@ -1,0 +1,131 @@
+"""Dashboard computations at scale: N predictions over R runs (generated into a temporary
+SQLite DB), timed beside the plain scikit-learn calls on the same arrays.
+
+    .venv/bin/python bench/metrics.py [--n 100000] [--runs 5] [--repeat 3] [--no-page]
+
+Prints, best of --repeat:
+- load: fetch predictions + consensus labels and align them (workbench.outcomes.load_runs)
+- dashboard: workbench.analysis.dashboard (load + every number the page shows: metrics with
+  1000-resample bootstrap CIs, confusion cells, ROC/PR/calibration, McNemar + kappa for
+  every pair, per-folder/source breakdowns)
+- compute only: the same without the DB load
+- sklearn: accuracy, precision/recall/F1/support, confusion matrix, ROC AUC and average
+  precision per run on the same covered arrays (no CIs, no curves) — and the ratio
+- page: the Dashboard page through AppTest with all runs chosen (server time per rerun):
+  cold (cache cleared) and warm (the threshold slider moved)
+The target is < 1 s for the dashboard computations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def best_of(repeat: int, fn):  # noqa: ANN001, ANN201
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times), result
+
+
+def sklearn_baseline(datas) -> None:  # noqa: ANN001
+    """What a plain script would call per run: sklearn on the covered / probability arrays."""
+    import numpy as np
+    from sklearn import metrics as skm
+
+    for d in datas:
+        covered = (d.true >= 0) & (d.pred <= 1)
+        y, p = d.true[covered], d.pred[covered]
+        skm.accuracy_score(y, p)
+        skm.precision_recall_fscore_support(y, p, pos_label=1, average="binary", zero_division=0)
+        skm.confusion_matrix(y, p, labels=[1, 0])
+        has = (d.true >= 0) & ~np.isnan(d.prob)
+        if has.any():
+            skm.roc_auc_score(d.true[has], d.prob[has])
+            skm.average_precision_score(d.true[has], d.prob[has])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="predictions in total")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-page", action="store_true", help="skip the AppTest page timing")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="wb-bench-metrics-"))
+    os.environ["WORKBENCH_DB_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
+    os.environ["WORKBENCH_MEMES_DIR"] = str(tmp / "memes")
+    os.environ["WORKBENCH_ARTEFACTS_DIR"] = str(tmp / "artefacts")
+    (tmp / "memes").mkdir()
+
+    from workbench import db
+    from workbench.analysis import dashboard
+    from workbench.config import load_settings
+    from workbench.outcomes import load_runs, load_truth
+    from workbench.synthetic_runs import generate
+
+    url = load_settings().db_url
+    db.upgrade(url)
+    n_images = args.n // args.runs
+    start = time.perf_counter()
+    with db.session_scope(url) as session:
+        run_ids = generate(session, n_images, args.runs, seed=0)
+    print(f"generated {n_images * args.runs:,} predictions slots ({n_images:,} labeled images x {args.runs} runs, "
+          f"~10% unknown/failed/missing) in {time.perf_counter() - start:.1f} s  [{tmp}]")
+
+    with db.session_scope(url) as session:
+        dashboard(session, run_ids)  # warm imports and SQLite page cache
+        t_load, m_load, datas = best_of(args.repeat, lambda: load_runs(session, run_ids, load_truth(session)))
+        t_dash, m_dash, _ = best_of(args.repeat, lambda: dashboard(session, run_ids))
+    n_pred = sum(int((d.pred <= 3).sum()) for d in datas)
+    t_sk, m_sk, _ = best_of(args.repeat, lambda: sklearn_baseline(datas))
+    compute = max(t_dash - t_load, 1e-9)
+
+    print(f"stored predictions: {n_pred:,}")
+    print(f"{'load (DB -> aligned arrays)':38} {t_load * 1000:8.1f} ms   (median {m_load * 1000:.1f})")
+    print(f"{'dashboard (load + all numbers)':38} {t_dash * 1000:8.1f} ms   (median {m_dash * 1000:.1f})  "
+          f"target < 1000 ms: {'OK' if t_dash < 1 else 'MISSED'}")
+    print(f"{'  compute only (dashboard - load)':38} {compute * 1000:8.1f} ms")
+    print(f"{'sklearn plain calls, same arrays':38} {t_sk * 1000:8.1f} ms   (median {m_sk * 1000:.1f})")
+    print(f"ratio compute / sklearn = {compute / t_sk:.2f}x   (dashboard incl. load / sklearn = {t_dash / t_sk:.2f}x)")
+    print("  (the dashboard also computes 1000-resample CIs for 6 metrics + AUC, ROC/PR/calibration curves,"
+          " 10 pairwise McNemar/kappa, 2 breakdowns)")
+
+    if not args.no_page:
+        import streamlit as st
+        from streamlit.testing.v1 import AppTest
+
+        st.cache_resource.clear()
+        at = AppTest.from_file(str(REPO / "pages" / "6_Dashboard.py"), default_timeout=300)
+        at.run()  # first run pays imports + migrations check
+        at.multiselect(key="dash_runs").set_value(run_ids)
+        st.cache_resource.clear()
+        start = time.perf_counter()
+        at.run()
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        at.slider(key="dash_threshold").set_value(0.7).run()
+        warm = time.perf_counter() - start
+        if at.exception:
+            print("page raised:", [e.value for e in at.exception])
+            return 1
+        print(f"{'page, all runs, cache cleared':38} {cold * 1000:8.1f} ms")
+        print(f"{'page, threshold moved (cached)':38} {warm * 1000:8.1f} ms")
+    db.dispose_all()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
