@@ -89,6 +89,16 @@ def predict_job(url: str, memes_dir: str, lock_dir: str, delay_s: float, hang_on
         raise SystemExit(1)
 
 
+def scan(url: str, memes_dir: str, go_file: str) -> None:
+    from workbench.ingest import scan_folder
+
+    while not Path(go_file).exists():
+        time.sleep(0.01)
+    with db.session_scope(url) as session:
+        report = scan_folder(session, Path(memes_dir), commit_every=5)  # small batches: many chances to race
+    print(" ".join(f"{f.status}:{f.name}" for f in report.files))
+
+
 def _spawn(*args: str, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], env=env, cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -182,6 +192,27 @@ def test_two_annotators_and_a_job_write_at_once(memes, settings, tmp_path):
         assert len(current) == 2 * N_IMAGES
 
 
+def test_two_scans_of_one_folder_at_once(settings, backend_url, tmp_path):
+    """Two tabs (or a tab and the CLI) press Scan together: both finish, each file is stored once."""
+    from workbench.samples import write_sample_memes
+
+    write_sample_memes(settings.memes_dir, n=30, seed=8, size=(32, 32))
+    go = tmp_path / "go"
+    procs = [_spawn("scan", backend_url, str(settings.memes_dir), str(go), env=_env()) for _ in range(2)]
+    time.sleep(1.0)
+    go.touch()
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    statuses = [dict(item.split(":", 1)[::-1] for item in out.split()) for out, _ in outputs]
+    assert all(len(s) == 30 for s in statuses)
+    for name in statuses[0]:  # exactly one scan added each file; the other found it stored
+        assert sorted([statuses[0][name], statuses[1][name]]) == ["added", "unchanged"], name
+    with db.session_scope(backend_url) as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == 30
+        assert session.scalar(select(func.count()).select_from(Label)) == 30  # one folder label each
+
+
 def test_sigkilled_job_resumes_with_exactly_one_prediction_per_image(memes, settings, tmp_path):
     url = memes
     marker = tmp_path / "in-batch-3"
@@ -217,7 +248,9 @@ def test_sigkilled_job_resumes_with_exactly_one_prediction_per_image(memes, sett
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
-    if command == "annotate":
+    if command == "scan":
+        scan(*rest)
+    elif command == "annotate":
         annotate(rest[0], rest[1], int(rest[2]), rest[3])
     elif command == "predict":
         url_, memes_dir_, lock_dir_, delay, hang, marker_, go_ = rest

@@ -7,8 +7,11 @@ and nothing already stored is touched.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,8 +106,43 @@ def scan_folder(
     on_progress: Callable[[int, int], None] | None = None,
     commit_every: int = 200,
 ) -> IngestReport:
-    """Ingest every image file under `memes_dir` that is new or changed; commits as it goes."""
+    """Ingest every image file under `memes_dir` that is new or changed; commits as it goes.
+
+    Scans of one folder run one at a time (two tabs, or a tab and the CLI): a second scan
+    waits, then finds the first one's images already stored.
+    """
     memes_dir = memes_dir.resolve()
+    with folder_lock(memes_dir):
+        return _scan_folder(session, memes_dir, source, on_progress, commit_every)
+
+
+@contextmanager
+def folder_lock(memes_dir: Path) -> Iterator[None]:
+    """Cross-process lock for writers of one memes folder (scan, upload). Kept in the temp
+    dir, so a read-only memes folder works; released by the OS if the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    key = hashlib.sha1(str(memes_dir.resolve()).encode("utf-8")).hexdigest()[:16]
+    try:
+        fh = open(Path(tempfile.gettempdir()) / f"vlmemes-workbench-{key}.lock", "a+")  # noqa: SIM115
+    except OSError:  # e.g. another user's lock file: go on unlocked rather than refuse to scan
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _scan_folder(
+    session: Session, memes_dir: Path, source: str, on_progress: Callable[[int, int], None] | None,
+    commit_every: int,
+) -> IngestReport:
     report = IngestReport()
     if not memes_dir.is_dir():
         report.files.append(FileReport(str(memes_dir), "rejected", "memes folder does not exist"))
@@ -247,6 +285,13 @@ def store_uploads(
 ) -> IngestReport:
     """store_upload for many files; each is committed on its own so one bad file costs nothing."""
     report = IngestReport()
+    with folder_lock(memes_dir):
+        _store_each(session, memes_dir, files, label, annotator, report)
+    return report
+
+
+def _store_each(session: Session, memes_dir: Path, files: Iterable[tuple[str, bytes]], label: str | None,
+                annotator: str | None, report: IngestReport) -> None:
     for name, data in files:
         try:
             report.files.append(store_upload(session, memes_dir, name, data, label, annotator))
@@ -254,4 +299,3 @@ def store_uploads(
         except Exception as exc:  # noqa: BLE001 - per-file failure is reported, the batch goes on
             session.rollback()
             report.files.append(FileReport(name[:200], "rejected", f"{type(exc).__name__}: {exc}"))
-    return report
