@@ -98,6 +98,42 @@ def _vocab_and_merges(tokenizer: Any) -> tuple[dict[str, int], list[tuple[str, s
     return dict(model["vocab"]), merges
 
 
+# ---------------------------------------------------------------------------- big random models
+
+
+def fast_random_model(model_class: Any, config: Any, dtype: Any, seed: int = 0) -> Any:
+    """`model_class(config)` in `dtype`, eval mode, with cheap random weights: the standard
+    init of billions of parameters takes minutes on a CPU, while the compute of a forward
+    pass does not depend on the values. Matrices get a tiled N(0, 0.02) block, norm weights
+    1, biases 0, so activations stay finite and realistic in scale."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # allocate directly in the target dtype: half the peak memory in bf16
+    try:
+        with no_init_weights():
+            model = model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+    generator = torch.Generator().manual_seed(seed)
+    block = (torch.randn(1_000_003, generator=generator) * 0.02).to(dtype)  # prime length: no row alignment
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 0:
+                continue  # scalars (CLIP's logit_scale) are set by __init__
+            if param.dim() == 1 and name.endswith("bias"):
+                param.zero_()
+            elif param.dim() == 1 and name.endswith("weight"):
+                param.fill_(1.0)  # norm scales
+            else:
+                flat = param.view(-1)
+                for start in range(0, flat.numel(), block.numel()):
+                    chunk = flat[start : start + block.numel()]
+                    chunk.copy_(block[: chunk.numel()])
+    return model.to(dtype).eval()
+
+
 # ---------------------------------------------------------------------------- CLIP
 
 
@@ -177,10 +213,7 @@ def random_clip_vit_l14(dtype: Any = None, seed: int = 0) -> tuple[Any, Any]:
     config.text_config.bos_token_id = tokenizer.bos_token_id
     config.text_config.eos_token_id = tokenizer.eos_token_id
     config.text_config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(seed)
-    model = CLIPModel(config).eval()
-    if dtype is not None:
-        model = model.to(dtype)
+    model = fast_random_model(CLIPModel, config, dtype or torch.float32, seed)
     return model, _clip_processor(tokenizer, 224)
 
 
@@ -310,14 +343,7 @@ def random_qwen2_5_vl_3b(dtype: Any = None, seed: int = 0, min_pixels: int = 56 
 
     tokenizer = tiny_qwen_tokenizer()
     config = qwen2_5_vl_3b_config(tokenizer=tokenizer)
-    torch.manual_seed(seed)
-    dtype = dtype or torch.bfloat16
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # allocate directly in the target dtype: half the peak memory
-    try:
-        model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    model = fast_random_model(Qwen2_5_VLForConditionalGeneration, config, dtype or torch.bfloat16, seed)
     model.generation_config = _generation_config(tokenizer)
     return model, _qwen_processor(tokenizer, min_pixels, max_pixels)
 
