@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,12 +30,15 @@ sys.path.insert(0, str(REPO))
 
 
 def best_of(repeat: int, fn):  # noqa: ANN001, ANN201
-    times, result = [], None
+    """(best wall s, best CPU s of this process, result). On a shared 2-core box the wall time
+    includes waiting for other processes; CPU time is what the work itself costs."""
+    walls, cpus, result = [], [], None
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times), result
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus), result
 
 
 def sklearn_baseline(datas) -> None:  # noqa: ANN001
@@ -93,13 +95,16 @@ def main() -> int:
     t_sk, m_sk, _ = best_of(args.repeat, lambda: sklearn_baseline(datas))
     compute = max(t_dash - t_load, 1e-9)
 
-    print(f"stored predictions: {n_pred:,}")
-    print(f"{'load (DB -> aligned arrays)':38} {t_load * 1000:8.1f} ms   (median {m_load * 1000:.1f})")
-    print(f"{'dashboard (load + all numbers)':38} {t_dash * 1000:8.1f} ms   (median {m_dash * 1000:.1f})  "
-          f"target < 1000 ms: {'OK' if t_dash < 1 else 'MISSED'}")
-    print(f"{'  compute only (dashboard - load)':38} {compute * 1000:8.1f} ms")
-    print(f"{'sklearn plain calls, same arrays':38} {t_sk * 1000:8.1f} ms   (median {m_sk * 1000:.1f})")
-    print(f"ratio compute / sklearn = {compute / t_sk:.2f}x   (dashboard incl. load / sklearn = {t_dash / t_sk:.2f}x)")
+    compute_cpu = max(m_dash - m_load, 1e-9)
+    print(f"stored predictions: {n_pred:,}; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'':38} {'wall':>9}   {'CPU':>9}")
+    print(f"{'load (DB -> aligned arrays)':38} {t_load * 1000:6.0f} ms   {m_load * 1000:6.0f} ms")
+    print(f"{'dashboard (load + all numbers)':38} {t_dash * 1000:6.0f} ms   {m_dash * 1000:6.0f} ms   "
+          f"target < 1000 ms: wall {'OK' if t_dash < 1 else 'MISSED'}, CPU {'OK' if m_dash < 1 else 'MISSED'}")
+    print(f"{'  compute only (dashboard - load)':38} {compute * 1000:6.0f} ms   {compute_cpu * 1000:6.0f} ms")
+    print(f"{'sklearn plain calls, same arrays':38} {t_sk * 1000:6.0f} ms   {m_sk * 1000:6.0f} ms")
+    print(f"ratio compute / sklearn = {compute / t_sk:.2f}x wall, {compute_cpu / m_sk:.2f}x CPU   "
+          f"(dashboard incl. load / sklearn = {t_dash / t_sk:.2f}x wall, {m_dash / m_sk:.2f}x CPU)")
     print("  (the dashboard also computes 1000-resample CIs for 6 metrics + AUC, ROC/PR/calibration curves,"
           " 10 pairwise McNemar/kappa, 2 breakdowns)")
 
@@ -112,17 +117,17 @@ def main() -> int:
         at.run()  # first run pays imports + migrations check
         at.multiselect(key="dash_runs").set_value(run_ids)
         st.cache_resource.clear()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         at.run()
-        cold = time.perf_counter() - start
-        start = time.perf_counter()
+        cold, cold_cpu = time.perf_counter() - start, time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
         at.slider(key="dash_threshold").set_value(0.7).run()
-        warm = time.perf_counter() - start
+        warm, warm_cpu = time.perf_counter() - start, time.process_time() - cpu
         if at.exception:
             print("page raised:", [e.value for e in at.exception])
             return 1
-        print(f"{'page, all runs, cache cleared':38} {cold * 1000:8.1f} ms")
-        print(f"{'page, threshold moved (cached)':38} {warm * 1000:8.1f} ms")
+        print(f"{'page, all runs, cache cleared':38} {cold * 1000:6.0f} ms   {cold_cpu * 1000:6.0f} ms")
+        print(f"{'page, threshold moved (cached)':38} {warm * 1000:6.0f} ms   {warm_cpu * 1000:6.0f} ms")
     db.dispose_all()
     return 0
 

@@ -182,7 +182,9 @@ if dash.pair_rows:
                "differ); Cohen's kappa on every image both answered (agreement beyond chance).")
     st.dataframe(pd.DataFrame(dash.pair_rows), hide_index=True, width="stretch")
 
-with st.expander("Annotator agreement"):
+st.subheader("Annotators")
+if st.toggle("Show annotator agreement", key="dash_agreement",
+             help="Agreement and Cohen's kappa of each annotator with the consensus and with each other."):
     agreement = _agreement(ctx.db_url, version)
     if agreement["annotators"]:
         st.caption("“vs others” compares each annotator with the consensus of everyone else on the same images.")

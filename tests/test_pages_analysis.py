@@ -124,6 +124,11 @@ def test_dashboard_renders_two_runs_with_expected_chart_data(world):
     assert not at.exception
     assert len(at.get("image")) == n_fp > 0
 
+    at.toggle(key="dash_agreement").set_value(True).run()
+    agreement = next(d.value for d in at.dataframe if "annotator" in d.value.columns)
+    row = agreement.to_dict("records")[0]
+    assert (row["annotator"], row["n_labels"], row["agreement_consensus"]) == ("folder", 8, 1.0)
+
 
 def test_disagreements_2x2_matches_hand_count_and_relabel_updates_it(world, settings):
     at = _app("7_Disagreements.py")
