@@ -220,3 +220,14 @@ def test_tiny_text_classifier_has_the_toxicity_labels() -> None:
     logits = model(**tokenizer(["ненавижу всех", "кот спит"], padding=True, return_tensors="pt")).logits
     assert logits.shape == (2, 5)
     assert list(model.config.id2label.values()) == ["non-toxic", "insult", "obscenity", "threat", "dangerous"]
+
+
+def test_a_siglip_checkpoint_works_the_same_way() -> None:
+    from workbench.predictors.clip import load_clip, text_context
+
+    path = tiny_model_dir("siglip")
+    model, processor = load_clip(str(path), "cpu", "float32")
+    assert model.config.model_type == "siglip" and text_context(model, processor) == 64
+    outs = _predictor(path, dtype="float32").predict(_inputs(2, ["", LONG_TEXT]))
+    assert all(o.error is None and 0 <= o.prob_toxic <= 1 for o in outs)
+    assert outs[1].extra["ocr_truncated"] is True

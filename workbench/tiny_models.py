@@ -4,6 +4,7 @@ folder, so tests, demos and benchmarks load them through the same
 fixtures idea: one builder in the package, shared by everyone).
 
 - `build_tiny_clip(dir)`             CLIPModel + CLIPProcessor
+- `build_tiny_siglip(dir)`           SiglipModel + SiglipProcessor
 - `build_tiny_qwen2_5_vl(dir)`       Qwen2_5_VLForConditionalGeneration + Qwen2_5_VLProcessor (chat template)
 - `build_tiny_text_classifier(dir)`  BERT-like AutoModelForSequenceClassification (rubert-tiny-toxicity labels)
 - `tiny_model_dir(kind)`             the same, built once per process into a temp folder
@@ -187,6 +188,27 @@ def build_tiny_clip(directory: Path | str, max_positions: int = 77, seed: int = 
     model = CLIPModel(tiny_clip_config(tokenizer, image_size=32, max_positions=max_positions)).eval()
     model.save_pretrained(directory)
     _clip_processor(tokenizer, 32).save_pretrained(directory)
+    return directory
+
+
+def build_tiny_siglip(directory: Path | str, seed: int = 0) -> Path:
+    """Write a tiny random SiglipModel + SiglipProcessor (64-token text context, max-length
+    padding like real SigLIP) into `directory`; return it."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_clip_tokenizer(model_max_length=64)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=32, patch_size=8)
+    torch.manual_seed(seed)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval().save_pretrained(directory)
+    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
 
 
@@ -384,6 +406,7 @@ def build_tiny_text_classifier(directory: Path | str, labels: tuple[str, ...] = 
 
 BUILDERS = {
     "clip": build_tiny_clip,
+    "siglip": build_tiny_siglip,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,
     "text_classifier": build_tiny_text_classifier,
 }
@@ -393,7 +416,8 @@ _root: Path | None = None
 
 
 def tiny_model_dir(kind: str) -> Path:
-    """Folder of the tiny `kind` model ('clip', 'qwen2_5_vl', 'text_classifier'), built once
+    """Folder of the tiny `kind` model (a key of BUILDERS: 'clip', 'siglip', 'qwen2_5_vl',
+    'text_classifier'), built once
     per process into a temp folder that is removed at exit. Treat it as read-only."""
     global _root
     if kind not in BUILDERS:
