@@ -111,7 +111,7 @@ if picked:
 if choice != NO_CELL:
     run_id, human, answer = choice.split("|")
     ids = outcomes.cell_image_ids(dash.data(int(run_id)), human, answer)
-    st.caption(f"{_cell_label(choice)} — showing {min(len(ids), MAX_THUMBS)} of {len(ids)}")
+    st.caption(ui.md_escape(f"{_cell_label(choice)} — showing {min(len(ids), MAX_THUMBS)} of {len(ids)}"))
     with ctx.session() as session:
         shown = cards(session, ids[:MAX_THUMBS], [int(run_id)])
     cols = st.columns(6)

@@ -68,7 +68,7 @@ def _cam_slot(card: review.Card) -> None:
         for request, path in found[:2]:
             st.image(overlay(image, read_cam(path), 0.5), caption=request.describe(), width="stretch")
     except Exception as exc:  # noqa: BLE001 - a broken cache file must not break the review card
-        st.caption(f"CAM unreadable: {exc}")
+        st.caption(ui.md_escape(f"CAM unreadable: {exc}"))
 
 
 def _prediction(title: str, p: review.CardPrediction) -> None:
@@ -117,7 +117,7 @@ def show_card(card: review.Card, run_ids: list[int], key: str) -> None:
 
 
 if state.get("dis_flash"):
-    st.success(state.pop("dis_flash"))
+    st.success(ui.md_escape(state.pop("dis_flash")))  # holds the annotator's name: user text
 
 tab_pair, tab_queue = st.tabs(["A vs B", "Suspected label issues"])
 
