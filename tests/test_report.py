@@ -202,3 +202,19 @@ def test_export_page(settings, study, clear_streamlit_cache):
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download annotations.csv" in labels and "Download predictions.csv" in labels
     assert "Download report (HTML)" in labels
+
+
+def test_cli_report_computes_cams_for_the_top_disagreements(settings, study, tmp_path):
+    from workbench.cli import main
+    from workbench.tiny_models import tiny_model_dir
+
+    # a model that cannot load: the report is still written, without overlays
+    out = tmp_path / "no_cams.html"
+    assert main(["report", str(out), "--cams", "2", "--model", str(tmp_path / "no-model"), "--n-boot", "50"]) == 0
+    assert "No CAM overlay is cached" in out.read_text(encoding="utf-8")
+    out = tmp_path / "report.html"
+    assert main(["report", str(out), "--n-boot", "50", "--cams", "2", "--model", str(tiny_model_dir("clip"))]) == 0
+    html_text = out.read_text(encoding="utf-8")
+    parse(html_text)
+    assert html_text.count("<figcaption>EigenCAM (not class-specific)") == 2
+    assert html_text.count("<figcaption>Grad-CAM on the class prompt") == 2

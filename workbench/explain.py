@@ -384,6 +384,19 @@ def overlay(image: PILImage.Image, cam: np.ndarray, opacity: float = 0.5) -> PIL
     return PILImage.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8), mode="RGB")
 
 
+def cached_overlays(artefacts_dir: Path, sha256: str, image: PILImage.Image, opacity: float = 0.5,
+                    limit: int = 3) -> list[tuple[str, PILImage.Image]]:
+    """(caption, overlay) for each cached map of an image (EigenCAM first), for cards and
+    reports; never computes."""
+    out = []
+    for request, path in cached_cams(artefacts_dir, sha256)[:limit]:
+        caption = METHOD_TITLES.get(request.method, request.method)
+        if request.class_specific:
+            caption += f": “{_prompt_lines(request.prompts[request.target])[0]}”"
+        out.append((caption, overlay(image, read_cam(path), opacity)))
+    return out
+
+
 # ---------------------------------------------------------------- batch step
 
 @dataclass

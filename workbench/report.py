@@ -256,32 +256,42 @@ def _pairs_section(datas: list[Any], options: ReportOptions) -> str:
 
 
 def _cam_figures(settings: Settings, sha256: str, rel_path: str, max_px: int) -> list[str]:
-    from workbench.explain import METHOD_TITLES, cached_cams, overlay, read_cam
+    from workbench.explain import cached_cams, cached_overlays
     from workbench.images import load_rgb
 
-    found = cached_cams(settings.artefacts_dir, sha256)
-    if not found:
+    if not cached_cams(settings.artefacts_dir, sha256):
         return []
     try:
         image = load_rgb(settings.memes_dir / rel_path)
     except Exception:  # noqa: BLE001 - file gone: no overlay
         return []
     image.thumbnail((max_px * 2, max_px * 2))
-    figures = []
-    for request, path in found[:3]:
-        cam = read_cam(path)
-        caption = METHOD_TITLES.get(request.method, request.method)
-        if request.class_specific:
-            caption += f": “{request.prompts[request.target]}”"
-        figures.append(_img_tag(_data_uri(overlay(image, cam, 0.5), max_px), request.describe(), caption))
-    return figures
+    return [_img_tag(_data_uri(im, max_px), caption, caption)
+            for caption, im in cached_overlays(settings.artefacts_dir, sha256, image, 0.5)]
+
+
+def top_disagreements(datas: list[Any], top_n: int) -> list[Any]:
+    """Labeled images at least one run contradicts, most confident contradictions first
+    (workbench.review's label-issue score), at most `top_n`."""
+    from workbench.review import suspected_label_issues
+
+    return [x for x in suspected_label_issues(datas, min_score=0.0) if x.n_contradicting > 0][:top_n]
+
+
+def top_disagreement_ids(session: Session, options: ReportOptions | None = None) -> list[int]:
+    """Image ids of the report's disagreement cards (e.g. to compute their CAMs first)."""
+    from workbench.outcomes import list_runs, load_runs
+
+    options = options or ReportOptions()
+    runs = sorted((r for r in list_runs(session, options.run_ids) if r.n_predictions > 0), key=lambda r: r.id)
+    datas = load_runs(session, [r.id for r in runs[: options.max_runs]])
+    return [x.image_id for x in top_disagreements(datas, options.top_n)]
 
 
 def _disagreements_section(session: Session, settings: Settings, datas: list[Any], options: ReportOptions) -> str:
-    from workbench.review import cards, suspected_label_issues
+    from workbench.review import cards
 
-    # Every image at least one run contradicts, most confident contradictions first.
-    issues = [x for x in suspected_label_issues(datas, min_score=0.0) if x.n_contradicting > 0][: options.top_n]
+    issues = top_disagreements(datas, options.top_n)
     out = ["<section><h2>Top disagreements with the human labels</h2>",
            "<p>Labeled images that at least one run contradicts, ranked by the runs' mean confidence in the class "
            "opposite to the human label (a hard label without probability counts as 1 or 0).</p>"]

@@ -12,8 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from workbench.catalog import SELECTIONS
 from workbench.cli import CliError
-from workbench.config import Settings
+from workbench.config import DEFAULT_CLIP_MODEL, Settings
+from workbench.explain import METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,13 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="report on this run id (repeat; default: every run with predictions)")
     p.add_argument("--top", type=int, default=20, help="disagreement cards to include (default 20)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--cams", type=int, default=0, metavar="N",
+                   help="first compute EigenCAM + the toxic Grad-CAM for the top N disagreements (needs --model)")
+    p.add_argument("--model", default=DEFAULT_CLIP_MODEL, help="CLIP model for --cams (hub id or local folder)")
     p.set_defaults(func=cmd_report)
 
     add_predictions_parser(sub, "export-predictions")
-
-    from workbench.catalog import SELECTIONS
-    from workbench.config import DEFAULT_CLIP_MODEL
-    from workbench.explain import METHODS
 
     p = sub.add_parser("cam", help="compute and cache CAM explanation maps for a selection of memes")
     p.add_argument("--method", choices=METHODS, default="eigencam",
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="explain these image ids instead of a selection (repeat)")
     p.add_argument("--limit", type=int, help="at most this many images")
     p.add_argument("--model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto = bfloat16 on CPUs with native bf16, else float32")
     p.add_argument("--class", dest="target", choices=("toxic", "non_toxic"), default="toxic",
                    help="class whose prompt the class-specific map explains (default toxic)")
     p.add_argument("--toxic-prompt", help="prompt of the toxic class (default: the CLIP predictor's)")
@@ -68,6 +70,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     if args.top < 0 or args.n_boot < 0:
         raise CliError("--top and --n-boot must not be negative")
     options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot)
+    if args.cams > 0:
+        _cams_for_report(settings, options, args.cams, args.model)
     with session_scope(settings.db_url) as session:
         out = write_report(session, settings, args.out, options)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
@@ -80,6 +84,29 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         print(f"wrote {pdf} ({pdf.stat().st_size / 1024:.0f} KB)")
     return 0
+
+
+def _cams_for_report(settings: Settings, options, n: int, model: str) -> None:  # noqa: ANN001
+    """Cache EigenCAM and the toxic-class Grad-CAM of the top-n disagreement images; a model
+    that cannot load is reported and the report is built without the overlays."""
+    from workbench.db import session_scope
+    from workbench.explain import CamRequest, CamStep
+    from workbench.jobs import JobBusy, run_step
+    from workbench.report import top_disagreement_ids
+
+    with session_scope(settings.db_url) as session:
+        ids = top_disagreement_ids(session, options)[:n]
+    for method in ("eigencam", "gradcam"):
+        step = CamStep(CamRequest.for_class(model, method, "toxic"), settings.artefacts_dir)
+        try:
+            summary = run_step(settings.db_url, step, ids, memes_dir=settings.memes_dir,
+                               lock_dir=settings.artefacts_dir)
+        except JobBusy as exc:
+            print(f"CAMs skipped: {exc}", file=sys.stderr)
+            return
+        print(f"{step.name}: {summary.describe()}", file=sys.stderr)
+        if summary.status == "failed":
+            return
 
 
 def cmd_export_predictions(args: argparse.Namespace, settings: Settings) -> int:
