@@ -38,6 +38,8 @@ with ctx.session() as session:
     n_present = catalog.count_present(session)
     queue_key = (annotator, order, folder, state.get("lbl_seed", 0), n_present)
     if state.get("lbl_queue_key") != queue_key:
+        if (state.get("lbl_queue_key") or (annotator,))[0] != annotator:
+            state["lbl_trail"] = []  # Back must never undo another annotator's labels
         keep = state.get("lbl_current")
         queue = labels.labeling_queue(session, annotator, order, seed=state.get("lbl_seed", 0), folder=folder)
         state["lbl_queue"], state["lbl_queue_key"] = queue, queue_key
@@ -133,6 +135,7 @@ if state.get("lbl_flash"):
 
 image_id = _current()
 if image_id is None:
+    st.query_params.pop("image", None)
     st.success(f"End of the queue ({len(queue)} memes). You labeled {mine} of {n_present}.")
     cols = st.columns(2)
     cols[0].button("Back", key="lbl_back", shortcut="Left", on_click=_back, disabled=not queue)
@@ -153,26 +156,28 @@ with ctx.session() as session:
 st.query_params["image"] = str(image_id)  # the URL always names the meme on screen
 state["lbl_linked"], state["lbl_current"] = str(image_id), image_id
 
+mine_now = next((c.label for c in current if c.annotator == annotator), None)
+st.caption(f"Meme {state['lbl_pos'] + 1} of {len(queue)} in this queue · id {image_id}")
+st.text(image.path)
+b = st.columns(4)
+b[0].button("Toxic", key="lbl_toxic", shortcut="1", icon=":material/report:", type="primary" if mine_now == "toxic" else "secondary",
+            on_click=_label, args=("toxic",), disabled=not annotator, width="stretch")
+b[1].button("Neutral", key="lbl_neutral", shortcut="0", icon=":material/sentiment_satisfied:",
+            type="primary" if mine_now == "non_toxic" else "secondary",
+            on_click=_label, args=("non_toxic",), disabled=not annotator, width="stretch")
+b[2].button("Skip", key="lbl_skip", shortcut="Right", on_click=_skip, width="stretch")
+b[3].button("Back (undo)", key="lbl_back", shortcut="Left", on_click=_back, width="stretch",
+            help="Go back; if you labeled the previous meme, that label is undone.")
+
 left, right = st.columns([3, 2], gap="large")
 with left:
     path = ctx.settings.memes_dir / image.path
     if image.missing or not path.is_file():
         st.error("The file is missing from the memes folder (moved or deleted since the last scan).")
     else:
-        st.image(str(path), width="stretch")
+        st.image(str(path), width=640)  # large, but capped so a whole meme fits on a laptop screen
 
 with right:
-    st.caption(f"Meme {state['lbl_pos'] + 1} of {len(queue)} in this queue · id {image_id}")
-    st.text(image.path)
-    mine_now = next((c.label for c in current if c.annotator == annotator), None)
-    b = st.columns(4)
-    b[0].button("Toxic", key="lbl_toxic", shortcut="1", type="primary" if mine_now == "toxic" else "secondary",
-                on_click=_label, args=("toxic",), disabled=not annotator, width="stretch")
-    b[1].button("Neutral", key="lbl_neutral", shortcut="0", type="primary" if mine_now == "non_toxic" else "secondary",
-                on_click=_label, args=("non_toxic",), disabled=not annotator, width="stretch")
-    b[2].button("Skip", key="lbl_skip", shortcut="Right", on_click=_skip, width="stretch")
-    b[3].button("Back", key="lbl_back", shortcut="Left", on_click=_back, width="stretch",
-                help="Go back; if you labeled the previous meme, that label is undone.")
     st.text_input("Note (optional, saved with your next label)", key=f"lbl_note_{image_id}", max_chars=2000)
 
     st.subheader("Labels")
