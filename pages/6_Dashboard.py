@@ -154,6 +154,11 @@ if prob_runs:
     threshold = st.slider("Call toxic when p(toxic) ≥", 0.0, 1.0, 0.5, 0.01, key="dash_threshold")
     st.caption("Metrics of the probabilistic runs at this threshold, on labeled images that have a probability.")
     st.dataframe(pd.DataFrame(dash.threshold_rows(threshold)), hide_index=True, width="stretch")
+    sweep = alt.Chart(pd.DataFrame(dash.sweep_rows())).mark_line().encode(
+        x=alt.X("threshold:Q"), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color=alt.Color("metric:N"),
+        strokeDash=alt.StrokeDash("run:N"), tooltip=_tips("run:N", "metric:N", "threshold:Q", "value:Q"))
+    rule = alt.Chart(pd.DataFrame({"threshold": [threshold]})).mark_rule(color="black").encode(x=alt.X("threshold:Q"))
+    st.altair_chart((sweep + rule).properties(title="Threshold sweep", height=260), width="stretch")
 else:
     st.caption("None of these runs stores probabilities: no ROC / PR / calibration / threshold view.")
 

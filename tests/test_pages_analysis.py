@@ -116,6 +116,11 @@ def test_dashboard_renders_two_runs_with_expected_chart_data(world):
     y = [int(world["truth"][i] == "toxic") for i in a_ids]
     said = [int(world["preds"]["A"][i].prob >= 0.75) for i in a_ids]
     assert rows[f"#{world['run_a']} vlm · A"]["f1"] == f1_score(y, said, zero_division=0)
+    sweep = next(s for s in _specs(at) if any("metric" in r for r in _rows(s)))
+    at_075 = {r["value"] for r in _rows(sweep)
+              if r.get("metric") == "f1" and r.get("threshold") == 0.75 and r.get("run", "").endswith("· A")}
+    assert at_075 == {f1_score(y, said, zero_division=0)}
+    assert any(r.get("threshold") == 0.75 and "metric" not in r for r in _rows(sweep))  # the slider's rule
 
     # choosing a confusion cell lists those memes as thumbnails
     fp_cell = f"{world['run_a']}|non_toxic|toxic"

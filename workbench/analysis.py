@@ -43,6 +43,18 @@ class Dashboard:
     def data(self, run_id: int) -> RunData:
         return next(d for d in self.datas if d.run.id == run_id)
 
+    def sweep_rows(self) -> list[dict[str, Any]]:
+        """Precision, recall, F1 and accuracy of every probabilistic run on a 0..1 threshold
+        grid (long form: run, threshold, metric, value) for the threshold-sweep chart."""
+        rows = []
+        for d in self.datas:
+            ev = self.evaluations[d.run.id]
+            if ev.has_prob:
+                for t in ev.sweep:
+                    rows += [{"run": d.run.title, "threshold": t.threshold, "metric": m, "value": getattr(t, m)}
+                             for m in ("precision", "recall", "f1", "accuracy")]
+        return rows
+
     def threshold_rows(self, threshold: float) -> list[dict[str, Any]]:
         """Metrics of every probabilistic run with its probability cut at `threshold`."""
         rows = []
