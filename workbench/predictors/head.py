@@ -167,7 +167,7 @@ class HeadPredictor(OutOfFoldPredictor):
         by_sha = {sha: i for i, sha in self.sha.items()}
         stored = {by_sha[sha]: (float(p), int(f)) for sha, (p, f) in (head.meta.get("oof") or {}).items() if sha in by_sha}
         return Fitted(fold_of={}, fold_models=[], final=head, metrics=dict(head.meta.get("cv_metrics") or {}),
-                      stored_oof=stored)
+                      stored_oof=stored, n_train=head.meta.get("n_train"))
 
     def features_for(self, inp: PredictInput) -> np.ndarray:
         if inp.image_id not in self.x:

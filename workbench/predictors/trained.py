@@ -42,6 +42,7 @@ class Fitted:
     fold_seconds: list[float] = field(default_factory=list)
     # Precomputed out-of-fold probabilities for images without a fold model (a loaded head).
     stored_oof: dict[int, tuple[float, int]] = field(default_factory=dict)
+    n_train: int | None = None  # labeled images the final model saw (default: len(fold_of))
 
 
 def training_reports_dir() -> Path:
@@ -138,9 +139,9 @@ class OutOfFoldPredictor(Predictor):
         outputs: list[PredictOutput | None] = [None] * len(batch)
         groups: dict[int, list[tuple[int, Any]]] = {}
         for pos, inp in enumerate(batch):
-            if inp.image_id in fitted.stored_oof:
+            if inp.image_id in fitted.stored_oof:  # a loaded head's own out-of-fold result for this image
                 prob, fold = fitted.stored_oof[inp.image_id]
-                outputs[pos] = _output(prob, None, fold, 0.0)
+                outputs[pos] = _output(prob, "out-of-fold result stored with the loaded head", fold, 0.0)
                 continue
             try:
                 x = self.features_for(inp)
@@ -157,7 +158,7 @@ class OutOfFoldPredictor(Predictor):
                 outputs[pos] = _output(prob, explanation, None if fold == FINAL else fold, per_item_ms)
         for out in outputs:
             if out is not None and out.error is None:
-                out.extra["n_train"] = len(fitted.fold_of)
+                out.extra["n_train"] = fitted.n_train if fitted.n_train is not None else len(fitted.fold_of)
         return [out for out in outputs if out is not None]
 
 
