@@ -71,8 +71,8 @@ st.caption(f"Consensus labels: {by_label.get('toxic', 0)} toxic · {by_label.get
 
 st.subheader("Where to next")
 links = st.columns(3)
-links[0].page_link("pages/1_Label.py", label="Label memes (keys 1 / 0 / → / ←)", icon="🏷️")
-links[1].page_link("pages/2_Gallery.py", label="Browse the gallery", icon="🖼️")
-links[2].page_link("pages/3_Data.py", label="Scan, upload, import, export", icon="📥")
+links[0].page_link("pages/1_Label.py", label="Label memes (keys 1 / 0 / → / ←)", icon=":material/label:")
+links[1].page_link("pages/2_Gallery.py", label="Browse the gallery", icon=":material/photo_library:")
+links[2].page_link("pages/3_Data.py", label="Scan, upload, import, export", icon=":material/upload_file:")
 st.button("Re-scan the memes folder", key="home_rescan", on_click=_scan,
           help="Adds new files, recognises moved ones, marks deleted ones missing.")

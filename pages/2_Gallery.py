@@ -10,7 +10,7 @@ import streamlit as st  # noqa: E402
 from workbench import catalog, labels  # noqa: E402
 
 LABEL_FILTERS = {"any label": None, "toxic": "toxic", "neutral": "non_toxic", "unlabeled": "unlabeled"}
-LABEL_BADGES = {"toxic": "🟥 toxic", "non_toxic": "🟩 neutral", None: "⬜ unlabeled"}
+LABEL_BADGES = {"toxic": ":red[toxic]", "non_toxic": ":green[neutral]", None: ":gray[unlabeled]"}
 ANY = "(any)"
 COLUMNS = 6
 state = st.session_state
@@ -60,7 +60,7 @@ for start in range(0, len(cards), COLUMNS):
             if thumb is not None:
                 st.image(str(thumb), width="stretch")
             else:
-                st.caption("⚠️ file missing or unreadable")
+                st.caption(":orange[file missing or unreadable]")
             st.page_link("pages/1_Label.py", label=ui.md_escape(card.path.rsplit("/", 1)[-1][:60]),
                          query_params={"image": str(card.id)}, help=f"Open #{card.id} on the Label page")
             st.caption(LABEL_BADGES.get(card.label, card.label))
