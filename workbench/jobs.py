@@ -258,7 +258,11 @@ def run_step(
     t0 = time.monotonic()
     with heavy_job_lock(lock_dir):
         with Session_() as session:
-            run_id = step.begin(session)
+            try:
+                run_id = step.begin(session)
+            except Exception as exc:  # noqa: BLE001 - a step that cannot even begin fails its job, visibly
+                session.rollback()
+                return _failed_before_start(session, step, ids, exc, t0)
             job = Job(
                 step_kind=step.kind, step_name=step.name, fingerprint=step.fingerprint(), run_id=run_id,
                 params={"batch_size": batch_size, "workers": workers, "force": force},
@@ -342,6 +346,17 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
         if should_stop and should_stop():
             return "cancelled", "cancelled by user"
     return "done", None
+
+
+def _failed_before_start(session: Session, step: Step, ids: list[int], exc: Exception, t0: float) -> JobSummary:
+    from workbench.errors import ModelUnavailable
+
+    error = str(exc) if isinstance(exc, ModelUnavailable) else f"{step.name} could not start: {type(exc).__name__}: {exc}"
+    job = Job(step_kind=step.kind, step_name=step.name, fingerprint="-", status="failed", total=len(ids),
+              pid=os.getpid(), error=error, finished_at=utcnow())
+    session.add(job)
+    session.commit()
+    return JobSummary(job.id, "failed", len(ids), 0, 0, 0, error=error, seconds=time.monotonic() - t0)
 
 
 def _update_job(session: Session, job_id: int, progress: Progress, status: str) -> None:

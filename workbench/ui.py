@@ -117,7 +117,7 @@ def run_job_widget(
 
 
 def show_job_summary(summary: JobSummary) -> None:
-    text = summary.describe()
+    text = md_escape(summary.describe())  # holds user-typed model ids and model errors
     if summary.status == "failed":
         st.error(text)
     elif summary.failed or summary.status == "cancelled":
