@@ -119,18 +119,29 @@ def test_bootstrap_ci_contains_point_is_seeded_and_matches_item_resampling():
 def test_auc_ci_brackets_sklearn_auc_and_is_seeded():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)
-    p = np.clip(y * 0.3 + rng.random(60) * 0.7, 0, 1).round(2)
+    p = np.clip(y * 0.3 + rng.random(60) * 0.7, 0, 1).round(1)  # rounding makes many ties
     ci1 = metrics.bootstrap_auc_ci(y, p, seed=4)
-    assert ci1 == metrics.bootstrap_auc_ci(y, p, seed=4)
+    assert ci1 == metrics.bootstrap_auc_ci(y, p, seed=4) and ci1 != metrics.bootstrap_auc_ci(y, p, seed=5)
     assert ci1[0] <= skm.roc_auc_score(y, p) <= ci1[1]
-    # the rank formula per resample equals sklearn on that resample
-    idx = np.random.default_rng(4).integers(0, 60, size=(1, 60))[0]
-    from scipy.stats import rankdata
-
-    ys, ps = y[idx], p[idx]
-    n1 = ys.sum()
-    auc = ((rankdata(ps) * ys).sum() - n1 * (n1 + 1) / 2) / (n1 * (60 - n1))
-    assert auc == pytest.approx(skm.roc_auc_score(ys, ps), abs=1e-12)
+    # each resample's AUC equals sklearn's on that resample
+    idx = metrics.resample_indices(60, 50, seed=4)
+    values = metrics.bootstrap_auc_values(y, p, idx)
+    for b in range(50):
+        ys, ps = y[idx[b]], p[idx[b]]
+        if 0 < ys.sum() < len(ys):
+            assert values[b] == pytest.approx(skm.roc_auc_score(ys, ps), abs=1e-12)
+        else:
+            assert np.isnan(values[b])
+    # DeLong's normal CI (used above AUC_BOOTSTRAP_MAX_N items) agrees with the bootstrap
+    big_y = rng.integers(0, 2, 2500)
+    big_p = np.clip(big_y * 0.2 + rng.random(2500) * 0.8, 0, 1).round(2)
+    boot = metrics.bootstrap_auc_ci(big_y, big_p, n_boot=2000, seed=1)
+    delong = metrics.delong_auc_ci(big_y, big_p)
+    assert delong[0] == pytest.approx(boot[0], abs=0.005) and delong[1] == pytest.approx(boot[1], abs=0.005)
+    ev = metrics.evaluate_codes(big_y.astype(np.int8), big_y.astype(np.int8), big_p, n_boot=100)
+    assert ev.ci["roc_auc"] == delong  # above the bootstrap limit the evaluation uses DeLong
+    one_class = metrics.bootstrap_auc_values(np.ones(5, dtype=int), np.arange(5.0), metrics.resample_indices(5, 3, 0))
+    assert np.isnan(one_class).all()
 
 
 def test_threshold_sweep_and_calibration_match_sklearn():

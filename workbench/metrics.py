@@ -26,7 +26,6 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 POSITIVE = "toxic"
 NEGATIVE = "non_toxic"
@@ -41,7 +40,9 @@ PRED_CODES = {POSITIVE: 1, NEGATIVE: 0, "unknown": 2, "failed": 3, "missing": 4,
 # Outcome codes (also what review/outcomes use per image).
 TP, FP, FN, TN = "TP", "FP", "FN", "TN"
 DEFAULT_N_BOOT = 1000
-AUC_CI_MAX_N = 5000  # item-level bootstrap of AUC costs n_boot * n log n; above this the CI is skipped
+# The item-level bootstrap of AUC costs O(n_boot * n); above this many items the AUC CI uses
+# DeLong's variance (normal approximation, O(n log n)), which agrees closely at such sizes.
+AUC_BOOTSTRAP_MAX_N = 2000
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,11 @@ def evaluate_codes(
 
     ci = bootstrap_count_ci([tp, fp, fn, tn, unc_pos, unc_neg], n_boot=n_boot, seed=seed, level=ci_level)
     ci = {k: ci[k] for k in (*HEADLINE, "accuracy_strict", "coverage")}
-    if roc_auc is not None and len(y_prob) <= AUC_CI_MAX_N:
-        ci["roc_auc"] = bootstrap_auc_ci(y_prob_true, y_prob, n_boot=n_boot, seed=seed, level=ci_level)
+    if roc_auc is not None and n_boot > 0:
+        if len(y_prob) <= AUC_BOOTSTRAP_MAX_N:
+            ci["roc_auc"] = bootstrap_auc_ci(y_prob_true, y_prob, n_boot=n_boot, seed=seed, level=ci_level)
+        else:
+            ci["roc_auc"] = delong_auc_ci(y_prob_true, y_prob, level=ci_level)
 
     return Evaluation(
         n_items=len(true), n_unlabeled=int((~labeled).sum()), n_labeled=n_labeled, n_covered=tp + fp + fn + tn,
@@ -290,29 +294,67 @@ def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float
     return float(lo), float(hi)
 
 
+def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) item indices drawn with replacement — the item-level bootstrap."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_auc_values(y_true01: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """ROC AUC of each resample (rows of `idx`); nan where a resample holds one class.
+
+    Mann-Whitney form (equal to sklearn's roc_auc_score, ties counted half), computed from
+    per-item resample counts over the items sorted once by score: O(n_boot * n) with no
+    per-resample sort."""
+    y = np.asarray(y_true01, dtype=np.int64)
+    p = np.asarray(prob, dtype=np.float64)
+    n_boot, n = idx.shape
+    counts = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
+    counts = counts.reshape(n_boot, n).astype(np.float64)
+    order = np.argsort(p, kind="stable")
+    p_sorted, y_sorted, counts = p[order], y[order], counts[:, order]
+    pos = counts * y_sorted
+    neg = counts - pos
+    starts = np.flatnonzero(np.concatenate([[True], p_sorted[1:] != p_sorted[:-1]]))  # one group per score
+    if len(starts) < n:  # tied scores: pool each group (ties count half)
+        pos, neg = np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)
+    neg_below = np.cumsum(neg, axis=1) - neg
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (pos * (neg_below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
 def bootstrap_auc_ci(
     y_true01: np.ndarray, prob: np.ndarray, *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = 0.95,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of ROC AUC, resampling items (pairs of label and prob).
-
-    AUC per resample by the Mann-Whitney rank formula (equal to sklearn's roc_auc_score,
-    ties counted half); resamples holding one class only are skipped.
-    """
-    y = np.asarray(y_true01, dtype=np.int64)
-    p = np.asarray(prob, dtype=np.float64)
-    n = len(y)
+    """Percentile bootstrap CI of ROC AUC, resampling items (pairs of label and prob);
+    resamples holding one class only are skipped."""
+    n = len(y_true01)
     if n == 0 or n_boot <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    ys, ps = y[idx], p[idx]
-    n_pos = ys.sum(axis=1).astype(np.float64)
-    n_neg = n - n_pos
-    ranks = rankdata(ps, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = ((ranks * ys).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return _percentile_interval(auc, level)
+    return _percentile_interval(bootstrap_auc_values(y_true01, prob, resample_indices(n, n_boot, seed)), level)
+
+
+def delong_auc_ci(y_true01: np.ndarray, prob: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Normal-approximation CI of ROC AUC with DeLong's variance (fast midrank algorithm of
+    Sun & Xu 2014), clipped to [0, 1]; for large sets where the bootstrap is costly."""
+    from scipy.stats import norm, rankdata
+
+    y = np.asarray(y_true01, dtype=bool)
+    p = np.asarray(prob, dtype=np.float64)
+    x_pos, x_neg = p[y], p[~y]
+    m, n = len(x_pos), len(x_neg)
+    if m < 2 or n < 2:
+        return None
+    tz = rankdata(np.concatenate([x_pos, x_neg]))
+    tx, ty = rankdata(x_pos), rankdata(x_neg)
+    auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v01 = (tz[:m] - tx) / n
+    v10 = 1.0 - (tz[m:] - ty) / m
+    se = float(np.sqrt(np.var(v01, ddof=1) / m + np.var(v10, ddof=1) / n))
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)
 
 
 def threshold_metrics(y_true01: np.ndarray, prob: np.ndarray, threshold: float) -> ThresholdMetrics:
