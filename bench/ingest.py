@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=2000, help="number of generated memes")
     parser.add_argument("--size", type=int, default=512, help="side of the square memes in pixels")
     parser.add_argument("--format", default="JPEG", choices=("JPEG", "PNG", "WEBP"))
+    parser.add_argument("--keep", action="store_true", help="keep the temporary files")
     args = parser.parse_args()
 
     from workbench import db
@@ -85,6 +87,8 @@ def main() -> int:
     print(f"{'ratio ingest / decode':24} {decode_s / ingest_s:8.2f}")
     print(f"{'incremental re-scan':24} {args.n / rescan_s:8.0f} images/s  ({rescan_s:.2f} s, nothing decoded)")
     db.dispose_all()
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="memes in the database")
     parser.add_argument("--runs", type=int, default=7, help="timed runs per page (median reported)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary database and files")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="wb-bench-ui-"))
     os.environ["WORKBENCH_DB_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
@@ -125,6 +127,9 @@ def main() -> int:
     for name, (first, rerun, target) in results.items():
         verdict = "ok" if max(first, rerun) <= target else "SLOW"
         print(f"{name:10} {first:8.0f}ms {rerun:6.0f}ms {target:5d}ms  {verdict}")
+    print("first run = a new browser session opening the page; rerun = the same session after an interaction")
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
