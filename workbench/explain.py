@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,19 +223,28 @@ def pixel_values(clip: Any, processor: Any, image: PILImage.Image) -> Any:
     return torch.from_numpy(arr.transpose(2, 0, 1)[None].copy()).to(device=param.device, dtype=param.dtype)
 
 
+# model -> {prompts: embeddings}: a batch explains many images with the same prompts, so the
+# text tower runs once per model and prompt set (weak keys: a dropped model frees its entry).
+_text_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def text_embeddings(clip: Any, processor: Any, prompts: Sequence[str]) -> Any:
     """One L2-normalised float32 embedding per class prompt (lines of a prompt averaged, as the
-    CLIP predictor's ensembles), on the model's device, without gradients."""
+    CLIP predictor's ensembles), on the model's device, without gradients; cached per model."""
     torch = _torch()
     from workbench.predictors.clip import encode_texts
 
-    groups = [_prompt_lines(p) or [p] for p in prompts]
-    emb = encode_texts(clip, processor, [line for group in groups for line in group])
-    out, start = [], 0
-    for group in groups:
-        out.append(emb[start : start + len(group)].mean(0))
-        start += len(group)
-    return torch.nn.functional.normalize(torch.stack(out), dim=-1).to(next(clip.parameters()).device)
+    per_model = _text_cache.setdefault(clip, {})
+    key = tuple(prompts)
+    if key not in per_model:
+        groups = [_prompt_lines(p) or [p] for p in prompts]
+        emb = encode_texts(clip, processor, [line for group in groups for line in group])
+        out, start = [], 0
+        for group in groups:
+            out.append(emb[start : start + len(group)].mean(0))
+            start += len(group)
+        per_model[key] = torch.nn.functional.normalize(torch.stack(out), dim=-1).to(next(clip.parameters()).device)
+    return per_model[key]
 
 
 def compute_cam(clip: Any, processor: Any, image: PILImage.Image, request: CamRequest) -> np.ndarray:

@@ -37,7 +37,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import Settings
-from workbench.schema import Image, ModelRun
+from workbench.schema import ModelRun
 
 REPORT_TITLE = "VLMemes Workbench report"
 METRIC_ROWS = ("accuracy", "precision", "recall", "f1", "accuracy_strict", "coverage", "roc_auc", "average_precision")
