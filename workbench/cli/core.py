@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ann = exsub.add_parser("annotations", help="annotations.csv (filename,label) with consensus labels")
     ann.add_argument("path", type=Path)
     ann.set_defaults(func=cmd_export_annotations)
+    from workbench.cli.report import add_predictions_parser
+
+    add_predictions_parser(exsub)  # `export predictions PATH` (also `export-predictions`)
 
     p = sub.add_parser("stats", help="counts of images, labels, OCR, runs")
     p.add_argument("--json", action="store_true")
