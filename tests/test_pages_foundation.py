@@ -142,15 +142,15 @@ def test_gallery_filters_and_links(settings, session, memes, clear_streamlit_cac
     at = open_page("pages/2_Gallery.py")
     no_exception(at)
     assert "4 memes match" in at.caption[0].value or any("4 memes match" in c.value for c in at.caption)
-    links = at.get("page_link")
+    links = at.main.get("page_link")
     assert len(links) == 4 and all("image=" in link.proto.query_string for link in links)
     at.selectbox(key="gal_label").select("toxic").run()
     toxic_ids = {m.id for m in memes if m.folder == "Негативно"}
-    linked = {int(link.proto.query_string.split("=")[1]) for link in at.get("page_link")}
+    linked = {int(link.proto.query_string.split("=")[1]) for link in at.main.get("page_link")}
     assert linked == toxic_ids
     at.selectbox(key="gal_label").select("any label").run()
     at.text_input(key="gal_text").input("кот").run()  # lower-case query, upper-case OCR text
-    linked = {int(link.proto.query_string.split("=")[1]) for link in at.get("page_link")}
+    linked = {int(link.proto.query_string.split("=")[1]) for link in at.main.get("page_link")}
     assert linked == {memes[0].id}
     at.text_input(key="gal_text").input("nothing like this").run()
     assert any("No memes match" in i.value for i in at.info)

@@ -46,13 +46,45 @@ class Ctx:
             yield session
 
 
+# Sidebar navigation (Streamlit's own would call the entry page "streamlit app").
+NAV = (
+    ("streamlit_app.py", "Home", ":material/home:"),
+    ("pages/1_Label.py", "Label", ":material/label:"),
+    ("pages/2_Gallery.py", "Gallery", ":material/photo_library:"),
+    ("pages/3_Data.py", "Data", ":material/upload_file:"),
+    ("pages/4_Run.py", "Run OCR", ":material/text_fields:"),
+    ("pages/5_Models.py", "Models", ":material/model_training:"),
+    ("pages/6_Dashboard.py", "Dashboard", ":material/monitoring:"),
+    ("pages/7_Disagreements.py", "Disagreements", ":material/compare:"),
+    ("pages/8_Explain.py", "Explain", ":material/visibility:"),
+    ("pages/9_Export.py", "Export", ":material/download:"),
+    ("pages/10_Train.py", "Train", ":material/school:"),
+)
+
+
 def bootstrap(title: str, icon: str = "🧪", layout: str = "wide") -> Ctx:
     """Idempotent set-up every page calls first, so any page works when opened first by URL."""
     st.set_page_config(page_title=f"{title} · {APP_TITLE}", page_icon=icon, layout=layout)
     settings = load_settings()
     _migrated(settings.db_url)
+    _navigation()
     annotator = _annotator_sidebar(settings)
     return Ctx(settings=settings, annotator=annotator)
+
+
+def _navigation() -> None:
+    from streamlit.errors import StreamlitAPIException
+
+    root = Path(__file__).resolve().parent.parent
+    with st.sidebar:
+        try:
+            for page, label, icon in NAV:
+                if (root / page).exists():
+                    st.page_link(page, label=label, icon=icon)
+        except StreamlitAPIException:
+            # A page run on its own (AppTest of one file) has no page registry to link to.
+            pass
+        st.divider()
 
 
 def _annotator_sidebar(settings: Settings) -> str:
