@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="device for the default variant (auto | cpu | cuda)")
     p.add_argument("--batch-size", type=int, default=8, help="job batch size of the default variant")
     p.add_argument("--only", help="run only this section (e.g. clip, vlm)")
+    p.add_argument("--new-tokens", type=int, default=16, help="VLM: new tokens generated per meme (default 16)")
+    p.add_argument("--max-pixels", type=int, default=224 * 224, help="VLM: image pixel budget (default 224x224)")
     return p.parse_args(argv)
 
 
@@ -213,6 +215,10 @@ def _row(name: str, dtype: str, seconds: float, flops: int, peaks: dict[str, flo
 
 # Each section: (name, function(args, peaks)). The VLM owner appends ("vlm", bench_vlm).
 SECTIONS: list[tuple[str, Callable[[argparse.Namespace, dict[str, float]], None]]] = [("clip", bench_clip)]
+
+from predict_vlm import bench_vlm  # noqa: E402 - bench/ is on sys.path when run as a script
+
+SECTIONS.append(("vlm", bench_vlm))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,16 +137,10 @@ class VlmPooledEmbedder(Embedder):
                 "max_pixels": self.max_pixels, "min_pixels": self.min_pixels}
 
     def _loaded(self) -> tuple[Any, Any]:
-        # Share B2's per-process VLM cache, so a moderation run and embeddings hold one copy.
-        from workbench import devices
-        from workbench.predictors import vlm
+        # The VLM predictor's per-process cache: a moderation run and embeddings hold one copy.
+        from workbench.predictors.vlm import load_vlm
 
-        placement = devices.resolve(self.device, self.dtype)
-        key = (self.model_name, placement.device, placement.dtype, "none")
-        with vlm._models_lock:
-            if key not in vlm._models:
-                vlm._models[key] = vlm._load(*key)
-            return vlm._models[key]
+        return load_vlm(self.model_name, self.device, self.dtype)
 
     def load(self) -> None:
         from workbench import devices
