@@ -23,7 +23,7 @@ from workbench.predict_jobs import build_predictor, run_predictions
 from workbench.predictors.trained import read_training_report
 from workbench.samples import write_sample_memes
 from workbench.schema import Embedding, Image, Prediction
-from workbench.texts import save_correction
+from workbench.texts import best_texts, save_correction
 from workbench.tiny_models import tiny_model_dir
 
 FAST = {"epochs": 8}
@@ -262,3 +262,24 @@ def test_train_page_trains_a_head_and_plots_its_curves(settings, tiny_clip: str,
     encoding = spec["spec"]["encoding"]
     assert (encoding["x"]["field"], encoding["y"]["field"], encoding["color"]["field"]) == ("epoch", "value", "fold")
     assert len(at.dataframe) >= 1  # the saved heads table
+
+
+def test_vlm_pooled_embeddings_through_the_runner_match_one_at_a_time(settings) -> None:
+    """Mean-pooled last hidden state of a tiny Qwen2.5-VL: one vector per meme, the same
+    whether the meme is embedded alone or in a left-padded batch with others."""
+    qwen = str(tiny_model_dir("qwen2_5_vl"))
+    ids = _memes(settings, 3)
+    (embedder,) = make_embedders("vlm", qwen, dtype="float32", use_ocr_text=True)
+    summary = run_step(settings.db_url, EmbedStep(embedder), ids, memes_dir=settings.memes_dir,
+                       lock_dir=settings.artefacts_dir, batch_size=3)
+    assert (summary.status, summary.done, summary.failed) == ("done", 3, 0)
+    with session_scope(settings.db_url) as session:
+        stored = load_embeddings(session, embedder, ids)
+        paths = {i: settings.memes_dir / p for i, p in session.execute(select(Image.id, Image.path))}
+        texts = {i: t for i, t in best_texts(session, ids).items()}
+    assert set(stored) == set(ids) and len({v.shape for v in stored.values()}) == 1
+    from workbench.images import load_rgb
+
+    alone = embedder.embed([load_rgb(paths[ids[1]])], [texts[ids[1]]])[0]
+    assert np.allclose(alone, stored[ids[1]], atol=2e-2)  # float16 storage
+    assert not np.allclose(stored[ids[0]], stored[ids[1]], atol=1e-3)
