@@ -105,6 +105,15 @@ def import_annotations(
     all_or_nothing=True (default): any problem -> nothing is changed. False: valid rows are
     applied, problem rows skipped. Files on disk not yet ingested are ingested.
     """
+    from workbench.ingest import folder_lock
+
+    with folder_lock(memes_dir):  # it may ingest files: never at the same time as a scan or upload
+        return _import_annotations(session, memes_dir, data, annotator, all_or_nothing)
+
+
+def _import_annotations(
+    session: Session, memes_dir: Path, data: bytes, annotator: str, all_or_nothing: bool
+) -> ImportReport:
     report = ImportReport(mode="all-or-nothing" if all_or_nothing else "valid rows only")
     try:
         text = _decode(data)

@@ -134,7 +134,7 @@ def consensus_labels(session: Session, image_ids: Sequence[int] | None = None) -
         for start in range(0, len(ids), 900):  # stay under SQL parameter limits
             out.update(_consensus_query(session, ids[start : start + 900]))
         return out
-    url = str(session.get_bind().url)
+    url = str(session.get_bind().engine.url)  # .engine: works for Engine and Connection binds
     fingerprint = _labels_fingerprint(session)
     cached = _CONSENSUS_CACHE.get(url)
     if cached is None or cached[0] != fingerprint:
