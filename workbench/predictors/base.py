@@ -176,6 +176,12 @@ class PredictorStep(Step):
         if self.run_id is None:
             return
         run = session.get(ModelRun, self.run_id)
-        if run is not None:
-            run.status = status
-            run.finished_at = utcnow()
+        if run is None:
+            return
+        empty = session.scalar(select(Prediction.id).where(Prediction.run_id == run.id).limit(1)) is None
+        if status == "failed" and empty:
+            # The model never loaded: keep the failed job (with its message), not an empty run.
+            session.delete(run)
+            return
+        run.status = status
+        run.finished_at = utcnow()
