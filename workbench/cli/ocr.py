@@ -1,0 +1,72 @@
+"""`python -m workbench ocr`: OCR a selection of images through the job runner."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.cli import CliError
+from workbench.config import Settings
+from workbench.ocr import ENGINE_HELP, ENGINES, LANGS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ocr", help="read meme captions (OCR) into the DB; resumes, skips what is done")
+    p.add_argument("--engine", choices=ENGINES, default="tesseract",
+                   help="; ".join(f"{k}: {v}" for k, v in ENGINE_HELP.items()))
+    p.add_argument("--lang", choices=LANGS, default="rus", help="Tesseract languages (rus+eng turns some Cyrillic Latin)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores, tesseract only)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per committed batch")
+    p.add_argument("--force", action="store_true", help="redo images already read with this engine and config")
+    p.add_argument("--selection", default="all", help="all | unlabeled | labeled | toxic | non_toxic")
+    p.add_argument("--folder", default=None, help="only images in this top-level folder of the memes dir")
+    p.add_argument("--limit", type=int, default=None, help="at most N images")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ocr)
+
+
+def default_workers() -> int:
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def cmd_ocr(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from workbench.catalog import SELECTIONS, image_ids
+    from workbench.db import session_scope
+    from workbench.jobs import JobBusy, Progress, run_step
+    from workbench.ocr import make_engine
+    from workbench.ocr.step import OcrStep
+
+    if args.selection not in SELECTIONS:
+        raise CliError(f"--selection must be one of {', '.join(SELECTIONS)}")
+    if args.workers is not None and args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    with session_scope(settings.db_url) as session:
+        ids = image_ids(session, args.selection, folder=args.folder, limit=args.limit)
+    if not ids:
+        print("no images match the selection (run `python -m workbench ingest` first?)")
+        return 0
+    step = OcrStep(make_engine(args.engine, settings, lang=args.lang))
+    workers = args.workers if args.workers is not None else default_workers()
+    bar = tqdm(total=len(ids), unit="img", desc=step.name, disable=args.quiet)
+
+    def on_progress(p: Progress) -> None:
+        bar.n = p.skipped + p.processed
+        bar.set_postfix(done=p.done, failed=p.failed, skipped=p.skipped, refresh=False)
+        bar.refresh()
+
+    try:
+        summary = run_step(settings.db_url, step, ids, memes_dir=settings.memes_dir, lock_dir=settings.artefacts_dir,
+                           batch_size=args.batch_size, workers=workers, force=args.force, on_progress=on_progress)
+    except JobBusy as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        bar.close()
+    for image_id, error in summary.errors:
+        print(f"image {image_id}: {error}")
+    print(f"ocr {args.engine} (job {summary.job_id}): {summary.describe()}")
+    return 0 if summary.status == "done" and not summary.failed else 1
