@@ -1,0 +1,69 @@
+"""Run: OCR a selection of memes through the job runner, and a table of every job
+(OCR, predictors, embeddings, CAM) with its status and counts.
+
+Running the same engine and config again reads only the memes still missing, so a
+closed tab or a cancel resumes where it stopped.
+"""
+
+from workbench import ui
+
+ctx = ui.bootstrap("Run", "⚙️")
+
+import os  # noqa: E402
+
+import streamlit as st  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from workbench import catalog, jobs  # noqa: E402
+from workbench.ocr import ENGINE_HELP, ENGINES, LANGS, make_engine  # noqa: E402
+from workbench.ocr.step import OcrStep  # noqa: E402
+from workbench.schema import Job  # noqa: E402
+
+SELECTIONS = {"all": "All memes", "unlabeled": "Unlabeled memes", "folder": "One folder"}
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+st.title("Run OCR")
+st.caption("Reads meme captions into the database. Each engine + config keeps its own results; a correction "
+           "typed on the Label page is used before any engine's text.")
+
+engine_name = st.selectbox("Engine", ENGINES, format_func=lambda e: f"{e} — {ENGINE_HELP[e]}", key="run_engine")
+lang = "rus"
+if engine_name != "easyocr":
+    lang = st.selectbox("Tesseract languages", LANGS, key="run_lang",
+                        help="rus+eng also reads Latin words, but turns some Cyrillic letters into Latin look-alikes.")
+selection = st.radio("Images", list(SELECTIONS), format_func=SELECTIONS.__getitem__, horizontal=True, key="run_sel")
+with ctx.session() as session:
+    folder = None
+    if selection == "folder":
+        folder_names = catalog.folders(session)
+        folder = st.selectbox("Folder", folder_names, format_func=lambda f: f or "(memes folder root)",
+                              key="run_folder") if folder_names else None
+    ids = [] if selection == "folder" and folder is None else catalog.image_ids(
+        session, "all" if selection == "folder" else selection, folder=folder)
+parallel = engine_name in ("tesseract", "accurate")
+workers = int(st.number_input("Worker processes", min_value=1, max_value=max(1, CORES), value=max(1, CORES),
+                              disabled=not parallel, key="run_workers",
+                              help="Tesseract engines use one process per core; EasyOCR runs in one."))
+force = st.checkbox("Redo memes already read with this engine (force)", key="run_force")
+st.caption(f"{len(ids)} memes selected.")
+
+engine = make_engine(engine_name, ctx.settings, lang=lang)
+if engine_name == "easyocr":
+    from workbench.ocr.easyocr_engine import how_to_supply, missing_weights
+
+    missing = missing_weights(engine.model_dir)  # type: ignore[attr-defined]
+    if missing:
+        st.warning(f"EasyOCR cannot run here: {', '.join(missing)} missing.")
+        st.text(how_to_supply(engine.model_dir))  # type: ignore[attr-defined]
+
+if st.button("Start OCR", type="primary", disabled=not ids, key="run_start"):
+    ui.run_job_widget(ctx, OcrStep(engine), ids, workers=workers if parallel else 1, force=force, key="run_job")
+
+st.subheader("All jobs")
+with ctx.session() as session:
+    n_jobs = session.scalar(select(func.count()).select_from(Job)) or 0
+    rows = jobs.list_jobs(session, limit=max(1, n_jobs))
+if rows:
+    st.dataframe(rows, hide_index=True, width="stretch")
+else:
+    st.caption("No jobs yet.")
