@@ -36,15 +36,6 @@ def white_text_mask(
     return mask.filter(ImageFilter.MedianFilter(median)) if median > 1 else mask
 
 
-def dark_text_mask(image: Image.Image, max_value: int = 90, median: int = 3) -> Image.Image:
-    """Dark pixels as black on white: for black captions on white bands (demotivators,
-    'top text' memes with a white header)."""
-    grey = np.asarray(image.convert("L"))
-    page = np.where(grey <= max_value, 0, 255).astype(np.uint8)
-    mask = Image.fromarray(page, "L")
-    return mask.filter(ImageFilter.MedianFilter(median)) if median > 1 else mask
-
-
 def outlined_text_mask(
     image: Image.Image,
     min_value: int = 200,
