@@ -45,6 +45,7 @@ def test_demo_ingest_stats_export_import(settings, capsys, tmp_path: Path) -> No
 BAD_INPUT = [
     (["import-annotations", "no/such.csv"], 2, "does not exist"),
     (["ingest", "/no/such/folder"], 2, "is not a folder"),
+    (["ingest", "/tmp"], 2, "is outside the memes folder"),
 ]
 
 

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cur.set_defaults(func=cmd_db_current, needs_db=False)
 
     p = sub.add_parser("ingest", help="scan a memes folder (default: WORKBENCH_MEMES_DIR) into the DB")
-    p.add_argument("dir", nargs="?", type=Path, help="folder to scan (must be the memes dir or inside it)")
+    p.add_argument("dir", nargs="?", type=Path, help="the memes dir (or a folder inside it; the whole memes dir is scanned)")
     p.add_argument("--verbose", "-v", action="store_true", help="print every file, not only problems")
     p.set_defaults(func=cmd_ingest)
 
@@ -74,11 +74,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         if not target.is_dir():
             raise CliError(f"{args.dir} is not a folder")
         if not target.is_relative_to(memes_dir):
-            # Scanning another folder: treat it as the memes dir for this command.
-            memes_dir = target
-            print(f"note: {target} is not inside WORKBENCH_MEMES_DIR ({settings.memes_dir}); paths are stored "
-                  "relative to it — set WORKBENCH_MEMES_DIR to it for the app to find the files", file=sys.stderr)
-    elif not memes_dir.is_dir():
+            # Paths are stored relative to the memes dir: scanning elsewhere would mark the
+            # catalogue's files missing and make the new ones unfindable by the app.
+            raise CliError(
+                f"{target} is outside the memes folder {memes_dir}. Point the workbench at it with "
+                f"WORKBENCH_MEMES_DIR={target} (the app needs the same setting), or copy the files into "
+                f"{memes_dir}.")
+        if target != memes_dir:
+            print(f"note: scanning the whole memes folder {memes_dir} (it contains {target})", file=sys.stderr)
+    if not memes_dir.is_dir():
         raise CliError(f"memes folder {memes_dir} does not exist (set WORKBENCH_MEMES_DIR or pass DIR)")
     with session_scope(settings.db_url) as session:
         report = scan_folder(session, memes_dir)
