@@ -102,7 +102,7 @@ with tab_train:
         try:
             predictor = build_predictor(kind, values)
         except ValueError as exc:
-            st.error(str(exc))
+            st.error(ui.md_escape(str(exc)))
         else:
             summary = ui.run_job_widget(ctx, PredictorStep(predictor), all_ids, key="train_job")
             if summary is not None and summary.status == "done":
@@ -133,9 +133,9 @@ with tab_heads:
         dest = st.text_input("Copy this head to a folder", key="train_copy_dest", placeholder="/path/to/my_head")
         if st.button("Copy", key="train_copy", disabled=not dest.strip()):
             try:
-                st.success(f"Copied to {copy_head(chosen['path'], dest.strip())}")
+                st.success(ui.md_escape(f"Copied to {copy_head(chosen['path'], dest.strip())}"))
             except (HeadError, OSError) as exc:
-                st.error(str(exc))
+                st.error(ui.md_escape(str(exc)))
     st.subheader("Predict with a saved head")
     path = st.text_input("Head folder (holding head.json + head.safetensors)", key="train_load_path",
                          value=heads[0]["path"] if heads else "")
@@ -143,6 +143,6 @@ with tab_heads:
         try:
             predictor = predictor_for_saved_head(path.strip())
         except HeadError as exc:
-            st.error(str(exc))
+            st.error(ui.md_escape(str(exc)))
         else:
             ui.run_job_widget(ctx, PredictorStep(predictor), all_ids, key="train_load_job")

@@ -122,7 +122,7 @@ with ctx.session() as session:
     anyone = labels.labeled_count(session)
 if n_present == 0:
     st.info("No memes yet. Add some on the Data page (scan the folder, upload, or generate a demo set).")
-    st.page_link("pages/3_Data.py", label="Go to Data", icon=":material/upload_file:")
+    ui.page_link("pages/3_Data.py", label="Go to Data", icon=":material/upload_file:")
     st.stop()
 
 progress_text = (f"You ({ui.md_escape(annotator)}) labeled {mine} of {n_present}" if annotator

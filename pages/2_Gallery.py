@@ -8,6 +8,7 @@ ctx = ui.bootstrap("Gallery", "🖼️")
 import streamlit as st  # noqa: E402
 
 from workbench import catalog, labels  # noqa: E402
+from workbench.texts import best_texts  # noqa: E402
 
 LABEL_FILTERS = {"any label": None, "toxic": "toxic", "neutral": "non_toxic", "unlabeled": "unlabeled"}
 LABEL_BADGES = {"toxic": ":red[toxic]", "non_toxic": ":green[neutral]", None: ":gray[unlabeled]"}
@@ -37,6 +38,7 @@ with ctx.session() as session:
         session, label=LABEL_FILTERS[label_choice], folder=None if folder_choice == ANY else folder_choice,
         annotator=None if annotator_choice == ANY else annotator_choice, text=text or None,
         page=state["gal_page"], page_size=page_size)
+    ocr_texts = best_texts(session, [card.id for card in cards])
 n_pages = max(1, -(-total // page_size))
 state["gal_page"] = min(state["gal_page"], n_pages - 1)
 
@@ -61,6 +63,9 @@ for start in range(0, len(cards), COLUMNS):
                 st.image(str(thumb), width="stretch")
             else:
                 st.caption(":orange[file missing or unreadable]")
-            st.page_link("pages/1_Label.py", label=ui.md_escape(card.path.rsplit("/", 1)[-1][:60]),
+            ui.page_link("pages/1_Label.py", label=ui.md_escape(card.path.rsplit("/", 1)[-1][:60]),
                          query_params={"image": str(card.id)}, help=f"Open #{card.id} on the Label page")
             st.caption(LABEL_BADGES.get(card.label, card.label))
+            if ocr_texts.get(card.id):  # editable on the Label page the link opens
+                snippet = " ".join(ocr_texts[card.id].split())
+                st.caption(ui.md_escape(snippet[:80] + ("…" if len(snippet) > 80 else "")), help="OCR text")

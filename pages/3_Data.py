@@ -89,7 +89,7 @@ if st.button("Generate demo set", key="data_demo"):
         written = samples.write_sample_memes(ctx.settings.memes_dir, n=int(n_demo), seed=seed)
         with ctx.session() as session:
             report = ingest.scan_folder(session, ctx.settings.memes_dir)
-    st.success(f"Generated {len(written)} memes. Ingest: {report.summary()}")
+    st.success(ui.md_escape(f"Generated {len(written)} memes. Ingest: {report.summary()}"))
 
 # ---- export ------------------------------------------------------------------
 st.subheader("Export annotations.csv")

@@ -69,7 +69,7 @@ try:
     eigen_request = explain.CamRequest.for_class(model_id or DEFAULT_CLIP_MODEL, "eigencam", dtype=dtype)
     class_request = explain.CamRequest.for_class(model_id or DEFAULT_CLIP_MODEL, method, label, prompts, dtype=dtype)
 except ValueError as exc:
-    st.error(str(exc))
+    st.error(ui.md_escape(str(exc)))
     st.stop()
 
 # ---- the maps --------------------------------------------------------------------
@@ -91,9 +91,9 @@ if missing and st.button("Compute explanation", type="primary", key="exp_compute
             for r in missing:
                 maps[r] = explain.explain(ctx.settings.artefacts_dir, path, r, sha256=card.sha256).cam
     except ModelUnavailable as exc:
-        st.error(str(exc))
+        st.error(ui.md_escape(str(exc)))
     except Exception as exc:  # noqa: BLE001 - show the failure, keep the page
-        st.error(f"Could not compute the map: {type(exc).__name__}: {exc}")
+        st.error(ui.md_escape(f"Could not compute the map: {type(exc).__name__}: {exc}"))
 
 cols = st.columns(3)
 cols[0].image(image, caption="Original", width="stretch")

@@ -72,6 +72,16 @@ def bootstrap(title: str, icon: str = "🧪", layout: str = "wide") -> Ctx:
     return Ctx(settings=settings, annotator=annotator)
 
 
+def page_link(page: str, **kwargs: object) -> None:
+    """st.page_link that degrades to nothing where no page registry exists (one page run alone)."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.page_link(page, **kwargs)
+    except StreamlitAPIException:
+        pass
+
+
 def _navigation() -> None:
     from streamlit.errors import StreamlitAPIException
 
@@ -142,7 +152,7 @@ def run_job_widget(
         )
     except JobBusy as exc:
         bar.empty()
-        st.warning(str(exc))
+        st.warning(md_escape(str(exc)))
         return None
     show_job_summary(summary)
     return summary
