@@ -99,3 +99,31 @@ def test_export_lists_consensus_and_skips_unlabeled(session, settings, unlabeled
     session.commit()
     paths = {i + 1: p for i, p in enumerate(sorted(unlabeled))}  # ids follow scan order (sorted paths)
     assert export_annotations(session) == f"filename,label\n{paths[1]},non_toxic\n{paths[3]},toxic\n"
+
+
+def test_formula_guarded_file_names_survive_export_then_import(session, settings, tmp_path) -> None:
+    """A root-level file named like a formula is exported as '-… / '=… (spreadsheet-safe),
+    and importing that export into a fresh catalogue maps it back to the real file."""
+    from workbench.samples import render_meme
+
+    for name in ("-minus.png", "=sum.png", "+plus.png", "@at.png"):
+        render_meme("мем", seed=len(name), size=(64, 64)).save(settings.memes_dir / name)
+    scan_folder(session, settings.memes_dir)
+    ids = sorted(consensus_labels(session) or [])
+    assert ids == []  # root files carry no folder label
+    from sqlalchemy import select
+
+    from workbench.schema import Image
+
+    for i, image_id in enumerate(session.scalars(select(Image.id).order_by(Image.path))):
+        add_label(session, image_id, "toxic" if i % 2 else "non_toxic", "ann")
+    session.commit()
+    exported = export_annotations(session)
+    assert "'-minus.png" in exported and "'=sum.png" in exported
+    # Same files, fresh labels: the exported file imports cleanly and reproduces itself.
+    for image_id in list(session.scalars(select(Image.id))):
+        undo_last(session, "ann", image_id)
+    session.commit()
+    report = import_annotations(session, settings.memes_dir, exported.encode("utf-8"))
+    assert report.applied and not report.issues and report.imported == 4
+    assert export_annotations(session) == exported

@@ -89,6 +89,8 @@ def _decode(data: bytes) -> str:
 def _safe_rel(raw: str) -> str | None:
     """A normalised relative posix path, or None if it escapes the memes dir."""
     raw = raw.strip().replace("\\", "/")
+    if raw.startswith("'") and raw[1:2] in FORMULA_PREFIXES:  # undo our own export's formula guard
+        raw = raw[1:]
     if not raw or "\x00" in raw or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
         return None
     parts = [p for p in PurePosixPath(raw).parts if p not in ("", ".")]
