@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,12 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_MEMES = REPO_ROOT.parent / "shared" / "datasets" / "vlmemes" / "memes"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # no hub here: fail fast instead of retrying
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# An empty model cache: tests that name real hub ids (to check the "cannot be loaded" message)
+# must not find weights a developer happens to have cached.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="workbench-tests-hf-")
+os.environ.pop("WORKBENCH_HF_CACHE", None)
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
 
