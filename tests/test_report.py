@@ -218,3 +218,129 @@ def test_cli_report_computes_cams_for_the_top_disagreements(settings, study, tmp
     parse(html_text)
     assert html_text.count("<figcaption>EigenCAM (not class-specific)") == 2
     assert html_text.count("<figcaption>Grad-CAM on the class prompt") == 2
+
+
+# ------------------------------------------------------------------ training of learned predictors
+
+
+def _section(html_text: str, element_id: str) -> str:
+    """The markup of the <div>/<section> with this id (up to its matching close)."""
+    start = html_text.index(f'id="{element_id}"')
+    tag = html_text.rindex("<", 0, start)
+    name = html_text[tag + 1 : html_text.index(" ", tag)]
+    depth, pos = 0, tag
+    for m in re.finditer(rf"<(/?){name}\b", html_text[tag:]):
+        depth += -1 if m.group(1) else 1
+        if depth == 0:
+            pos = tag + m.end()
+            break
+    return html_text[tag : html_text.index(">", pos) + 1]
+
+
+def _train_metrics(block: str) -> dict[str, str]:
+    return dict(re.findall(r'<tr data-train-metric="([^"]+)"><td>[^<]*</td><td>([^<]*)</td>', block))
+
+
+def test_report_shows_training_metrics_and_per_fold_curves(settings, session):
+    import torch
+    from sqlalchemy import select
+
+    from workbench.db import session_scope
+    from workbench.embeddings import EmbedStep, make_embedders
+    from workbench.jobs import run_step
+    from workbench.predict_jobs import build_predictor, run_predictions
+    from workbench.predictors.trained import read_training_report
+    from workbench.tiny_models import tiny_model_dir
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        samples = write_sample_memes(settings.memes_dir, n=10, size=(96, 96))
+        with session_scope(settings.db_url) as s:
+            scan_folder(s, settings.memes_dir)
+            by_name = {im.original_name: im.id for im in s.scalars(select(Image))}
+            for sample in samples:  # OCR text as manual corrections: no OCR engine needed
+                save_correction(s, by_name[sample.path.name], sample.caption, "tester")
+        ids = sorted(by_name.values())
+        clip = str(tiny_model_dir("clip"))
+        (image_embedder,) = [e for e in make_embedders("clip", clip, dtype="float32") if e.kind == "clip-image"]
+        embedded = run_step(settings.db_url, EmbedStep(image_embedder), ids, memes_dir=settings.memes_dir,
+                            lock_dir=settings.artefacts_dir, batch_size=5)
+        assert (embedded.status, embedded.failed) == ("done", 0)
+        head = build_predictor("head", {"features": "image", "clip_model": clip, "head": "logreg",
+                                        "epochs": 7, "folds": 3})
+        head_run = run_predictions(settings, head, ids)
+        tfidf = build_predictor("text-tfidf", {"folds": 3})
+        tfidf_run = run_predictions(settings, tfidf, ids)
+    finally:
+        torch.set_num_threads(threads)
+    assert head_run.status == tfidf_run.status == "done"
+    # a head run without a training report (e.g. from another machine) is skipped silently
+    orphan = add_run(session, "head", "orphan head", {i: Pred("toxic", prob=0.9) for i in ids}, model_id="x")
+    session.commit()
+
+    html_text = report.build_report(session, settings, report.ReportOptions(n_boot=50))
+    parse(html_text)
+    assert "Training of learned predictors" in html_text
+    assert f'id="training-{orphan}"' not in html_text
+
+    head_report = read_training_report(head.fingerprint())
+    folds = head_report["metrics"]["folds"]
+    assert folds == 3 and len(head_report["curves"]) == 3 * 7
+    block = _section(html_text, f"training-{head_run.run_id}")
+    svgs = re.findall(r"<svg.*?</svg>", block)
+    assert len(svgs) == 3  # train loss, validation loss, validation F1
+    for svg in svgs:
+        polylines = re.findall(r'<polyline[^>]*points="([^"]*)"', svg)
+        assert len(polylines) == folds  # one line per fold ...
+        assert all(len(p.split()) == 7 for p in polylines)  # ... one point per epoch
+    assert block.count("■ fold") == folds
+    shown = _train_metrics(block)
+    assert shown["f1"] == f"{head_report['metrics']['f1']:.3f}"
+    assert shown["auroc"] == f"{head_report['metrics']['auroc']:.3f}"
+    assert shown["accuracy"] == f"{head_report['metrics']['accuracy']:.3f}"
+    assert (shown["n"], shown["folds"]) == ("10", "3")
+
+    tfidf_report = read_training_report(tfidf.fingerprint())
+    block = _section(html_text, f"training-{tfidf_run.run_id}")
+    assert "<svg" not in block and "no epochs" in block  # TF-IDF: metrics only
+    shown = _train_metrics(block)
+    assert shown["f1"] == f"{tfidf_report['metrics']['f1']:.3f}"
+    assert shown["auroc"] == f"{tfidf_report['metrics']['auroc']:.3f}"
+    assert shown["folds"] == str(tfidf_report["metrics"]["folds"])
+
+
+def test_training_section_is_bounded_escaped_and_absent_without_reports(settings, session, study):
+    import json
+
+    from workbench.schema import ModelRun
+
+    html_text = report.build_report(session, settings, report.ReportOptions(n_boot=50))
+    assert "Training of learned predictors" not in html_text  # no head / TF-IDF run here
+
+    # 7 head runs, each with a long, hostile training report: 12 folds x 2,000 epochs
+    directory = settings.artefacts_dir / "training"
+    directory.mkdir(parents=True)
+    curves = [{"fold": f, "epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0 / e, "val_f1": min(1.0, e / 2000)}
+              for f in range(12) for e in range(1, 2001)]
+    run_ids = []
+    for k in range(7):
+        run_id = add_run(session, "head", f"head {k} {EVIL}", {study["ids"][0]: Pred("toxic", prob=0.8)})
+        fp = session.get(ModelRun, run_id).fingerprint
+        metrics = {"f1": 0.5 + k / 100, "folds": 12, EVIL: EVIL, "nested": {"x": 1}}
+        (directory / f"{fp}.json").write_text(json.dumps({"kind": "head", "metrics": metrics, "curves": curves}))
+        run_ids.append(run_id)
+    session.commit()
+    options = report.ReportOptions(n_boot=50, max_training_runs=5, training_points=300)
+    html_text = report.build_report(session, settings, options)
+    parsed = parse(html_text)
+    assert "script" not in parsed.tags and EVIL in "".join(parsed.text)
+    section = _section(html_text, "training")
+    assert section.count('<div class="training"') == 5 and "2 more trained runs not shown" in section
+    assert "2 more folds not drawn" in section  # 10 colours, 10 folds drawn
+    for svg in re.findall(r"<svg.*?</svg>", section):
+        polylines = re.findall(r'points="([^"]*)"', svg)
+        assert len(polylines) == 10
+        assert sum(len(p.split()) for p in polylines) <= 300
+    assert _train_metrics(_section(html_text, f"training-{run_ids[0]}"))["f1"] == "0.500"
+    assert len(section.encode()) < 200_000

@@ -2,15 +2,17 @@
 
 Sections: dataset summary (counts by label, annotators, agreement), per-run metrics with
 bootstrap CIs, confusion matrices and ROC / precision-recall curves (inline SVG), pairwise
-McNemar tests, the top disagreements with thumbnails, labels, explanations and OCR text,
-a few cached CAM overlays, and each run's exact config (prompts included).
+McNemar tests, the out-of-fold metrics and per-fold training curves of head / TF-IDF runs
+(from their training reports), the top disagreements with thumbnails, labels, explanations
+and OCR text, a few cached CAM overlays, and each run's exact config (prompts included).
 
 Rules the builder keeps:
 - every piece of user or model text goes through `esc` (html.escape); the report contains
   no <script> and loads nothing from the network (images are base64 data URIs, charts
   are inline SVG, the CSS is inline);
 - its size does not grow with the collection: counts, not lists; curves thinned to a
-  few hundred points; top-N lists; small JPEG thumbnails; capped runs and pairs.
+  few hundred points (a training chart's folds share a few hundred); top-N lists; small
+  JPEG thumbnails; capped runs, pairs and trained runs.
 
 The numbers come from workbench.outcomes / workbench.metrics / workbench.review; nothing
 here computes a metric. CAM overlays are read from the cache (workbench.explain), never
@@ -23,6 +25,7 @@ import base64
 import html
 import io
 import json
+import math
 import shutil
 import subprocess
 import tempfile
@@ -60,6 +63,8 @@ class ReportOptions:
     thumb_px: int = 160
     text_chars: int = 600  # OCR text / explanation shown per card
     curve_points: int = 200
+    max_training_runs: int = 5  # head / TF-IDF runs whose training report (metrics, curves) is shown
+    training_points: int = 300  # points per training-curve chart, shared by its folds
     n_boot: int = 1000
     seed: int = 0
 
@@ -115,36 +120,62 @@ def _img_tag(uri: str | None, alt: str, caption: str = "") -> str:
 # ------------------------------------------------------------------ inline SVG charts
 
 
-def svg_curve(xs: list[float], ys: list[float], title: str, x_label: str, y_label: str,
+SERIES_COLORS = ("#c0392b", "#2471a3", "#229954", "#d68910", "#7d3c98",
+                 "#17a589", "#a04000", "#2e4053", "#c71585", "#7f8c8d")
+
+
+def _tick(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def svg_lines(series: list[tuple[list[float], list[float]]], title: str, x_label: str, y_label: str,
+              x_range: tuple[float, float] = (0.0, 1.0), y_range: tuple[float, float] = (0.0, 1.0),
               diagonal: bool = False, size: int = 220) -> str:
-    """A small line chart on [0,1]x[0,1] as inline SVG (no script, no external asset)."""
+    """A small chart of one or more lines as inline SVG (no script, no external asset).
+
+    Series i is drawn in SERIES_COLORS[i % 10]; points are scaled from x_range x y_range
+    onto the plot square, whose corners are labelled with the ranges' ends."""
     pad = 32
     span = size - 2 * pad
+    (x0, x1), (y0, y1) = x_range, y_range
+    x_span, y_span = (x1 - x0) or 1.0, (y1 - y0) or 1.0
 
     def px(x: float, y: float) -> str:
-        return f"{pad + x * span:.1f},{size - pad - y * span:.1f}"
+        return f"{pad + (x - x0) / x_span * span:.1f},{size - pad - (y - y0) / y_span * span:.1f}"
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
              f'role="img" aria-label="{esc(title)}">',
              f'<rect x="{pad}" y="{pad}" width="{span}" height="{span}" fill="#fafafa" stroke="#999"/>']
     if diagonal:
         parts.append(f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{pad}" stroke="#bbb" stroke-dasharray="4"/>')
-    if xs:
+    drawn = [(xs, ys) for xs, ys in series if xs]
+    for i, (xs, ys) in enumerate(drawn):
         points = " ".join(px(x, y) for x, y in zip(xs, ys))
-        parts.append(f'<polyline fill="none" stroke="#c0392b" stroke-width="2" points="{points}"/>')
-    else:
+        parts.append(f'<polyline fill="none" stroke="{SERIES_COLORS[i % len(SERIES_COLORS)]}" stroke-width="2" '
+                     f'points="{points}"/>')
+    if not drawn:
         parts.append(f'<text x="{size / 2}" y="{size / 2}" text-anchor="middle" font-size="11">no data</text>')
     parts += [
         f'<text x="{size / 2}" y="14" text-anchor="middle" font-size="12" font-weight="bold">{esc(title)}</text>',
         f'<text x="{size / 2}" y="{size - 6}" text-anchor="middle" font-size="11">{esc(x_label)}</text>',
         f'<text x="10" y="{size / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 10 {size / 2})">'
         f"{esc(y_label)}</text>",
-        f'<text x="{pad - 3}" y="{size - pad + 12}" text-anchor="end" font-size="9">0</text>',
-        f'<text x="{size - pad}" y="{size - pad + 12}" text-anchor="middle" font-size="9">1</text>',
-        f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end" font-size="9">1</text>',
+        # one corner label when both axes start at the same value, else one per axis
+        (f'<text x="{pad - 3}" y="{size - pad + 12}" text-anchor="end" font-size="9">{esc(_tick(x0))}</text>'
+         if _tick(x0) == _tick(y0) else
+         f'<text x="{pad}" y="{size - pad + 12}" text-anchor="middle" font-size="9">{esc(_tick(x0))}</text>'
+         f'<text x="{pad - 4}" y="{size - pad}" text-anchor="end" font-size="9">{esc(_tick(y0))}</text>'),
+        f'<text x="{size - pad}" y="{size - pad + 12}" text-anchor="middle" font-size="9">{esc(_tick(x1))}</text>',
+        f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end" font-size="9">{esc(_tick(y1))}</text>',
         "</svg>",
     ]
     return "".join(parts)
+
+
+def svg_curve(xs: list[float], ys: list[float], title: str, x_label: str, y_label: str,
+              diagonal: bool = False, size: int = 220) -> str:
+    """A small line chart on [0,1]x[0,1] as inline SVG (no script, no external asset)."""
+    return svg_lines([(xs, ys)], title, x_label, y_label, diagonal=diagonal, size=size)
 
 
 def confusion_table(matrix: list[list[int]]) -> str:
@@ -330,6 +361,129 @@ def _disagreements_section(session: Session, settings: Settings, datas: list[Any
     return "".join(out) + "</section>"
 
 
+TRAINED_KINDS = ("head", "text-tfidf")
+TRAINING_METRICS = {
+    "f1": "Out-of-fold F1 (toxic)", "auroc": "Out-of-fold ROC AUC", "accuracy": "Out-of-fold accuracy",
+    "n": "Labeled images", "folds": "Folds", "n_empty_text": "Labeled images without OCR text",
+    "n_labeled_without_features": "Labeled images without embeddings",
+}
+TRAINING_CURVES = (("train_loss", "Training loss", "loss"), ("val_loss", "Validation loss", "loss"),
+                   ("val_f1", "Validation F1", "F1 (toxic)"))
+MAX_CURVE_FOLDS = len(SERIES_COLORS)
+
+
+def training_report(settings: Settings, fingerprint: str) -> dict[str, Any] | None:
+    """The training report a head / TF-IDF run wrote (artefacts/training/<fingerprint>.json,
+    see workbench.predictors.trained), read under *these* settings' artefacts dir; None if
+    absent or unreadable."""
+    path = settings.artefacts_dir / "training" / f"{fingerprint}.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _thin(points: list[tuple[float, float]], limit: int) -> list[tuple[float, float]]:
+    """At most `limit` evenly spaced points, the first and last kept."""
+    if len(points) <= limit:
+        return points
+    step = (len(points) - 1) / (limit - 1)
+    return [points[round(k * step)] for k in range(limit)]
+
+
+def curves_by_fold(curves: object) -> dict[int, list[dict[str, Any]]]:
+    """Per-epoch points of a training report grouped by fold (malformed points dropped)."""
+    by_fold: dict[int, list[dict[str, Any]]] = {}
+    for point in curves if isinstance(curves, list) else []:
+        if not isinstance(point, dict):
+            continue
+        fold, epoch = _number(point.get("fold")), _number(point.get("epoch"))
+        if fold is None or epoch is None:
+            continue
+        by_fold.setdefault(int(fold), []).append(point)
+    for points in by_fold.values():
+        points.sort(key=lambda pt: pt["epoch"])
+    return dict(sorted(by_fold.items()))
+
+
+def _training_charts(curves: object, options: ReportOptions) -> str:
+    by_fold = curves_by_fold(curves)
+    if not by_fold:
+        return ""
+    folds = list(by_fold)[:MAX_CURVE_FOLDS]
+    per_fold = max(2, options.training_points // len(folds))
+    epochs = [float(pt["epoch"]) for f in folds for pt in by_fold[f]]
+    x_range = (min(epochs), max(epochs))
+    charts = []
+    for key, title, y_label in TRAINING_CURVES:
+        series = []
+        for fold in folds:
+            pts = [(float(pt["epoch"]), v) for pt in by_fold[fold] if (v := _number(pt.get(key))) is not None]
+            series.append(_thin(pts, per_fold))
+        values = [y for pts in series for _, y in pts]
+        if not values:
+            continue
+        top = 1.0 if key == "val_f1" else max(max(values), 1e-9)  # F1 on [0, 1]; losses from 0 to their max
+        charts.append(svg_lines([([x for x, _ in pts], [y for _, y in pts]) for pts in series],
+                                title, "epoch", y_label, x_range=x_range, y_range=(0.0, top)))
+    legend = " ".join(f'<span style="color:{SERIES_COLORS[i]}">■ fold {fold}</span>' for i, fold in enumerate(folds))
+    note = (f"<p class='note'>{len(by_fold) - len(folds)} more folds not drawn.</p>"
+            if len(by_fold) > len(folds) else "")
+    return f"<div class='charts'>{''.join(charts)}</div><p class='legend'>{legend}</p>{note}"
+
+
+def _training_block(run: Any, doc: dict[str, Any], options: ReportOptions) -> str:
+    metrics = doc.get("metrics") if isinstance(doc.get("metrics"), dict) else {}
+    out = [f'<div class="training" id="training-{run.id}"><h3>{esc(run.title)}</h3>',
+           '<table class="metrics"><tr><th>out-of-fold summary</th><th>value</th></tr>']
+    keys = [k for k in TRAINING_METRICS if k in metrics] + sorted(k for k in metrics if k not in TRAINING_METRICS)
+    for key in keys:
+        value = metrics[key]
+        if isinstance(value, (dict, list)):
+            continue
+        shown = _fmt(_number(value)) if isinstance(value, float) else ("—" if value is None else str(value))
+        out.append(f'<tr data-train-metric="{esc(key)}"><td>{esc(TRAINING_METRICS.get(key, key))}</td>'
+                   f"<td>{esc(shown)}</td></tr>")
+    seconds = _number(doc.get("train_seconds"))
+    if seconds is not None:
+        out.append(f"<tr><td>Training time (all folds + final model)</td><td>{seconds:.1f} s</td></tr>")
+    out.append("</table>")
+    charts = _training_charts(doc.get("curves"), options)
+    out.append(charts or "<p class='note'>No per-epoch curves (this predictor has no epochs).</p>")
+    return "".join(out) + "</div>"
+
+
+def _training_section(settings: Settings, runs: list[Any], fingerprints: dict[int, str],
+                      options: ReportOptions) -> str:
+    """Out-of-fold metrics and per-fold training curves of head / TF-IDF runs that left a
+    training report ('' when none did)."""
+    found = []
+    for run in runs:
+        if run.kind not in TRAINED_KINDS or run.id not in fingerprints:
+            continue
+        doc = training_report(settings, fingerprints[run.id])
+        if doc is not None:
+            found.append((run, doc))
+    if not found:
+        return ""
+    shown = found[: options.max_training_runs]
+    out = ['<section id="training"><h2>Training of learned predictors</h2>',
+           "<p>From each run's training report: metrics of the out-of-fold predictions (stratified k-fold, every "
+           "labeled image scored by a model that never saw it) and, for heads, loss and validation F1 per epoch, "
+           "one line per fold.</p>"]
+    out.extend(_training_block(run, doc, options) for run, doc in shown)
+    if len(found) > len(shown):
+        out.append(f"<p class='note'>{len(found) - len(shown)} more trained runs not shown.</p>")
+    return "".join(out) + "</section>"
+
+
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:2px solid #c0392b;padding-bottom:.2em;margin-top:2em}
@@ -341,6 +495,7 @@ th{background:#f4f4f4}.cm td{text-align:center;min-width:4em}.note{color:#666;fo
 .noimg{width:140px;height:100px;background:#eee;color:#777;font-size:.75em;display:flex;align-items:center;justify-content:center;text-align:center}
 .ocr{white-space:pre-wrap}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-word;font-size:.8em}
 section.run{border-top:1px solid #eee;margin-top:1.5em}
+.legend{font-size:.85em}.training{border-top:1px solid #eee;margin-top:1em}
 """
 
 
@@ -373,6 +528,7 @@ def build_report(session: Session, settings: Settings, options: ReportOptions | 
         body.append("</table>")
         body.extend(_run_section(d, rows.get(d.run.id), options) for d in datas)
         body.append("</section>")
+        body.append(_training_section(settings, shown, {i: r.fingerprint for i, r in rows.items()}, options))
         if len(datas) > 1:
             body.append(_pairs_section(datas, options))
         body.append(_disagreements_section(session, settings, datas, options))
