@@ -133,3 +133,19 @@ def test_unloadable_model_fails_the_job_clearly_and_stores_nothing(settings, ses
     assert summary.status == "failed"
     assert f"Model '{not_a_model}' cannot be loaded: ValueError: Unrecognized" in summary.error and "huggingface-cli" in summary.error
     assert session.scalar(select(func.count()).select_from(Prediction)) == 0
+
+
+def test_full_job_over_twenty_memes_stores_twenty_predictions_per_run(settings, session, tiny_qwen) -> None:
+    write_sample_memes(settings.memes_dir, n=20, seed=11, size=(120, 96))
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    from workbench.schema import Image
+
+    ids = list(session.scalars(select(Image.id)))
+    session.commit()
+    for mode in ("label", "label+explanation"):
+        summary = _run(settings, make_predictor("vlm", model=tiny_qwen, mode=mode, **SMALL), ids, batch_size=8)
+        assert (summary.status, summary.done, summary.failed) == ("done", 20, 0), summary.errors
+        assert len(_predictions(session, summary.run_id)) == 20
+        again = _run(settings, make_predictor("vlm", model=tiny_qwen, mode=mode, **SMALL), ids)
+        assert (again.run_id, again.done, again.skipped) == (summary.run_id, 0, 20)
