@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from workbench.cli import CliError
 from workbench.config import Settings
@@ -48,8 +49,8 @@ def cmd_ocr(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(settings.db_url) as session:
         ids = image_ids(session, args.selection, folder=args.folder, limit=args.limit)
     if not ids:
-        print("no images match the selection (run `python -m workbench ingest` first?)")
-        return 0
+        print("no memes in this selection (ingest some first: python -m workbench ingest)", file=sys.stderr)
+        return 1
     step = OcrStep(make_engine(args.engine, settings, lang=args.lang))
     workers = args.workers if args.workers is not None else default_workers()
     bar = tqdm(total=len(ids), unit="img", desc=step.name, disable=args.quiet)

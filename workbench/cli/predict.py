@@ -92,7 +92,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
     summary = _run_with_progress(settings, predictor, ids, args)
-    print(f"{predictor.run_name()} (run {summary.run_id}): {summary.describe()}")
+    run = f" (run {summary.run_id})" if summary.status != "failed" else ""  # a failed start keeps no run
+    print(f"{predictor.run_name()}{run}: {summary.describe()}")
     for image_id, error in summary.errors[:10]:
         print(f"  image {image_id}: {error}", file=sys.stderr)
     if summary.status == "failed":
