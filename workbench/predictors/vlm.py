@@ -25,7 +25,7 @@ from workbench.errors import ModelUnavailable
 from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
 from workbench.predictors.vlm_parse import parse_answer
 from workbench.predictors.vlm_prompt import (
-    COMMON_OPTIONS, MAX_NEW_TOKENS_CAP, MODE_LABEL, MODES, prob_toxic, render_prompt, word_variants,
+    COMMON_OPTIONS, MODE_LABEL, MODES, prob_toxic, render_prompt, set_common_options, word_variants,
 )
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -70,15 +70,8 @@ class LocalVlmPredictor(Predictor):
                 f"{quantization} loading needs a CUDA GPU (bitsandbytes); this run is on {placement.device}. "
                 "Use quantization=none (bf16 on CPU), or run on a GPU machine / a vLLM endpoint.")
         self.placement = placement
-        self.model_name = model
-        self.mode = mode
-        self.prompt = prompt
-        self.toxic_word, self.non_toxic_word = toxic_word.strip(), non_toxic_word.strip()
-        self.answer_prefix = answer_prefix
-        self.use_ocr_text = bool(use_ocr_text)
-        self.needs_ocr_text = self.use_ocr_text
-        self.max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_CAP))
-        self.threshold = float(threshold)
+        set_common_options(self, model, mode, prompt, toxic_word, non_toxic_word, answer_prefix, use_ocr_text,
+                           max_new_tokens, threshold)
         self.quantization = quantization
         self.min_pixels = int(min_pixels)
         auto_max = GPU_MAX_PIXELS if placement.device.startswith("cuda") else CPU_MAX_PIXELS

@@ -26,7 +26,7 @@ from workbench.errors import ModelUnavailable
 from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
 from workbench.predictors.vlm_parse import parse_answer
 from workbench.predictors.vlm_prompt import (
-    COMMON_OPTIONS, MAX_NEW_TOKENS_CAP, MODE_LABEL, prob_from_top_logprobs, prob_toxic, render_prompt,
+    COMMON_OPTIONS, MODE_LABEL, prob_from_top_logprobs, prob_toxic, render_prompt, set_common_options,
 )
 
 LABEL_MODE_MAX_TOKENS = 16  # «Класс: нейтральный» and a little slack
@@ -67,15 +67,8 @@ class VlmEndpointPredictor(Predictor):
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"endpoint must be an http(s) URL such as http://host:8000/v1 (got {endpoint!r})")
         self.endpoint = endpoint.rstrip("/")
-        self.model_name = model
-        self.mode = mode
-        self.prompt = prompt
-        self.toxic_word, self.non_toxic_word = toxic_word.strip(), non_toxic_word.strip()
-        self.answer_prefix = answer_prefix
-        self.use_ocr_text = bool(use_ocr_text)
-        self.needs_ocr_text = self.use_ocr_text
-        self.max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_CAP))
-        self.threshold = float(threshold)
+        set_common_options(self, model, mode, prompt, toxic_word, non_toxic_word, answer_prefix, use_ocr_text,
+                           max_new_tokens, threshold)
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
         self.backoff_s = max(0.0, float(backoff_s))

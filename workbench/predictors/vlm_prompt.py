@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from workbench.config import DEFAULT_VLM_MODEL
 from workbench.predictors.base import Option
@@ -48,6 +49,20 @@ COMMON_OPTIONS: tuple[Option, ...] = (
     Option("max_new_tokens", 96, f"cap on generated tokens (≤ {MAX_NEW_TOKENS_CAP})", "int"),
     Option("threshold", 0.5, "label = toxic when prob_toxic ≥ threshold (label mode)", "float"),
 )
+
+
+def set_common_options(predictor: Any, model: str, mode: str, prompt: str, toxic_word: str, non_toxic_word: str,
+                       answer_prefix: str, use_ocr_text: bool, max_new_tokens: int, threshold: float) -> None:
+    """Set the options both VLM backends share (COMMON_OPTIONS), normalised the same way."""
+    predictor.model_name = model
+    predictor.mode = mode
+    predictor.prompt = prompt
+    predictor.toxic_word, predictor.non_toxic_word = toxic_word.strip(), non_toxic_word.strip()
+    predictor.answer_prefix = answer_prefix
+    predictor.use_ocr_text = bool(use_ocr_text)
+    predictor.needs_ocr_text = predictor.use_ocr_text
+    predictor.max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_CAP))
+    predictor.threshold = float(threshold)
 
 
 def render_prompt(template: str, ocr_text: str, toxic_word: str, non_toxic_word: str) -> str:
