@@ -38,8 +38,9 @@ REAL = REPO_ROOT.parent / "shared" / "datasets" / "vlmemes" / "memes"
 def engines(skip: set[str]) -> dict[str, object]:
     settings = load_settings()
     out = {
-        "raw tesseract (psm 6)": TesseractEngine(passes=("raw",), drop_below=0),
-        "baseline raw+white": TesseractEngine(passes=("raw", "white"), drop_below=0),
+        "raw tesseract (psm 6)": TesseractEngine(passes=("raw",), drop_below=0, min_line_letters=0, min_letter_share=0),
+        "baseline raw+white": TesseractEngine(passes=("raw", "white"), drop_below=0, min_line_letters=0,
+                                             min_letter_share=0),
         "default (tesseract)": make_engine("tesseract", settings),
         "accurate": make_engine("accurate", settings),
         "easyocr": make_engine("easyocr", settings),

@@ -22,7 +22,7 @@ from workbench.ocr.accurate import AccurateEngine, pick_reading
 from workbench.ocr.metrics import cer, edit_distance, mean_cer, normalise
 from workbench.ocr.preprocess import outlined_text_mask, upscale, white_text_mask
 from workbench.ocr.step import OcrStep
-from workbench.ocr.tesseract import TesseractEngine
+from workbench.ocr.tesseract import TesseractEngine, is_text_line
 from workbench.samples import render_meme, write_sample_memes
 from workbench.schema import Image, Job, OcrResult
 from workbench.texts import best_texts, save_correction
@@ -71,6 +71,21 @@ def test_default_pipeline_reads_generated_captions(captions) -> None:
     raw_pairs = [(raw.read(im).text, caption) for im, caption in captions]
     assert mean_cer(pairs) <= 0.08, pairs
     assert mean_cer(pairs) < mean_cer(raw_pairs) / 3
+
+
+@pytest.mark.parametrize(("line", "kept"), [
+    ("СЛОВА НЕ ДАВАЛИ", True),
+    ("ТЫ", True),
+    ("Я", False),  # one letter: a speck or a letter fragment far more often than a caption
+    ("= |", False),
+    ("$44 |.", False),
+    ("ХОХОЛЕДЕТ!!!", True),  # 9 letters of 12 characters: 75 % >= 60 %
+    ("тг: .", False),  # a faint watermark's remains: 2 letters of 4 characters
+    ("1 500 Р", False),  # mostly digits: dropped (a price line is not caption text)
+])
+def test_is_text_line(line: str, kept: bool) -> None:
+    words = [Word(t, 90.0, (0, 0, 1, 1)) for t in line.split()]
+    assert is_text_line(words, min_letters=2, min_letter_share=0.6) is kept
 
 
 def test_pick_reading_prefers_what_renderings_agree_on() -> None:

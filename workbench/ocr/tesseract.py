@@ -4,7 +4,8 @@ language/mode, kept for the process), `pytesseract` + the `tesseract` binary as 
 The default pipeline reads the image twice — as it is, and as a "white text" mask
 (upscaled, bright unsaturated pixels as black on white) — and keeps the pass with more
 letters in confident words: meme captions are white-on-photo, which raw Tesseract reads
-badly, while captions on plain bands read fine raw.
+badly, while captions on plain bands read fine raw. Lines of the chosen pass that are
+mostly not letters are dropped (`is_text_line`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,15 @@ def letters(words: list[Word], min_conf: float) -> int:
     return sum(sum(ch.isalpha() for ch in w.text) for w in words if w.conf >= min_conf)
 
 
+def is_text_line(line: list[Word], min_letters: int, min_letter_share: float) -> bool:
+    """Whether a read line looks like caption text rather than junk read from the picture
+    ('= |', '$44 |.', a lone 'А'): at least `min_letters` letters, and letters at least
+    `min_letter_share` of its non-space characters."""
+    chars = "".join(w.text for w in line)
+    n_letters = sum(ch.isalpha() for ch in chars)
+    return n_letters >= min_letters and n_letters >= min_letter_share * len(chars)
+
+
 def lines_text(lines: list[list[Word]]) -> str:
     return "\n".join(" ".join(w.text for w in line) for line in lines if line)
 
@@ -124,15 +134,19 @@ def _scaled(words: list[Word], scale: float) -> list[Word]:
 class TesseractEngine:
     """Tesseract over several renderings of the image ("passes"), keeping the one with the
     most letters in words of confidence >= `min_conf`; words below `drop_below` are left
-    out of the text (junk read from the picture). Default passes: raw, white-text mask,
-    outlined-letters mask; `passes=("raw",)` is plain Tesseract, `("raw", "white")` the
-    research baseline."""
+    out of the text (junk read from the picture), and so are lines with fewer than
+    `min_line_letters` letters or a letter share below `min_letter_share` (measured on
+    hand-transcribed real memes: held-out CER 0.27 -> 0.17, generated memes unchanged).
+    Default passes: raw, white-text mask, outlined-letters mask; `passes=("raw",)` is plain
+    Tesseract, `("raw", "white")` the research baseline."""
 
     lang: str = "rus"
     psm: int = 6
     passes: tuple[str, ...] = ("raw", "white", "outlined")
     min_conf: float = 50.0
     drop_below: float = 30.0
+    min_line_letters: int = 2
+    min_letter_share: float = 0.6
     min_long_side: int = 1200
     tessdata_dir: str | None = None
     name: str = "tesseract"
@@ -140,7 +154,8 @@ class TesseractEngine:
 
     def config(self) -> dict[str, Any]:
         return {"engine": self.name, "lang": self.lang, "psm": self.psm, "passes": list(self.passes),
-                "min_conf": self.min_conf, "drop_below": self.drop_below, "min_long_side": self.min_long_side}
+                "min_conf": self.min_conf, "drop_below": self.drop_below, "min_long_side": self.min_long_side,
+                "min_line_letters": self.min_line_letters, "min_letter_share": self.min_letter_share}
 
     def load(self) -> None:
         if self._tessdata is None:
@@ -157,7 +172,7 @@ class TesseractEngine:
             passes.append((letters([w for line in lines for w in line], self.min_conf), name, lines))
         best = max(passes, key=lambda p: p[0])  # first pass wins ties
         lines = [[w for w in line if w.conf >= self.drop_below] for line in best[2]]
-        lines = [line for line in lines if line]
+        lines = [line for line in lines if line and is_text_line(line, self.min_line_letters, self.min_letter_share)]
         words = [w for line in lines for w in line]
         return OcrOutput(lines_text(lines), words, {"pass": best[1], "letters": best[0]})
 
