@@ -26,5 +26,7 @@ def test_tesseract_reads_all_real_memes(settings, real_memes) -> None:
     with session_scope(settings.db_url) as session:
         texts = list(session.scalars(select(OcrResult.text).where(OcrResult.error.is_(None))))
     with_words = [t for t in texts if sum(ch.isalpha() for ch in t) >= 3]
-    # measured 38/51 (75 %); some memes carry no caption or only handwriting/stylised letters
-    assert len(texts) == 51 and len(with_words) >= 34, texts
+    # measured 31/51: about 32 of the 51 carry a Russian caption in print (the rest: no caption,
+    # English, handwriting, collage lettering), and junk-only lines are dropped, so a meme
+    # without a caption now yields empty text instead of '= |' (it counted as text before).
+    assert len(texts) == 51 and len(with_words) >= 28, texts
