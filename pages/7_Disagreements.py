@@ -51,8 +51,8 @@ def _relabel(image_id: int, label: str) -> None:
 
 
 def _cam_slot(card: review.Card) -> None:
-    """CAM slot — the lead wires workbench.explain's view in here. Shows cached maps only
-    (never computes on this page); any problem leaves the card intact."""
+    """Cached CAM overlays of the card's meme (computing one takes seconds, so it happens on
+    the Explain page, linked here); any problem leaves the card intact."""
     try:
         from workbench.explain import cached_cams, overlay, read_cam
         from workbench.images import load_rgb
@@ -60,8 +60,10 @@ def _cam_slot(card: review.Card) -> None:
         st.caption("CAM view not available in this install.")
         return
     found = cached_cams(ctx.settings.artefacts_dir, card.sha256)
+    ui.page_link("pages/8_Explain.py", label="Open on the Explain page" if found else "Compute on the Explain page",
+                 icon=":material/visibility:", query_params={"image": str(card.image_id)})
     if not found:
-        st.caption("No CAM cached for this meme yet (compute them on the Explain page).")
+        st.caption("No CAM cached for this meme yet.")
         return
     try:
         image = load_rgb(ctx.settings.memes_dir / card.path)
