@@ -127,7 +127,9 @@ def test_ocr_text_goes_into_every_prompt(tiny_clip: Path) -> None:
     assert with_text.extra["prompt_example"] == "токсичный мем с текстом: «кот опять спит»"
     off = _predictor(tiny_clip, dtype="float32", use_ocr=False)
     assert off.needs_ocr_text is False
-    assert off.predict([PredictInput(1, image, "кот опять спит")])[0].prob_toxic == pytest.approx(plain.prob_toxic)
+    # Equal up to float noise (thread counts differ between runs); the OCR text moves it by ~0.2.
+    got = off.predict([PredictInput(1, image, "кот опять спит")])[0].prob_toxic
+    assert got == pytest.approx(plain.prob_toxic, abs=1e-5)
 
 
 def test_long_ocr_text_is_cut_to_the_text_context(short_clip: Path) -> None:

@@ -61,7 +61,8 @@ def _server_user() -> str | None:
 
 def _run(cmd: list[str], user: str | None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     if user is not None:
-        runuser = shutil.which("runuser")
+        # /usr/sbin is not on every PATH (e.g. a minimal CI environment).
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
         if runuser is None:
             raise PostgresUnavailable("running as root but `runuser` is missing")
         cmd = [runuser, "-u", user, "--", *cmd]
