@@ -22,6 +22,16 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
+def report_job(title: str, summary) -> int:  # noqa: ANN001 - a workbench.jobs.JobSummary
+    """Print a job's summary line and first per-image errors; the exit code it deserves."""
+    print(f"{title}: {summary.describe()}")
+    for image_id, error in summary.errors[:10]:
+        print(f"  image {image_id}: {error}", file=sys.stderr)
+    if summary.status == "failed":
+        print(f"error: {summary.error}", file=sys.stderr)
+    return 0 if summary.failed == 0 and summary.status == "done" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description="VLMemes Workbench command line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

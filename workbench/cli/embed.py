@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli import CliError
+from workbench.cli import CliError, report_job
 from workbench.config import Settings
 
 
@@ -73,14 +73,9 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
                                lock_dir=settings.artefacts_dir, batch_size=args.batch_size, force=args.force)
         except JobBusy as exc:
             raise CliError(str(exc)) from None
-        print(f"{embedder.describe()} [{embedder.fingerprint()}]: {summary.describe()}")
-        for image_id, error in summary.errors[:10]:
-            print(f"  image {image_id}: {error}", file=sys.stderr)
+        code = max(code, report_job(f"{embedder.describe()} [{embedder.fingerprint()}]", summary))
         if summary.status == "failed":
-            print(f"error: {summary.error}", file=sys.stderr)
-            return 1
-        if summary.failed:
-            code = 1
+            return code
     return code
 
 

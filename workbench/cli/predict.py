@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workbench.cli import CliError
+from workbench.cli import CliError, report_job
 from workbench.config import Settings
 from workbench.predictors import REGISTRY
 
@@ -93,13 +93,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
     summary = _run_with_progress(settings, predictor, ids, args)
     run = f" (run {summary.run_id})" if summary.status != "failed" else ""  # a failed start keeps no run
-    print(f"{predictor.run_name()}{run}: {summary.describe()}")
-    for image_id, error in summary.errors[:10]:
-        print(f"  image {image_id}: {error}", file=sys.stderr)
-    if summary.status == "failed":
-        print(f"error: {summary.error}", file=sys.stderr)
-        return 1
-    return 0 if summary.failed == 0 and summary.status == "done" else 1
+    return report_job(f"{predictor.run_name()}{run}", summary)
 
 
 def _run_with_progress(settings: Settings, predictor, ids: list[int], args: argparse.Namespace):  # noqa: ANN001
