@@ -15,7 +15,7 @@ import streamlit as st  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from workbench import catalog, jobs  # noqa: E402
-from workbench.ocr import ENGINE_HELP, ENGINES, LANGS, make_engine  # noqa: E402
+from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS, make_engine  # noqa: E402
 from workbench.ocr.step import OcrStep  # noqa: E402
 from workbench.schema import Job  # noqa: E402
 
@@ -26,7 +26,8 @@ st.title("Run OCR")
 st.caption("Reads meme captions into the database. Each engine + config keeps its own results; a correction "
            "typed on the Label page is used before any engine's text.")
 
-engine_name = st.selectbox("Engine", ENGINES, format_func=lambda e: f"{e} — {ENGINE_HELP[e]}", key="run_engine")
+engine_name = st.selectbox("Engine", ENGINES, index=ENGINES.index(DEFAULT_ENGINE),
+                           format_func=lambda e: f"{e} — {ENGINE_HELP[e]}", key="run_engine")
 lang = "rus"
 if engine_name != "easyocr":
     lang = st.selectbox("Tesseract languages", LANGS, key="run_lang",

@@ -7,12 +7,12 @@ import sys
 
 from workbench.cli import CliError
 from workbench.config import Settings
-from workbench.ocr import ENGINE_HELP, ENGINES, LANGS
+from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ocr", help="read meme captions (OCR) into the DB; resumes, skips what is done")
-    p.add_argument("--engine", choices=ENGINES, default="tesseract",
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help="; ".join(f"{k}: {v}" for k, v in ENGINE_HELP.items()))
     p.add_argument("--lang", choices=LANGS, default="rus", help="Tesseract languages (rus+eng turns some Cyrillic Latin)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores, tesseract only)")

