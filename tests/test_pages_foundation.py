@@ -156,6 +156,34 @@ def test_gallery_filters_and_links(settings, session, memes, clear_streamlit_cac
     assert any("No memes match" in i.value for i in at.info)
 
 
+def test_gallery_edits_meme_texts_in_one_save(settings, session, memes, clear_streamlit_cache) -> None:
+    """Edit mode turns the snippets into text boxes; Save stores only the changed texts, as
+    manual corrections by the annotator, and they become the texts in force."""
+    session.add(OcrResult(image_id=memes[0].id, engine="tesseract", fingerprint="t1", text="КОТ ОПЯТЬ СПИТ"))
+    session.commit()
+    at = open_page("pages/2_Gallery.py", annotator=None)
+    no_exception(at)
+    assert at.toggle(key="gal_edit").disabled  # corrections need a name
+    at = open_page("pages/2_Gallery.py")
+    at.toggle(key="gal_edit").set_value(True).run()
+    no_exception(at)
+    assert at.text_area(key=f"gal_txt_{memes[0].id}").value == "КОТ ОПЯТЬ СПИТ"
+    at.text_area(key=f"gal_txt_{memes[0].id}").input("КОТ ОПЯТЬ НЕ СПИТ")
+    at.text_area(key=f"gal_txt_{memes[1].id}").input("новый текст")
+    at.button[-1].click().run()  # the form's Save texts
+    no_exception(at)
+    session.expire_all()
+    assert best_text(session, memes[0].id) == "КОТ ОПЯТЬ НЕ СПИТ" and best_text(session, memes[1].id) == "новый текст"
+    manual = list(session.scalars(select(OcrResult).where(OcrResult.engine == "manual")))
+    assert sorted(r.image_id for r in manual) == sorted([memes[0].id, memes[1].id])
+    assert {r.annotator for r in manual} == {"alice"}
+    done(session)
+    at.button[-1].click().run()  # nothing changed since: nothing more stored
+    no_exception(at)
+    assert len(list(session.scalars(select(OcrResult).where(OcrResult.engine == "manual")))) == 2
+    done(session)
+
+
 def test_data_page_upload_import_and_download(settings, session, memes, clear_streamlit_cache) -> None:
     buf = io.BytesIO()
     render_meme("новый мем", seed=5, size=(96, 96)).save(buf, "PNG")
