@@ -1,12 +1,15 @@
 """OCR benchmark: CER and seconds/image of raw Tesseract, the research two-pass baseline,
-the default pipeline, the accurate mode and EasyOCR (when its weights are present) on
-generated memes with known captions, side by side; then images/s of the default engine
+the `tesseract` engine, the `accurate` engine with axis-aligned line boxes only (its
+previous form) and as shipped (the default), and EasyOCR (when its weights are present),
+side by side on generated memes with known captions, the same memes turned by a few
+degrees, and optionally hand-transcribed images; then images/s of the default engine
 through the job runner with 1 vs 2 worker processes.
 
-    .venv/bin/python bench/ocr.py                    # 60 generated memes (~2 min on 2 cores)
+    .venv/bin/python bench/ocr.py                    # 60 generated + 20 tilted (~6 min on 2 cores)
     .venv/bin/python bench/ocr.py --n 20 --real      # + the real memes in ../shared (no ground truth:
                                                      #   share with >= 3 letters read)
-    .venv/bin/python bench/ocr.py --truth truth.csv  # + CER on hand-transcribed images (CSV: path,text)
+    .venv/bin/python bench/ocr.py --truth a.csv --truth b.csv  # + CER on hand-transcribed images
+                                                     #   (CSV: path,text; one table per file)
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 from workbench.config import REPO_ROOT, load_settings  # noqa: E402
 from workbench.errors import ModelUnavailable  # noqa: E402
 from workbench.images import load_rgb  # noqa: E402
-from workbench.ocr import make_engine  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+
+from workbench.ocr import DEFAULT_ENGINE, make_engine  # noqa: E402
 from workbench.ocr.metrics import mean_cer  # noqa: E402
 from workbench.ocr.tesseract import TesseractEngine  # noqa: E402
 from workbench.samples import write_sample_memes  # noqa: E402
@@ -41,8 +46,9 @@ def engines(skip: set[str]) -> dict[str, object]:
         "raw tesseract (psm 6)": TesseractEngine(passes=("raw",), drop_below=0, min_line_letters=0, min_letter_share=0),
         "baseline raw+white": TesseractEngine(passes=("raw", "white"), drop_below=0, min_line_letters=0,
                                              min_letter_share=0),
-        "default (tesseract)": make_engine("tesseract", settings),
-        "accurate": make_engine("accurate", settings),
+        "tesseract engine": make_engine("tesseract", settings),
+        "accurate, box crops": make_engine("accurate", settings, crops=("box",)),
+        "accurate (default)": make_engine("accurate", settings),
         "easyocr": make_engine("easyocr", settings),
     }
     return {k: v for k, v in out.items() if not any(s in k for s in skip)}
@@ -92,14 +98,14 @@ def workers_ratio(n: int) -> None:
         with db.session_scope(url) as session:
             scan_folder(session, memes)
             ids = list(session.scalars(select(Image.id)))
-        step = OcrStep(make_engine("tesseract", load_settings()))
+        step = OcrStep(make_engine(DEFAULT_ENGINE, load_settings()))
         rates = {}
         for workers in (1, 2):
             summary = run_step(url, step, ids, memes_dir=memes, lock_dir=root, workers=workers, force=True,
                                batch_size=4)
             rates[workers] = summary.done / summary.seconds
         db.dispose_all()
-    print(f"\njob runner, default engine, {n} images: 1 worker {rates[1]:.2f} img/s, 2 workers {rates[2]:.2f} img/s "
+    print(f"\njob runner, default engine ({DEFAULT_ENGINE}), {n} images: 1 worker {rates[1]:.2f} img/s, 2 workers {rates[2]:.2f} img/s "
           f"-> ratio {rates[2] / rates[1]:.2f}x ({len(os.sched_getaffinity(0))} cores; pool start-up included)")
 
 
@@ -109,7 +115,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers-n", type=int, default=16, help="images for the 1-vs-2-workers run (0: skip)")
     parser.add_argument("--real", action="store_true", help=f"also read the real memes in {REAL}")
-    parser.add_argument("--truth", type=Path, help="CSV (path,text) of hand-transcribed images to score")
+    parser.add_argument("--tilt", type=float, default=10.0, help="degrees the tilted set is turned (0: skip)")
+    parser.add_argument("--tilt-n", type=int, default=20, help="generated memes in the tilted set")
+    parser.add_argument("--truth", type=Path, action="append", default=[],
+                        help="CSV (path,text) of hand-transcribed images to score (repeatable)")
     parser.add_argument("--skip", default="", help="comma-separated engine name parts to leave out, e.g. accurate")
     args = parser.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -119,9 +128,14 @@ def main() -> None:
         images = [load_rgb(s.path) for s in samples]
     compare(f"generated memes: {args.n} (seed {args.seed}), CER against the rendered captions", images,
             [s.caption for s in samples], skip)
-    if args.truth:
-        rows = list(csv.DictReader(args.truth.open(encoding="utf-8")))
-        compare(f"hand-transcribed images: {len(rows)} from {args.truth}", [load_rgb(r["path"]) for r in rows],
+    if args.tilt and args.tilt_n:
+        tilted = [im.rotate(args.tilt, resample=PILImage.Resampling.BICUBIC, fillcolor=(128, 128, 128))
+                  for im in images[:args.tilt_n]]
+        compare(f"the first {len(tilted)} generated memes turned by {args.tilt:g} degrees", tilted,
+                [s.caption for s in samples[:len(tilted)]], skip)
+    for truth in args.truth:
+        rows = list(csv.DictReader(truth.open(encoding="utf-8")))
+        compare(f"hand-transcribed images: {len(rows)} from {truth}", [load_rgb(r["path"]) for r in rows],
                 [r["text"] for r in rows], skip)
     if args.real:
         if not REAL.is_dir():
