@@ -16,7 +16,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from workbench import catalog, jobs  # noqa: E402
 from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS, make_engine  # noqa: E402
-from workbench.ocr.step import OcrStep  # noqa: E402
+from workbench.ocr.step import PARALLEL_ENGINES, OcrStep  # noqa: E402
 from workbench.schema import Job  # noqa: E402
 
 SELECTIONS = {"all": "All memes", "unlabeled": "Unlabeled memes", "folder": "One folder"}
@@ -41,7 +41,7 @@ with ctx.session() as session:
                               key="run_folder") if folder_names else None
     ids = [] if selection == "folder" and folder is None else catalog.image_ids(
         session, "all" if selection == "folder" else selection, folder=folder)
-parallel = engine_name in ("tesseract", "accurate")
+parallel = engine_name in PARALLEL_ENGINES
 workers = int(st.number_input("Worker processes", min_value=1, max_value=max(1, CORES), value=max(1, CORES),
                               disabled=not parallel, key="run_workers",
                               help="Tesseract engines use one process per core; EasyOCR runs in one."))

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help="; ".join(f"{k}: {v}" for k, v in ENGINE_HELP.items()))
     p.add_argument("--lang", choices=LANGS, default="rus", help="Tesseract languages (rus+eng turns some Cyrillic Latin)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU cores, tesseract only)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: CPU cores; Tesseract-based engines only)")
     p.add_argument("--batch-size", type=int, default=8, help="images per committed batch")
     p.add_argument("--force", action="store_true", help="redo images already read with this engine and config")
     p.add_argument("--selection", default="all", help="all | unlabeled | labeled | toxic | non_toxic")
