@@ -99,9 +99,9 @@ def test_killed_run_process_resumes_where_it_stopped(settings) -> None:
         job = list_jobs(session)[0]
         assert job["status"] == "interrupted" and job["done"] <= stored
     # the default CLI engine, resumed in-process (the file lock died with the process)
-    from workbench.ocr import make_engine
+    from workbench.ocr import DEFAULT_ENGINE, make_engine
 
-    resumed = _run(settings, OcrStep(make_engine("tesseract", settings)), ids)
+    resumed = _run(settings, OcrStep(make_engine(DEFAULT_ENGINE, settings)), ids)
     assert (resumed.status, resumed.skipped, resumed.done) == ("done", stored, 8 - stored)
     assert _rows(settings) == (8, 8, 0)
 
