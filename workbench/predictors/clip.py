@@ -88,16 +88,19 @@ def _load(model_id: str, placement: Any, cache_dir: str | None) -> tuple[Any, An
     if looks_local and not Path(model_id).expanduser().is_dir():
         raise ModelUnavailable(model_id, "this local folder does not exist",
                                "Enter the path of a folder holding config.json and the weights, or a hub id.")
+    from workbench import hub
+
+    hub_kwargs = {} if looks_local else hub.load_kwargs(model_id)
     try:
         from transformers import AutoModel, AutoProcessor
 
         path = str(Path(model_id).expanduser()) if looks_local else model_id
-        model = AutoModel.from_pretrained(path, dtype=placement.torch_dtype, cache_dir=cache_dir)
-        processor = AutoProcessor.from_pretrained(path, cache_dir=cache_dir)
+        model = AutoModel.from_pretrained(path, dtype=placement.torch_dtype, cache_dir=cache_dir, **hub_kwargs)
+        processor = AutoProcessor.from_pretrained(path, cache_dir=cache_dir, **hub_kwargs)
     except ModelUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - hub/network/format problems all mean "cannot load"
-        raise ModelUnavailable(model_id, _short_reason(exc)) from exc
+        raise ModelUnavailable(model_id, hub.offline_reason(hub_kwargs, _short_reason(exc))) from exc
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise ModelUnavailable(model_id, f"it is a {type(model).__name__}, not a CLIP/SigLIP image-text model",
                                "Choose a CLIP or SigLIP checkpoint (e.g. openai/clip-vit-large-patch14).")

@@ -25,12 +25,16 @@ def load_classifier(model_id: str, dtype: str = "float32", cache_dir: str | None
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+            from workbench import hub
+
+            hub_kwargs = hub.load_kwargs(model_id)
             try:
-                tokenizer = AutoTokenizer.from_pretrained(model_id, cache_dir=cache_dir)
+                tokenizer = AutoTokenizer.from_pretrained(model_id, cache_dir=cache_dir, **hub_kwargs)
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    model_id, cache_dir=cache_dir, dtype=getattr(torch, dtype)).eval()
+                    model_id, cache_dir=cache_dir, dtype=getattr(torch, dtype), **hub_kwargs).eval()
             except Exception as exc:  # noqa: BLE001 - missing weights, no hub, wrong architecture
-                raise ModelUnavailable(model_id, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+                reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+                raise ModelUnavailable(model_id, hub.offline_reason(hub_kwargs, reason)) from None
             _models[key] = (tokenizer, model)
         return _models[key]
 

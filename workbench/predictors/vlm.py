@@ -249,13 +249,18 @@ def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[An
             load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
             bnb_4bit_compute_dtype=getattr(torch, dtype), bnb_4bit_quant_type="nf4")
         kwargs["device_map"] = device
+    from workbench import hub
+
+    hub_kwargs = hub.load_kwargs(model_id)
+    kwargs.update(hub_kwargs)
     try:
-        processor = AutoProcessor.from_pretrained(model_id, **({"cache_dir": cache_dir} if cache_dir else {}))
+        processor = AutoProcessor.from_pretrained(model_id, **({"cache_dir": cache_dir} if cache_dir else {}),
+                                                  **hub_kwargs)
         model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any loading failure becomes the one clear error
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         reason = f"{type(exc).__name__}: {first_line}".rstrip(". ")
-        raise ModelUnavailable(model_id, reason) from None
+        raise ModelUnavailable(model_id, hub.offline_reason(hub_kwargs, reason)) from None
     if getattr(processor, "chat_template", None) is None:
         raise ModelUnavailable(model_id, "its processor has no chat template (not an instruction-tuned VLM?)",
                                "Use an -Instruct checkpoint such as Qwen/Qwen2.5-VL-3B-Instruct.")
