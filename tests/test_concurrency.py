@@ -68,8 +68,7 @@ def annotate(url: str, annotator: str, n: int, go_file: str) -> None:
 
     with db.session_scope(url) as session:
         ids = list(session.scalars(select(Image.id).order_by(Image.id)))
-    while not Path(go_file).exists():
-        time.sleep(0.01)
+    _wait_at_barrier(go_file, annotator)
     for i in range(n):
         with db.session_scope(url) as session:  # one click = one transaction
             add_label(session, ids[i % len(ids)], "toxic" if (i + len(annotator)) % 2 else "non_toxic", annotator,
@@ -78,8 +77,8 @@ def annotate(url: str, annotator: str, n: int, go_file: str) -> None:
 
 def predict_job(url: str, memes_dir: str, lock_dir: str, delay_s: float, hang_on_batch: int | None,
                 marker: str | None, go_file: str | None) -> None:
-    while go_file and not Path(go_file).exists():
-        time.sleep(0.01)
+    if go_file:
+        _wait_at_barrier(go_file, "predict")
     with db.session_scope(url) as session:
         ids = list(session.scalars(select(Image.id).order_by(Image.id)))
     step = PredictorStep(SlowMeanPredictor(delay_s, hang_on_batch, marker))
@@ -92,11 +91,28 @@ def predict_job(url: str, memes_dir: str, lock_dir: str, delay_s: float, hang_on
 def scan(url: str, memes_dir: str, go_file: str) -> None:
     from workbench.ingest import scan_folder
 
-    while not Path(go_file).exists():
-        time.sleep(0.01)
+    _wait_at_barrier(go_file, f"scan-{os.getpid()}")
     with db.session_scope(url) as session:
         report = scan_folder(session, Path(memes_dir), commit_every=5)  # small batches: many chances to race
     print(" ".join(f"{f.status}:{f.name}" for f in report.files))
+
+
+def _wait_at_barrier(go_file: str, name: str) -> None:
+    """Say this worker is ready (imports done), then wait for the test's go."""
+    Path(f"{go_file}.{name}.ready").touch()
+    while not Path(go_file).exists():
+        time.sleep(0.01)
+
+
+def _release(go: Path, workers: int, procs: list[subprocess.Popen]) -> None:
+    """Start all workers at once: wait until each has reached the barrier, then touch `go`.
+    (A fixed sleep let a slow-importing worker start after the others had finished.)"""
+    deadline = time.monotonic() + 120
+    while len(list(go.parent.glob(f"{go.name}.*.ready"))) < workers:
+        assert all(p.poll() is None for p in procs), "a worker died before the start"
+        assert time.monotonic() < deadline, "workers did not reach the barrier"
+        time.sleep(0.02)
+    go.touch()
 
 
 def _spawn(*args: str, env: dict[str, str]) -> subprocess.Popen:
@@ -162,8 +178,7 @@ def test_two_annotators_and_a_job_write_at_once(memes, settings, tmp_path):
         _spawn("annotate", url, "boris", str(LABELS_PER_ANNOTATOR), str(go), env=env),
         _spawn("predict", url, str(settings.memes_dir), str(settings.artefacts_dir), "0.05", "", "", str(go), env=env),
     ]
-    time.sleep(1.0)  # let the workers import and wait at the barrier
-    go.touch()
+    _release(go, 3, procs)
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (out, err) in zip(procs, outputs):
         assert "database is locked" not in err and "could not serialize" not in err
@@ -199,8 +214,7 @@ def test_two_scans_of_one_folder_at_once(settings, backend_url, tmp_path):
     write_sample_memes(settings.memes_dir, n=30, seed=8, size=(32, 32))
     go = tmp_path / "go"
     procs = [_spawn("scan", backend_url, str(settings.memes_dir), str(go), env=_env()) for _ in range(2)]
-    time.sleep(1.0)
-    go.touch()
+    _release(go, 2, procs)
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
