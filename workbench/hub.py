@@ -4,8 +4,8 @@ local cache only.
 Without this, `from_pretrained("openai/clip-vit-large-patch14")` on a machine without
 network retries the hub for ~40 s before it says the weights are missing, and a cached
 model fails the same way. One TCP connect (2 s timeout, remembered for a minute) decides
-instead; HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) still forces offline mode, and behind a proxy the hub is
-assumed reachable (a direct connect says nothing there).
+instead; HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) still forces offline mode, and
+behind a proxy the hub is assumed reachable (a direct connect says nothing there).
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ def endpoint() -> str:
 
 
 def is_local(model_id: str) -> bool:
-    """Whether `model_id` names a folder on this machine rather than a hub repository."""
-    return model_id.startswith(("/", ".", "~")) or "\\" in model_id or Path(model_id).expanduser().is_dir()
+    """Whether `model_id` means a path on this machine rather than a hub id ("org/name"):
+    it starts like a path, has a backslash or more than one "/", or exists here."""
+    return (model_id.startswith(("/", ".", "~")) or "\\" in model_id or model_id.count("/") > 1
+            or Path(model_id).expanduser().exists())
 
 
 def reachable(url: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -72,7 +74,9 @@ def load_kwargs(model_id: str) -> dict[str, Any]:
 
 
 def offline_reason(kwargs: dict[str, Any], reason: str) -> str:
-    """`reason` for a failed load, saying the hub was unreachable when that is why only the cache was tried."""
+    """`reason` for a failed load, saying the hub was unreachable when that is why only the
+    cache was tried."""
     if kwargs.get("local_files_only"):
-        return f"{endpoint()} cannot be reached from this machine and the weights are not in the local cache ({reason})"
+        return (f"{endpoint()} cannot be reached from this machine and the weights are not in the "
+                f"local cache ({reason})")
     return reason

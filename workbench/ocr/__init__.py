@@ -50,4 +50,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "ENGINE_HELP", "LANGS", "OcrEngine", "OcrOutput", "OcrStep", "Word", "make_engine"]
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "ENGINE_HELP", "LANGS", "OcrEngine", "OcrOutput", "OcrStep", "Word",
+           "make_engine"]

@@ -82,14 +82,12 @@ def load_clip(model_id: str = DEFAULT_CLIP_MODEL, device: str = "auto", dtype: s
 
 
 def _load(model_id: str, placement: Any, cache_dir: str | None) -> tuple[Any, Any]:
-    from workbench import devices
+    from workbench import devices, hub
 
-    looks_local = model_id.startswith((".", "/", "~")) or Path(model_id).expanduser().exists()
+    looks_local = hub.is_local(model_id)
     if looks_local and not Path(model_id).expanduser().is_dir():
         raise ModelUnavailable(model_id, "this local folder does not exist",
                                "Enter the path of a folder holding config.json and the weights, or a hub id.")
-    from workbench import hub
-
     hub_kwargs = {} if looks_local else hub.load_kwargs(model_id)
     try:
         from transformers import AutoModel, AutoProcessor

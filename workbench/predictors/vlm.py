@@ -229,9 +229,10 @@ def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[An
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from workbench import hub
     from workbench.config import load_settings
 
-    if _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+    if hub.is_local(model_id) and not Path(model_id).expanduser().is_dir():
         raise ModelUnavailable(model_id, "no such folder", "Enter the folder that holds config.json and the "
                                "weights (or a Hugging Face id such as Qwen/Qwen2.5-VL-3B-Instruct).")
     cache_dir = load_settings().hf_cache_dir
@@ -249,8 +250,6 @@ def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[An
             load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
             bnb_4bit_compute_dtype=getattr(torch, dtype), bnb_4bit_quant_type="nf4")
         kwargs["device_map"] = device
-    from workbench import hub
-
     hub_kwargs = hub.load_kwargs(model_id)
     kwargs.update(hub_kwargs)
     try:
@@ -268,10 +267,6 @@ def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[An
         model = model.to(device)
     processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
     return model.eval(), processor
-
-
-def _looks_like_path(model_id: str) -> bool:
-    return model_id.startswith(("/", ".", "~")) or "\\" in model_id or model_id.count("/") > 1
 
 
 def load_vlm(model_id: str, device: str = "auto", dtype: str = "auto", quantization: str = "none") -> tuple[Any, Any]:
