@@ -10,8 +10,8 @@ ctx = ui.bootstrap("Home", "🧪")
 
 import streamlit as st  # noqa: E402
 
-from workbench import ingest, samples  # noqa: E402
-from workbench.catalog import stats  # noqa: E402
+from workbench.store import demo_memes, ingest  # noqa: E402
+from workbench.store.catalog import stats  # noqa: E402
 
 st.title("VLMemes Workbench")
 st.caption("Label Russian-language memes, run OCR, CLIP and a VLM over them, and see where models and people disagree.")
@@ -24,8 +24,8 @@ def _scan() -> None:
 
 
 def _demo() -> None:
-    seed = samples.next_free_seed(ctx.settings.memes_dir)
-    written = samples.write_sample_memes(ctx.settings.memes_dir, n=40, seed=seed)
+    seed = demo_memes.next_free_seed(ctx.settings.memes_dir)
+    written = demo_memes.write_sample_memes(ctx.settings.memes_dir, n=40, seed=seed)
     with ctx.session() as session:
         report = ingest.scan_folder(session, ctx.settings.memes_dir)
     st.session_state["home_flash"] = f"Generated {len(written)} demo memes. Ingest: {report.summary()}"

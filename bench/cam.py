@@ -5,7 +5,7 @@ as openai/clip-vit-large-patch14), measured side by side in one run.
     .venv/bin/python bench/cam.py [--n 2] [--dtype float32|bfloat16|both] [--threads N]
 
 Prints s/image for each and the ratio to the plain forward. Images are generated memes
-(512x512); each map is computed from the image (no cache), exactly as workbench.explain
+(512x512); each map is computed from the image (no cache), exactly as workbench.explain.cam
 does on a cache miss. The first call of each kind is a warm-up and is not timed.
 """
 
@@ -32,10 +32,10 @@ def seconds_per_image(fn, images) -> float:  # noqa: ANN001
 def run(dtype_name: str, n: int) -> dict[str, float]:
     import torch
 
-    from workbench.explain import CamRequest, class_prompts, compute_cam, pixel_values
-    from workbench.images import load_rgb
-    from workbench.samples import write_sample_memes
-    from workbench.tiny_models import random_clip_vit_l14
+    from tests.support.tiny_models import random_clip_vit_l14
+    from workbench.explain.cam import CamRequest, class_prompts, compute_cam, pixel_values
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.images import load_rgb
 
     dtype = getattr(torch, dtype_name)
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def main() -> int:
 
     import torch
 
-    from workbench.devices import free_cores
+    from workbench.models.devices import free_cores
 
     torch.set_num_threads(args.threads or free_cores())
     print(f"CAM bench: ViT-L/14 random weights, CPU, {torch.get_num_threads()} threads, {args.n} images per method")

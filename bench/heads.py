@@ -28,8 +28,8 @@ def fresh_workbench(root: Path, memes_dir: Path):  # noqa: ANN201
     """Settings on a new SQLite file in `root`, reading memes from `memes_dir`."""
     os.environ.update(WORKBENCH_DB_URL=f"sqlite:///{root / 'wb.sqlite3'}", WORKBENCH_MEMES_DIR=str(memes_dir),
                       WORKBENCH_ARTEFACTS_DIR=str(root / "artefacts"))
-    from workbench import db
     from workbench.config import load_settings
+    from workbench.store import db
 
     settings = load_settings()
     db.upgrade(settings.db_url)
@@ -39,9 +39,9 @@ def fresh_workbench(root: Path, memes_dir: Path):  # noqa: ANN201
 def ingest(settings) -> list[int]:  # noqa: ANN001
     from sqlalchemy import select
 
-    from workbench.db import session_scope
-    from workbench.ingest import scan_folder
-    from workbench.schema import Image
+    from workbench.store.db import session_scope
+    from workbench.store.ingest import scan_folder
+    from workbench.store.schema import Image
 
     with session_scope(settings.db_url) as session:
         scan_folder(session, settings.memes_dir)
@@ -52,10 +52,10 @@ def tesseract_ocr(settings, ids: list[int], passes: tuple[str, ...]) -> float:  
     """OCR every image with tesseract into ocr_results; returns seconds per image."""
     from sqlalchemy import select
 
-    from workbench.db import session_scope
-    from workbench.images import load_rgb
-    from workbench.jobs import fingerprint
-    from workbench.schema import Image, OcrResult
+    from workbench.runs.step import fingerprint
+    from workbench.store.db import session_scope
+    from workbench.store.images import load_rgb
+    from workbench.store.schema import Image, OcrResult
 
     try:
         from workbench.ocr.tesseract import TesseractEngine
@@ -84,11 +84,11 @@ def run_and_score(settings, predictor, ids: list[int]) -> dict:  # noqa: ANN001
     """Run a predictor through the job runner; F1/AUROC (95% CIs) of its stored predictions."""
     from sqlalchemy import select
 
-    from workbench.db import session_scope
-    from workbench.labels import consensus_labels
-    from workbench.metrics import evaluate
-    from workbench.predict_jobs import run_predictions
-    from workbench.schema import Prediction
+    from workbench.analysis.metrics import evaluate
+    from workbench.predictors.run import run_predictions
+    from workbench.store.db import session_scope
+    from workbench.store.labels import consensus_labels
+    from workbench.store.schema import Prediction
 
     t0 = time.perf_counter()
     summary = run_predictions(settings, predictor, ids, batch_size=16)
@@ -122,7 +122,7 @@ def print_row(dataset: str, name: str, r: dict) -> None:
 
 
 def moderation_rows(dataset: str, settings, ids: list[int]) -> None:  # noqa: ANN001
-    from workbench.predict_jobs import build_predictor
+    from workbench.predictors.run import build_predictor
 
     print_row(dataset, "TF-IDF 5-fold (OOF)", run_and_score(settings, build_predictor("text-tfidf", {"folds": 5}), ids))
     print_row(dataset, "NudeNet (sexual)", run_and_score(settings, build_predictor("nudenet"), ids))
@@ -144,10 +144,10 @@ def real_memes(args: argparse.Namespace) -> None:
 def generated_memes(args: argparse.Namespace) -> None:
     from sqlalchemy import select
 
-    from workbench.db import session_scope
-    from workbench.samples import write_sample_memes
-    from workbench.schema import Image
-    from workbench.texts import save_correction
+    from workbench.store.db import session_scope
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ocr_texts import save_correction
+    from workbench.store.schema import Image
 
     with tempfile.TemporaryDirectory() as tmp:
         memes = Path(tmp) / "memes"
@@ -167,7 +167,7 @@ def head_timing(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
-    from workbench.heads import HeadConfig, cross_validate
+    from workbench.features.head_training import HeadConfig, cross_validate
 
     torch.set_num_threads(1)
     warm = np.zeros((10, 8), np.float32)

@@ -41,8 +41,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
     args = parser.parse_args()
 
-    from workbench import db
-    from workbench.ingest import scan_folder
+    from workbench.store import db
+    from workbench.store.ingest import scan_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="wb-bench-ingest-"))
     memes = tmp / "memes"
@@ -51,7 +51,7 @@ def main() -> int:
     t0 = time.perf_counter()
     # A few dozen rendered memes, each saved again with one changed pixel, so every file has its
     # own content hash (duplicates would be skipped) without rendering N pictures.
-    from workbench.samples import caption_set, render_meme
+    from workbench.store.demo_memes import caption_set, render_meme
 
     pool = [(render_meme(caption, seed=i, size=(args.size, args.size)), label)
             for i, (caption, label) in enumerate(caption_set(min(args.n, 24)))]

@@ -25,8 +25,8 @@ N_IMAGES = 200
 
 
 def _prepare(url: str) -> None:
-    from workbench import db
-    from workbench.schema import Image
+    from workbench.store import db
+    from workbench.store.schema import Image
 
     db.upgrade(url)
     with db.session_scope(url) as session:
@@ -36,8 +36,8 @@ def _prepare(url: str) -> None:
 
 def _writer(url: str, annotator: str, n: int, start_at: float) -> list[float]:
     """n label writes, one transaction each; returns per-write latencies in ms."""
-    from workbench import db
-    from workbench.labels import add_label
+    from workbench.store import db
+    from workbench.store.labels import add_label
 
     with db.session_scope(url):  # connect before the clock starts
         pass
@@ -86,7 +86,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wb-bench-") as tmp:
         rows += bench_backend("sqlite", f"sqlite:///{Path(tmp) / 'bench.sqlite3'}", args.n)
     if not args.no_postgres:
-        from workbench.pgserver import PostgresUnavailable, find_pg_bin, temporary_postgres
+        from tests.support.pgserver import PostgresUnavailable, find_pg_bin, temporary_postgres
 
         if find_pg_bin() is None:
             print("postgresql: skipped (no initdb/pg_ctl installed)")
@@ -94,7 +94,7 @@ def main() -> int:
             try:
                 with temporary_postgres("bench") as url:
                     rows += bench_backend("postgresql", url, args.n)
-                    from workbench import db
+                    from workbench.store import db
 
                     db.dispose_all()
             except PostgresUnavailable as exc:

@@ -4,7 +4,7 @@ SQLite DB), timed beside the plain scikit-learn calls on the same arrays.
     .venv/bin/python bench/metrics.py [--n 100000] [--runs 5] [--repeat 3] [--no-page]
 
 Prints, best of --repeat:
-- load: fetch predictions + consensus labels and align them (workbench.outcomes.load_runs)
+- load: fetch predictions + consensus labels and align them (workbench.analysis.outcomes.load_runs)
 - dashboard: workbench.analysis.dashboard (load + every number the page shows: metrics with
   1000-resample bootstrap CIs, confusion cells, ROC/PR/calibration, McNemar + kappa for
   every pair, per-folder/source breakdowns)
@@ -74,11 +74,11 @@ def main() -> int:
     os.environ["WORKBENCH_ARTEFACTS_DIR"] = str(tmp / "artefacts")
     (tmp / "memes").mkdir()
 
-    from workbench import db
+    from tests.support.synthetic_runs import generate
     from workbench.analysis import dashboard
+    from workbench.analysis.outcomes import load_runs, load_truth
     from workbench.config import load_settings
-    from workbench.outcomes import load_runs, load_truth
-    from workbench.synthetic_runs import generate
+    from workbench.store import db
 
     url = load_settings().db_url
     db.upgrade(url)

@@ -27,15 +27,15 @@ import time  # noqa: E402
 
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
-from workbench.config import REPO_ROOT, load_settings  # noqa: E402
-from workbench.errors import ModelUnavailable  # noqa: E402
-from workbench.images import load_rgb  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
+from workbench.config import REPO_ROOT, load_settings  # noqa: E402
+from workbench.errors import ModelUnavailable  # noqa: E402
 from workbench.ocr import DEFAULT_ENGINE, make_engine  # noqa: E402
 from workbench.ocr.metrics import mean_cer  # noqa: E402
 from workbench.ocr.tesseract import TesseractEngine  # noqa: E402
-from workbench.samples import write_sample_memes  # noqa: E402
+from workbench.store.demo_memes import write_sample_memes  # noqa: E402
+from workbench.store.images import load_rgb  # noqa: E402
 
 REAL = REPO_ROOT.parent / "shared" / "datasets" / "vlmemes" / "memes"
 
@@ -83,11 +83,11 @@ def workers_ratio(n: int) -> None:
     """images/s of the default engine through run_step with 1 and 2 workers (same images)."""
     from sqlalchemy import select
 
-    from workbench import db
-    from workbench.ingest import scan_folder
-    from workbench.jobs import run_step
     from workbench.ocr.step import OcrStep
-    from workbench.schema import Image
+    from workbench.runs.runner import run_step
+    from workbench.store import db
+    from workbench.store.ingest import scan_folder
+    from workbench.store.schema import Image
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -23,8 +23,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -93,10 +94,10 @@ def _fmt(v: Any) -> str:
 
 def temp_workspace(n: int, root: Path) -> Any:
     """A fresh SQLite DB + n generated memes (512×512) ingested; returns (settings, ids, paths)."""
-    from workbench import db
     from workbench.config import load_settings
-    from workbench.ingest import scan_folder
-    from workbench.samples import write_sample_memes
+    from workbench.store import db
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ingest import scan_folder
 
     os.environ["WORKBENCH_DB_URL"] = f"sqlite:///{root / 'bench.sqlite3'}"
     os.environ["WORKBENCH_MEMES_DIR"] = str(root / "memes")
@@ -108,7 +109,7 @@ def temp_workspace(n: int, root: Path) -> Any:
         scan_folder(session, settings.memes_dir)
         from sqlalchemy import select
 
-        from workbench.schema import Image
+        from workbench.store.schema import Image
 
         ids = list(session.scalars(select(Image.id).order_by(Image.id)))
     return settings, ids, [m.path for m in memes]
@@ -122,11 +123,11 @@ def bench_clip(args: argparse.Namespace, peaks: dict[str, float]) -> None:
     import torch
     from PIL import Image as PILImage
 
-    from workbench.db import session_scope
-    from workbench.predict_jobs import build_predictor, run_predictions
-    from workbench.predictors.clip import encode_images, encode_texts, load_clip
-    from workbench.texts import save_correction
-    from workbench.tiny_models import build_clip_vit_l14
+    from tests.support.tiny_models import build_clip_vit_l14
+    from workbench.models.clip import encode_images, encode_texts, load_clip
+    from workbench.predictors.run import build_predictor, run_predictions
+    from workbench.store.db import session_scope
+    from workbench.store.ocr_texts import save_correction
 
     with tempfile.TemporaryDirectory(prefix="bench-clip-") as tmp:
         root = Path(tmp)
@@ -198,8 +199,8 @@ def bench_clip(args: argparse.Namespace, peaks: dict[str, float]) -> None:
 
 
 def _inputs(paths: list[Path]) -> list[Any]:
-    from workbench.images import load_rgb
     from workbench.predictors.base import PredictInput
+    from workbench.store.images import load_rgb
 
     return [PredictInput(i, load_rgb(p)) for i, p in enumerate(paths)]
 
@@ -223,7 +224,7 @@ SECTIONS.append(("vlm", bench_vlm))
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from workbench import devices
+    from workbench.models import devices
 
     args.threads = args.threads or devices.free_cores()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # load_clip's set_threads honours it

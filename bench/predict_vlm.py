@@ -53,7 +53,7 @@ def fast_random_qwen2_5_vl_3b(dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
     from transformers.initialization import no_init_weights
 
-    from workbench.tiny_models import qwen2_5_vl_3b_config, tiny_model_dir
+    from tests.support.tiny_models import qwen2_5_vl_3b_config, tiny_model_dir
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir("qwen2_5_vl"))  # tiny tokenizer + Qwen image processor
     config = qwen2_5_vl_3b_config(tokenizer=processor.tokenizer)
@@ -82,12 +82,12 @@ def fast_random_qwen2_5_vl_3b(dtype: Any) -> tuple[Any, Any]:
 def bench_vlm(args: argparse.Namespace, peaks: dict[str, float]) -> None:
     """Notebook one-by-one generation vs batched default vs label-only, Qwen2.5-VL-3B architecture."""
     import torch
-
     from predict import count_flops, print_table, temp_workspace
-    from workbench import devices
-    from workbench.images import load_rgb
-    from workbench.predict_jobs import build_predictor, run_predictions
-    from workbench.predictors.vlm import register_loaded
+
+    from workbench.models import devices
+    from workbench.models.vlm import register_loaded
+    from workbench.predictors.run import build_predictor, run_predictions
+    from workbench.store.images import load_rgb
 
     n = getattr(args, "vlm_n", None) or min(args.n, 4)
     new_tokens = getattr(args, "new_tokens", 16)
@@ -183,12 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import os
 
-    from workbench import devices
+    from workbench.models import devices
 
     args.threads = args.threads or devices.free_cores()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
-
     from predict import matmul_peak
 
     torch.set_num_threads(args.threads)

@@ -31,10 +31,10 @@ def build_db(tmp: Path, n: int, distinct_files: int = 200) -> None:  # noqa: PLR
     """Fill WORKBENCH_* (already pointing into tmp) with n images, labels and OCR rows."""
     from sqlalchemy import insert
 
-    from workbench import db
     from workbench.config import load_settings
-    from workbench.samples import write_sample_memes
-    from workbench.schema import Image, Label, OcrResult
+    from workbench.store import db
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.schema import Image, Label, OcrResult
 
     settings = load_settings()
     db.upgrade(settings.db_url)

@@ -1,10 +1,10 @@
-"""Alembic environment: runs migrations on the connection workbench.db.upgrade() passes in
+"""Alembic environment: runs migrations on the connection workbench.store.db.upgrade() passes in
 (or on sqlalchemy.url when alembic is run directly)."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from workbench.schema import Base
+from workbench.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

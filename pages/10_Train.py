@@ -10,15 +10,15 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench import catalog  # noqa: E402
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL  # noqa: E402
-from workbench.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
-from workbench.heads import HEAD_MODELS, HeadError, read_head_info  # noqa: E402
-from workbench.labels import consensus_labels  # noqa: E402
-from workbench.predict_jobs import build_predictor  # noqa: E402
+from workbench.features.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
+from workbench.features.head_training import HEAD_MODELS, HeadError, read_head_info  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
 from workbench.predictors.head import HEAD_FEATURES, copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
-from workbench.predictors.trained import read_training_report  # noqa: E402
+from workbench.predictors.out_of_fold import read_training_report  # noqa: E402
+from workbench.predictors.run import build_predictor  # noqa: E402
+from workbench.store import catalog  # noqa: E402
+from workbench.store.labels import consensus_labels  # noqa: E402
 
 
 def curves_chart(curves: list[dict]) -> alt.FacetChart | None:

@@ -11,8 +11,7 @@ ctx = ui.bootstrap("Label", "🏷️")
 
 import streamlit as st  # noqa: E402
 
-from workbench import catalog, labels, texts  # noqa: E402
-from workbench.schema import Image  # noqa: E402
+from workbench.store import catalog, labels, ocr_texts  # noqa: E402
 
 LABEL_NAMES = {"toxic": "Toxic", "non_toxic": "Neutral"}
 ALL_FOLDERS = "(all folders)"
@@ -143,22 +142,19 @@ if image_id is None:
     st.stop()
 
 with ctx.session() as session:
-    image = session.get(Image, image_id)
-    if image is None:
-        st.error(f"There is no meme with id {image_id}.")
-        st.button("Skip", key="lbl_skip", shortcut="Right", on_click=_skip)
-        st.stop()
-    current = sorted(labels.current_labels(session, [image_id]), key=lambda c: c.label_id)
-    consensus = labels.consensus_from(current)
-    history = labels.label_history(session, image_id)
-    ocr_text = texts.best_text(session, image_id)
-    predictions = catalog.image_predictions(session, image_id)
+    meme = catalog.meme_view(session, image_id)
+if meme is None:
+    st.error(f"There is no meme with id {image_id}.")
+    st.button("Skip", key="lbl_skip", shortcut="Right", on_click=_skip)
+    st.stop()
+current, consensus, history, ocr_text, predictions = (meme.current, meme.consensus, meme.history, meme.ocr_text,
+                                                     meme.predictions)
 st.query_params["image"] = str(image_id)  # the URL always names the meme on screen
 state["lbl_linked"], state["lbl_current"] = str(image_id), image_id
 
-mine_now = next((c.label for c in current if c.annotator == annotator), None)
+mine_now = meme.label_of(annotator)
 st.caption(f"Meme {state['lbl_pos'] + 1} of {len(queue)} in this queue · id {image_id}")
-st.text(image.path)
+st.text(meme.path)
 b = st.columns(4)
 b[0].button("Toxic", key="lbl_toxic", shortcut="1", icon=":material/report:", type="primary" if mine_now == "toxic" else "secondary",
             on_click=_label, args=("toxic",), disabled=not annotator, width="stretch")
@@ -171,8 +167,8 @@ b[3].button("Back (undo)", key="lbl_back", shortcut="Left", on_click=_back, widt
 
 left, right = st.columns([3, 2], gap="large")
 with left:
-    path = ctx.settings.memes_dir / image.path
-    if image.missing or not path.is_file():
+    path = ctx.settings.memes_dir / meme.path
+    if meme.missing or not path.is_file():
         st.error("The file is missing from the memes folder (moved or deleted since the last scan).")
     else:
         st.image(str(path), width=640)  # large, but capped so a whole meme fits on a laptop screen
@@ -202,7 +198,7 @@ with right:
             st.toast("The text is unchanged.")
         else:
             with ctx.session() as session:
-                texts.save_correction(session, image_id, edited, annotator)
+                ocr_texts.save_correction(session, image_id, edited, annotator)
             st.toast("Text correction saved.")
 
     st.subheader("Models")

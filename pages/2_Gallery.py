@@ -9,8 +9,8 @@ ctx = ui.bootstrap("Gallery", "🖼️")
 
 import streamlit as st  # noqa: E402
 
-from workbench import catalog, labels  # noqa: E402
-from workbench.texts import best_texts, save_correction  # noqa: E402
+from workbench.store import catalog, labels  # noqa: E402
+from workbench.store.ocr_texts import best_texts, save_correction  # noqa: E402
 
 LABEL_FILTERS = {"any label": None, "toxic": "toxic", "neutral": "non_toxic", "unlabeled": "unlabeled"}
 LABEL_BADGES = {"toxic": ":red[toxic]", "non_toxic": ":green[neutral]", None: ":gray[unlabeled]"}

@@ -9,7 +9,7 @@ ctx = ui.bootstrap("Data", "📥")
 
 import streamlit as st  # noqa: E402
 
-from workbench import annotations, ingest, samples  # noqa: E402
+from workbench.store import annotations, demo_memes, ingest  # noqa: E402
 
 UPLOAD_TARGETS = {"unlabeled (uploads/)": None, "toxic (Негативно/)": "toxic", "neutral (Нейтрально/)": "non_toxic"}
 IMPORT_MODES = {
@@ -85,8 +85,8 @@ st.caption("Generated meme-like images with Russian captions, half toxic, half n
 n_demo = st.number_input("How many", min_value=2, max_value=2000, value=40, step=10, key="data_demo_n")
 if st.button("Generate demo set", key="data_demo"):
     with st.spinner("Drawing memes…"):
-        seed = samples.next_free_seed(ctx.settings.memes_dir)  # another click adds new memes
-        written = samples.write_sample_memes(ctx.settings.memes_dir, n=int(n_demo), seed=seed)
+        seed = demo_memes.next_free_seed(ctx.settings.memes_dir)  # another click adds new memes
+        written = demo_memes.write_sample_memes(ctx.settings.memes_dir, n=int(n_demo), seed=seed)
         with ctx.session() as session:
             report = ingest.scan_folder(session, ctx.settings.memes_dir)
     st.success(ui.md_escape(f"Generated {len(written)} memes. Ingest: {report.summary()}"))

@@ -12,12 +12,11 @@ ctx = ui.bootstrap("Run", "⚙️")
 import os  # noqa: E402
 
 import streamlit as st  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
 
-from workbench import catalog, jobs  # noqa: E402
 from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS, make_engine  # noqa: E402
 from workbench.ocr.step import PARALLEL_ENGINES, OcrStep  # noqa: E402
-from workbench.schema import Job  # noqa: E402
+from workbench.runs.listing import list_jobs  # noqa: E402
+from workbench.store import catalog  # noqa: E402
 
 SELECTIONS = {"all": "All memes", "unlabeled": "Unlabeled memes", "folder": "One folder"}
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -62,8 +61,7 @@ if st.button("Start OCR", type="primary", disabled=not ids, key="run_start"):
 
 st.subheader("All jobs")
 with ctx.session() as session:
-    n_jobs = session.scalar(select(func.count()).select_from(Job)) or 0
-    rows = jobs.list_jobs(session, limit=max(1, n_jobs))
+    rows = list_jobs(session, limit=None)
 if rows:
     st.dataframe(rows, hide_index=True, width="stretch")
 else:

@@ -11,10 +11,10 @@ ctx = ui.bootstrap("Models", "🤖")
 
 import streamlit as st  # noqa: E402
 
-from workbench import catalog, outcomes  # noqa: E402
-from workbench.predict_jobs import build_predictor, predictor_specs  # noqa: E402
+from workbench.analysis import outcomes  # noqa: E402
 from workbench.predictors.base import Option, PredictorStep  # noqa: E402
-from workbench.schema import ModelRun  # noqa: E402
+from workbench.predictors.run import build_predictor, predictor_specs  # noqa: E402
+from workbench.store import catalog  # noqa: E402
 
 st.title("Models")
 st.caption("Zero-shot CLIP, the VLM moderator and the other predictors. Models load when a run starts, once "
@@ -99,6 +99,5 @@ else:
     chosen = st.selectbox("Show a run's config", [r.id for r in runs],
                           format_func=lambda i: next(r.title for r in runs if r.id == i), key="models_run_detail")
     with ctx.session() as session:
-        run = session.get(ModelRun, chosen)
-        params = dict(run.params or {}) if run else {}
+        params = outcomes.run_params(session, chosen)
     st.json(params, expanded=False)

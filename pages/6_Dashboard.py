@@ -10,9 +10,10 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench import analysis, db, outcomes  # noqa: E402
-from workbench.review import cards  # noqa: E402
-from workbench.metrics import DEFAULT_N_BOOT  # noqa: E402
+from workbench.analysis import dashboard, outcomes  # noqa: E402
+from workbench.analysis.metrics import DEFAULT_N_BOOT  # noqa: E402
+from workbench.analysis.review import cards  # noqa: E402
+from workbench.store import db  # noqa: E402
 
 MAX_THUMBS = 24
 NO_CELL = "(choose a cell)"
@@ -27,10 +28,10 @@ def _tips(*fields: str) -> list:
 
 @st.cache_resource(show_spinner="Computing metrics…", max_entries=8)
 def _dashboard(db_url: str, run_ids: tuple[int, ...], version: tuple[int, ...], n_boot: int,
-               seed: int) -> analysis.Dashboard:
+               seed: int) -> dashboard.Dashboard:
     """Cached on the data version: a relabel or a new prediction recomputes, a widget change does not."""
     with db.session_scope(db_url) as session:
-        return analysis.dashboard(session, run_ids, n_boot=n_boot, seed=seed)
+        return dashboard.dashboard(session, run_ids, n_boot=n_boot, seed=seed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -168,7 +169,7 @@ by = st.radio("Break down by", ["folder", "source"], horizontal=True, key="dash_
 rows = dash.folder_rows if by == "folder" else dash.source_rows
 if rows:
     frame = pd.DataFrame(rows)
-    frame["accuracy_ci"] = [analysis.fmt_ci(a, ci) for a, ci in zip(frame["accuracy"], frame["accuracy_ci"])]
+    frame["accuracy_ci"] = [dashboard.fmt_ci(a, ci) for a, ci in zip(frame["accuracy"], frame["accuracy_ci"])]
     st.dataframe(frame.drop(columns=["run_id"]), hide_index=True, width="stretch")
 
 st.subheader("Latency and failures")

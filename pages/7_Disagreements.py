@@ -10,8 +10,8 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench import outcomes, review  # noqa: E402
-from workbench.labels import LabelError, add_label  # noqa: E402
+from workbench.analysis import outcomes, review  # noqa: E402
+from workbench.store.labels import LabelError, add_label  # noqa: E402
 
 PAGE_SIZE = 5
 LABEL_BUTTONS = {"toxic": "🟥 toxic", "non_toxic": "🟩 non_toxic"}
@@ -54,8 +54,8 @@ def _cam_slot(card: review.Card) -> None:
     """Cached CAM overlays of the card's meme (computing one takes seconds, so it happens on
     the Explain page, linked here); any problem leaves the card intact."""
     try:
-        from workbench.explain import cached_cams, overlay, read_cam
-        from workbench.images import load_rgb
+        from workbench.explain.cam import cached_cams, overlay, read_cam
+        from workbench.store.images import load_rgb
     except ImportError:
         st.caption("CAM view not available in this install.")
         return

@@ -10,10 +10,10 @@ ctx = ui.bootstrap("Explain", "🔥")
 
 import streamlit as st  # noqa: E402
 
-from workbench import catalog, explain  # noqa: E402
 from workbench.config import DEFAULT_CLIP_MODEL  # noqa: E402
 from workbench.errors import ModelUnavailable  # noqa: E402
-from workbench.schema import Image  # noqa: E402
+from workbench.explain import cam as explain  # noqa: E402
+from workbench.store import catalog  # noqa: E402
 
 CLASS_NAMES = {"toxic": "toxic", "non_toxic": "neutral"}
 MAX_CHOICES = 500
@@ -31,9 +31,7 @@ with ctx.session() as session:
     cards, total = catalog.gallery_page(session, text=search or None, page_size=MAX_CHOICES)
     linked_card = None
     if linked and linked.isdigit():
-        row = session.get(Image, int(linked))
-        if row is not None and not row.missing:
-            linked_card = catalog.ImageCard(row.id, row.path, row.sha256, row.folder, None)
+        linked_card = catalog.image_card(session, int(linked))
 if linked_card is not None and all(c.id != linked_card.id for c in cards):
     cards = [linked_card, *cards]
 if not cards:
@@ -75,7 +73,7 @@ except ValueError as exc:
 # ---- the maps --------------------------------------------------------------------
 path = ctx.settings.memes_dir / card.path
 try:
-    from workbench.images import load_rgb
+    from workbench.store.images import load_rgb
 
     image = load_rgb(path)
 except Exception as exc:  # noqa: BLE001 - a broken file is shown as such

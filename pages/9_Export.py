@@ -7,10 +7,11 @@ ctx = ui.bootstrap("Export", "📦")
 
 import streamlit as st  # noqa: E402
 
-from workbench import annotations, exports, report  # noqa: E402
-from workbench.catalog import stats  # noqa: E402
-from workbench.db import session_scope  # noqa: E402
-from workbench.outcomes import list_runs  # noqa: E402
+from workbench.analysis.outcomes import list_runs  # noqa: E402
+from workbench.analysis.report import render  # noqa: E402
+from workbench.store import annotations, predictions_csv  # noqa: E402
+from workbench.store.catalog import stats  # noqa: E402
+from workbench.store.db import session_scope  # noqa: E402
 
 settings = ctx.settings
 with ctx.session() as session:
@@ -40,12 +41,12 @@ if not runs:
 chosen = st.multiselect("Runs (none = all)", [r.id for r in runs], key="exp_runs",
                         format_func=lambda i: next(r.title for r in runs if r.id == i))
 run_ids = tuple(chosen) or None
-st.write("One row per meme × run: " + ", ".join(f"`{c}`" for c in exports.PREDICTION_COLUMNS) + ".")
+st.write("One row per meme × run: " + ", ".join(f"`{c}`" for c in predictions_csv.PREDICTION_COLUMNS) + ".")
 
 
 def _predictions() -> bytes:
     with session_scope(settings.db_url) as session:
-        return exports.export_predictions(session, run_ids).encode("utf-8")
+        return predictions_csv.export_predictions(session, run_ids).encode("utf-8")
 
 
 st.download_button("Download predictions.csv", _predictions, file_name="predictions.csv", mime="text/csv",
@@ -57,21 +58,21 @@ st.write("One self-contained HTML file (opens offline): dataset summary, metrics
          "confusion matrices and curves, McNemar comparisons, top disagreements with thumbnails, cached CAM "
          "overlays and every run's exact configuration.")
 top_n = st.number_input("Disagreement cards", min_value=0, max_value=200, value=20, step=5, key="exp_top")
-options = report.ReportOptions(run_ids=run_ids, top_n=int(top_n))
+options = render.ReportOptions(run_ids=run_ids, top_n=int(top_n))
 
 
 def _html() -> bytes:
-    return report.report_html(settings, options).encode("utf-8")
+    return render.report_html(settings, options).encode("utf-8")
 
 
 def _pdf() -> bytes:
-    return report.report_pdf(settings, options)
+    return render.report_pdf(settings, options)
 
 
 cols = st.columns(2)
 cols[0].download_button("Download report (HTML)", _html, file_name="vlmemes_report.html", mime="text/html",
                         key="exp_dl_html")
-converter = report.pdf_converter()
+converter = render.pdf_converter()
 if converter:
     cols[1].download_button("Download report (PDF)", _pdf, file_name="vlmemes_report.pdf", mime="application/pdf",
                             key="exp_dl_pdf", help=f"Rendered with {converter}")

@@ -30,8 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Settings on a fresh, migrated SQLite file under tmp_path (env vars set for subprocesses too)."""
-    from workbench import db
     from workbench.config import load_settings
+    from workbench.store import db
 
     memes = tmp_path / "memes"
     memes.mkdir()
@@ -46,7 +46,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def session(settings):
-    from workbench.db import get_sessionmaker
+    from workbench.store.db import get_sessionmaker
 
     with get_sessionmaker(settings.db_url)() as s:
         yield s

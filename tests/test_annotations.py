@@ -1,13 +1,13 @@
-"""annotations.csv import/export and the consensus rule (workbench.labels)."""
+"""annotations.csv import/export and the consensus rule (workbench.store.labels)."""
 
 from __future__ import annotations
 
 import pytest
 
-from workbench.annotations import export_annotations, import_annotations
-from workbench.ingest import scan_folder
-from workbench.labels import add_label, consensus_labels, undo_last
-from workbench.samples import write_sample_memes
+from workbench.store.annotations import export_annotations, import_annotations
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.labels import add_label, consensus_labels, undo_last
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_export_lists_consensus_and_skips_unlabeled(session, settings, unlabeled
 def test_formula_guarded_file_names_survive_export_then_import(session, settings, tmp_path) -> None:
     """A root-level file named like a formula is exported as '-… / '=… (spreadsheet-safe),
     and importing that export into a fresh catalogue maps it back to the real file."""
-    from workbench.samples import render_meme
+    from workbench.store.demo_memes import render_meme
 
     for name in ("-minus.png", "=sum.png", "+plus.png", "@at.png"):
         render_meme("мем", seed=len(name), size=(64, 64)).save(settings.memes_dir / name)
@@ -113,7 +113,7 @@ def test_formula_guarded_file_names_survive_export_then_import(session, settings
     assert ids == []  # root files carry no folder label
     from sqlalchemy import select
 
-    from workbench.schema import Image
+    from workbench.store.schema import Image
 
     for i, image_id in enumerate(session.scalars(select(Image.id).order_by(Image.path))):
         add_label(session, image_id, "toxic" if i % 2 else "non_toxic", "ann")

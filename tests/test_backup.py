@@ -14,17 +14,25 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from workbench import db
-from workbench.annotations import export_annotations
-from workbench.backup import BackupError, backup, decode_csv_cell, encode_csv_cell, read_manifest, restore, table_counts
-from workbench.catalog import stats
-from workbench.ingest import scan_folder
-from workbench.jobs import run_step
-from workbench.labels import add_label, set_setting, undo_last
-from workbench.predictors.base import PredictInput, PredictOutput, Predictor, PredictorStep
-from workbench.samples import write_sample_memes
-from workbench.schema import Base, Embedding, Label, OcrResult
-from workbench.texts import save_correction
+from workbench.predictors.base import PredictInput, Predictor, PredictorStep, PredictOutput
+from workbench.runs.runner import run_step
+from workbench.store import db
+from workbench.store.annotations import export_annotations
+from workbench.store.backup import (
+    BackupError,
+    backup,
+    decode_csv_cell,
+    encode_csv_cell,
+    read_manifest,
+    restore,
+    table_counts,
+)
+from workbench.store.catalog import stats
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.labels import add_label, set_setting, undo_last
+from workbench.store.ocr_texts import save_correction
+from workbench.store.schema import Base, Embedding, Label, OcrResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOSTILE_NOTES = ["=HYPERLINK(\"http://x\")", "'quoted", "\\N", "line1\nline2, \"q\"", "😀 мем", "", "-1", "@x"]
@@ -162,12 +170,12 @@ def test_files_travel_in_the_bundle_and_hostile_paths_stay_inside(settings, sess
     db.upgrade(url2)
     with db.session_scope(url2) as s2:
         # a hostile path in the manifest must not be written outside memes2
-        from workbench.schema import Image
+        from workbench.store.schema import Image
 
         report = restore(s2, tmp_path / "b.zip", memes_dir=memes2)
         assert report.files_written == 12 and not report.files_missing
         s2.get(Image, 1).path = "../evil.png"
-        from workbench.backup import RestoreReport, _Bundle, _restore_files
+        from workbench.store.backup import RestoreReport, _Bundle, _restore_files
 
         rr = RestoreReport(counts={})
         _restore_files(_Bundle(tmp_path / "b.zip", "r"), memes2, [("../evil.png", "x", False), ("/etc/x", "y", False)],
@@ -201,7 +209,7 @@ def test_cli_backup_and_restore(settings, session, tmp_path):
 
 @pytest.mark.postgres
 def test_restore_into_empty_postgres(settings, session, tmp_path):
-    from workbench.pgserver import PostgresUnavailable, find_pg_bin, temporary_postgres
+    from tests.support.pgserver import PostgresUnavailable, find_pg_bin, temporary_postgres
 
     if find_pg_bin() is None:
         pytest.skip("no PostgreSQL server binary (initdb/pg_ctl) installed")
@@ -220,7 +228,7 @@ def test_restore_into_empty_postgres(settings, session, tmp_path):
                 assert new.id > max(r["id"] for r in before["labels"])
             with db.session_scope(url) as pg, pytest.raises(BackupError, match="not empty"):
                 restore(pg, tmp_path / "pg.zip")
-            from workbench.backup import snapshot_session
+            from workbench.store.backup import snapshot_session
 
             with snapshot_session(url) as snap:  # back up the PostgreSQL copy: same content again
                 again = backup(snap, tmp_path / "pg-again.zip")
@@ -236,7 +244,7 @@ def test_restore_into_empty_postgres(settings, session, tmp_path):
 def test_backup_reads_a_snapshot_and_does_not_block_writers(settings, session, tmp_path):
     """While a backup's snapshot is open, an annotator (another process) can still write,
     and the backup holds the state of the moment it started."""
-    from workbench.backup import snapshot_session
+    from workbench.store.backup import snapshot_session
 
     populate(settings, session)
     session.commit()
@@ -246,7 +254,7 @@ def test_backup_reads_a_snapshot_and_does_not_block_writers(settings, session, t
     session.close()
     with snapshot_session(settings.db_url) as snap:
         assert table_counts(snap)["labels"] == n_labels  # the snapshot starts here
-        code = ("import sys; from workbench import db; from workbench.labels import add_label\n"
+        code = ("import sys; from workbench.store import db; from workbench.store.labels import add_label\n"
                 f"with db.session_scope({settings.db_url!r}) as s: add_label(s, {image_id}, 'non_toxic', 'zoe')\n")
         writer = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                                 timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))

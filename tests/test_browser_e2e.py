@@ -121,7 +121,7 @@ class MeanPredictor:
 
     @staticmethod
     def make():  # noqa: ANN205
-        from workbench.predictors.base import PredictInput, PredictOutput, Predictor
+        from workbench.predictors.base import PredictInput, Predictor, PredictOutput
 
         class _Mean(Predictor):
             kind = "test-mean"
@@ -142,10 +142,10 @@ class MeanPredictor:
 def test_label_export_and_deep_links_in_a_real_browser(tmp_path):
     chromium = chromium_path()
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python package) is not installed")
-    from workbench import db
-    from workbench.annotations import export_annotations
-    from workbench.samples import write_sample_memes
-    from workbench.schema import Image, Label
+    from workbench.store import db
+    from workbench.store.annotations import export_annotations
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.schema import Image, Label
 
     memes, shots, log = tmp_path / "memes", tmp_path / "screenshots", tmp_path / "streamlit.log"
     shots.mkdir()
@@ -237,8 +237,8 @@ def test_label_export_and_deep_links_in_a_real_browser(tmp_path):
                 context.close()
 
             # A model run, so the dashboard has something to show
-            from workbench.jobs import run_step
             from workbench.predictors.base import PredictorStep
+            from workbench.runs.runner import run_step
 
             summary = run_step(db_url, PredictorStep(MeanPredictor.make()), list(paths), memes_dir=memes,
                                lock_dir=tmp_path / "artefacts")

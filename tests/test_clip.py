@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from workbench import devices
+from tests.support.tiny_models import build_tiny_clip, tiny_model_dir
 from workbench.errors import ModelUnavailable
+from workbench.models import devices
 from workbench.predictors.base import PredictInput
-from workbench.samples import render_meme
-from workbench.tiny_models import build_tiny_clip, tiny_model_dir
+from workbench.store.demo_memes import render_meme
 
 LONG_TEXT = "когда наконец пятница а начальник сказал выйти в субботу и доделать отчёт " * 6
 
@@ -54,7 +54,7 @@ def test_outputs_one_per_input_with_probabilities(tiny_clip: Path) -> None:
 def test_embeddings_are_normalised_with_the_projection_size(tiny_clip: Path) -> None:
     import torch
 
-    from workbench.predictors.clip import encode_images, encode_texts, load_clip
+    from workbench.models.clip import encode_images, encode_texts, load_clip
 
     model, processor = load_clip(str(tiny_clip), "cpu", "float32")
     img = encode_images(model, processor, [render_meme("a", size=(64, 64)), render_meme("b", seed=1, size=(50, 90))])
@@ -100,7 +100,7 @@ def test_bad_options_are_refused_clearly(tiny_clip: Path, options: dict, needle:
 
 
 def test_class_prompt_embeddings_are_computed_once(tiny_clip: Path) -> None:
-    from workbench.predictors.clip import clear_cache
+    from workbench.models.clip import clear_cache
 
     clear_cache()
     p = _predictor(tiny_clip, dtype="float32", prompt_set="en")
@@ -133,7 +133,8 @@ def test_ocr_text_goes_into_every_prompt(tiny_clip: Path) -> None:
 
 
 def test_long_ocr_text_is_cut_to_the_text_context(short_clip: Path) -> None:
-    from workbench.predictors.clip import ELLIPSIS, load_clip
+    from workbench.models.clip import load_clip
+    from workbench.predictors.clip import ELLIPSIS
 
     p = _predictor(short_clip, dtype="float32")
     model, processor = load_clip(str(short_clip), "cpu", "float32")
@@ -151,7 +152,7 @@ def test_long_ocr_text_is_cut_to_the_text_context(short_clip: Path) -> None:
 def test_load_clip_is_cached_and_honours_dtype(tiny_clip: Path) -> None:
     import torch
 
-    from workbench.predictors.clip import load_clip
+    from workbench.models.clip import load_clip
 
     first = load_clip(str(tiny_clip), "cpu", "float32")
     assert load_clip(str(tiny_clip), "cpu", "float32") is first
@@ -165,7 +166,7 @@ def test_load_clip_is_cached_and_honours_dtype(tiny_clip: Path) -> None:
     ("openai/clip-vit-base-patch32", "huggingface-cli download openai/clip-vit-base-patch32"),
 ])
 def test_unloadable_model_raises_model_unavailable(model_id: str, needle: str) -> None:
-    from workbench.predictors.clip import load_clip
+    from workbench.models.clip import load_clip
 
     with pytest.raises(ModelUnavailable) as info:
         load_clip(model_id, "cpu", "float32")
@@ -174,7 +175,7 @@ def test_unloadable_model_raises_model_unavailable(model_id: str, needle: str) -
 
 
 def test_a_model_that_is_not_clip_is_refused() -> None:
-    from workbench.predictors.clip import load_clip
+    from workbench.models.clip import load_clip
 
     with pytest.raises(ModelUnavailable, match="not a CLIP/SigLIP"):
         load_clip(str(tiny_model_dir("text_classifier")), "cpu", "float32")
@@ -225,7 +226,7 @@ def test_tiny_text_classifier_has_the_toxicity_labels() -> None:
 
 
 def test_a_siglip_checkpoint_works_the_same_way() -> None:
-    from workbench.predictors.clip import load_clip, text_context
+    from workbench.models.clip import load_clip, text_context
 
     path = tiny_model_dir("siglip")
     model, processor = load_clip(str(path), "cpu", "float32")

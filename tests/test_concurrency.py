@@ -25,10 +25,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # when run as a worker script
     sys.path.insert(0, str(REPO_ROOT))
 
-from workbench import db  # noqa: E402
-from workbench.jobs import job_status, run_step  # noqa: E402
-from workbench.predictors.base import PredictInput, PredictOutput, Predictor, PredictorStep  # noqa: E402
-from workbench.schema import Image, Job, Label, ModelRun, Prediction  # noqa: E402
+from workbench.predictors.base import PredictInput, Predictor, PredictorStep, PredictOutput  # noqa: E402
+from workbench.runs.listing import job_status  # noqa: E402
+from workbench.runs.runner import run_step  # noqa: E402
+from workbench.store import db  # noqa: E402
+from workbench.store.schema import Image, Job, Label, ModelRun, Prediction  # noqa: E402
 
 LABELS_PER_ANNOTATOR = 500
 N_IMAGES = 40
@@ -64,7 +65,7 @@ class SlowMeanPredictor(Predictor):
 # ---- worker entry points (run in separate processes) ----------------------------------------
 
 def annotate(url: str, annotator: str, n: int, go_file: str) -> None:
-    from workbench.labels import add_label
+    from workbench.store.labels import add_label
 
     with db.session_scope(url) as session:
         ids = list(session.scalars(select(Image.id).order_by(Image.id)))
@@ -89,7 +90,7 @@ def predict_job(url: str, memes_dir: str, lock_dir: str, delay_s: float, hang_on
 
 
 def scan(url: str, memes_dir: str, go_file: str) -> None:
-    from workbench.ingest import scan_folder
+    from workbench.store.ingest import scan_folder
 
     _wait_at_barrier(go_file, f"scan-{os.getpid()}")
     with db.session_scope(url) as session:
@@ -124,7 +125,7 @@ def _spawn(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def pg_server():
-    from workbench.pgserver import PostgresUnavailable, find_pg_bin, temporary_postgres
+    from tests.support.pgserver import PostgresUnavailable, find_pg_bin, temporary_postgres
 
     if find_pg_bin() is None:
         pytest.skip("no PostgreSQL server binary (initdb/pg_ctl) installed; `bash .ci/install --test` installs it")
@@ -141,7 +142,7 @@ def backend_url(request, settings, monkeypatch) -> str:
     """A fresh, migrated database of each backend (WORKBENCH_DB_URL points at it)."""
     if request.param == "sqlite":
         return settings.db_url
-    from workbench.pgserver import create_database
+    from tests.support.pgserver import create_database
 
     server = request.getfixturevalue("pg_server")
     url = create_database(server, f"t_{os.getpid()}_{time.monotonic_ns()}")
@@ -153,8 +154,8 @@ def backend_url(request, settings, monkeypatch) -> str:
 @pytest.fixture
 def memes(settings, backend_url):
     """N_IMAGES small generated memes, ingested without folder labels."""
-    from workbench.ingest import scan_folder
-    from workbench.samples import write_sample_memes
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ingest import scan_folder
 
     write_sample_memes(settings.memes_dir, n=N_IMAGES, seed=7, into_label_folders=False, size=(64, 64))
     with db.session_scope(backend_url) as session:
@@ -180,7 +181,7 @@ def test_two_annotators_and_a_job_write_at_once(memes, settings, tmp_path):
     ]
     _release(go, 3, procs)
     outputs = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs):
         assert "database is locked" not in err and "could not serialize" not in err
         assert proc.returncode == 0, err[-3000:]
 
@@ -201,7 +202,7 @@ def test_two_annotators_and_a_job_write_at_once(memes, settings, tmp_path):
         spans.append(session.execute(select(func.min(Prediction.created_at), func.max(Prediction.created_at))).one())
         assert max(lo for lo, _ in spans) < min(hi for _, hi in spans), spans
         # each annotator's current label is their last write on each image
-        from workbench.labels import current_labels
+        from workbench.store.labels import current_labels
 
         current = {(c.image_id, c.annotator): c.label for c in current_labels(session)}
         assert len(current) == 2 * N_IMAGES
@@ -209,7 +210,7 @@ def test_two_annotators_and_a_job_write_at_once(memes, settings, tmp_path):
 
 def test_two_scans_of_one_folder_at_once(settings, backend_url, tmp_path):
     """Two tabs (or a tab and the CLI) press Scan together: both finish, each file is stored once."""
-    from workbench.samples import write_sample_memes
+    from workbench.store.demo_memes import write_sample_memes
 
     write_sample_memes(settings.memes_dir, n=30, seed=8, size=(32, 32))
     go = tmp_path / "go"

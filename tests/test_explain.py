@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from workbench import explain
-from workbench.images import load_rgb, sha256_file
-from workbench.predictors.clip import load_clip
-from workbench.samples import write_sample_memes
-from workbench.tiny_models import tiny_model_dir
+from tests.support.tiny_models import tiny_model_dir
+from workbench.explain import cam as explain
+from workbench.models.clip import load_clip
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.images import load_rgb, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +126,9 @@ def test_class_methods_need_a_prompt(clip_dir):
 
 
 def test_batch_step_through_the_job_runner(settings, session, clip_dir):
-    from workbench.ingest import scan_folder
-    from workbench.jobs import run_step
-    from workbench.schema import Image
+    from workbench.runs.runner import run_step
+    from workbench.store.ingest import scan_folder
+    from workbench.store.schema import Image
 
     write_sample_memes(settings.memes_dir, n=3, seed=5, size=(96, 64))
     scan_folder(session, settings.memes_dir)
@@ -154,7 +154,7 @@ def test_batch_step_through_the_job_runner(settings, session, clip_dir):
 
 def test_cli_cam_command(settings, session, clip_dir, capsys):
     from workbench.cli import main
-    from workbench.ingest import scan_folder
+    from workbench.store.ingest import scan_folder
 
     write_sample_memes(settings.memes_dir, n=2, seed=7, size=(64, 64))
     scan_folder(session, settings.memes_dir)
@@ -169,8 +169,8 @@ def test_explain_page_computes_on_demand_then_reads_the_cache(settings, session,
 
     from streamlit.testing.v1 import AppTest
 
-    from workbench.ingest import scan_folder
-    from workbench.schema import Image
+    from workbench.store.ingest import scan_folder
+    from workbench.store.schema import Image
 
     write_sample_memes(settings.memes_dir, n=2, seed=9, size=(96, 80))
     scan_folder(session, settings.memes_dir)
@@ -203,7 +203,7 @@ def test_explain_page_names_an_unavailable_model(settings, session, clear_stream
 
     from streamlit.testing.v1 import AppTest
 
-    from workbench.ingest import scan_folder
+    from workbench.store.ingest import scan_folder
 
     write_sample_memes(settings.memes_dir, n=1, seed=2, size=(64, 64))
     scan_folder(session, settings.memes_dir)

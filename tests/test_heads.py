@@ -11,20 +11,26 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from workbench import heads
-from workbench.db import session_scope
-from workbench.embeddings import (
-    ClipImageEmbedder, ClipTextEmbedder, EmbedStep, from_blob, load_embeddings, make_embedders, to_blob,
+from tests.support.tiny_models import tiny_model_dir
+from workbench.features import head_training
+from workbench.features.embeddings import (
+    ClipImageEmbedder,
+    ClipTextEmbedder,
+    EmbedStep,
+    from_blob,
+    load_embeddings,
+    make_embedders,
+    to_blob,
 )
-from workbench.ingest import scan_folder
-from workbench.jobs import run_step
-from workbench.labels import add_label
-from workbench.predict_jobs import build_predictor, run_predictions
-from workbench.predictors.trained import read_training_report
-from workbench.samples import write_sample_memes
-from workbench.schema import Embedding, Image, Prediction
-from workbench.texts import best_texts, save_correction
-from workbench.tiny_models import tiny_model_dir
+from workbench.predictors.out_of_fold import read_training_report
+from workbench.predictors.run import build_predictor, run_predictions
+from workbench.runs.runner import run_step
+from workbench.store.db import session_scope
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.labels import add_label
+from workbench.store.ocr_texts import best_texts, save_correction
+from workbench.store.schema import Embedding, Image, Prediction
 
 FAST = {"epochs": 8}
 
@@ -57,28 +63,28 @@ def _random_data(n: int = 40, dim: int = 24, seed: int = 0, signal: float = 0.0)
 
 def test_folds_are_stratified_and_shrink_to_the_smallest_class() -> None:
     y = np.array([1] * 10 + [0] * 20)
-    folds = heads.stratified_folds(y, 5, seed=0)
+    folds = head_training.stratified_folds(y, 5, seed=0)
     for f in range(5):
         assert (y[folds == f] == 1).sum() == 2 and (y[folds == f] == 0).sum() == 4
-    assert heads.stratified_folds(np.array([1, 1, 1, 0, 0, 0, 0]), 5).max() == 2  # 3 toxic -> 3 folds
-    with pytest.raises(heads.HeadError, match="at least 2 labeled images of each class"):
-        heads.stratified_folds(np.array([1, 0, 0, 0]), 5)
+    assert head_training.stratified_folds(np.array([1, 1, 1, 0, 0, 0, 0]), 5).max() == 2  # 3 toxic -> 3 folds
+    with pytest.raises(head_training.HeadError, match="at least 2 labeled images of each class"):
+        head_training.stratified_folds(np.array([1, 0, 0, 0]), 5)
 
 
 @pytest.mark.parametrize("features,dim", [("image", 8), ("text", 8), ("both", 16), ("interaction", 8)])
 def test_feature_sets(features: str, dim: int) -> None:
     rng = np.random.default_rng(0)
     image, text = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
-    assert heads.compose_features(image, text, features).shape == (3, dim)
-    with pytest.raises(heads.HeadError):
-        heads.compose_features(image, None, "both")
+    assert head_training.compose_features(image, text, features).shape == (3, dim)
+    with pytest.raises(head_training.HeadError):
+        head_training.compose_features(image, None, "both")
 
 
 def test_out_of_fold_predictions_never_come_from_a_head_that_saw_the_sample() -> None:
     # Random labels: a big MLP memorises its training set, so a leak would show as ~100% accuracy.
     x, y, keys = _random_data(n=40, dim=24, seed=3)
     y = np.random.default_rng(7).permutation(y)
-    result = heads.cross_validate(x, y, keys, heads.HeadConfig(model="mlp", epochs=30, lr=3e-2), {"fingerprint": "f"})
+    result = head_training.cross_validate(x, y, keys, head_training.HeadConfig(model="mlp", epochs=30, lr=3e-2), {"fingerprint": "f"})
     for fold, head in enumerate(result.fold_heads):
         val = result.folds == fold
         assert not set(np.array(keys)[val]) & set(head.meta["train_keys"])
@@ -92,7 +98,7 @@ def test_out_of_fold_predictions_never_come_from_a_head_that_saw_the_sample() ->
 
 def test_curves_have_loss_and_val_f1_per_epoch_per_fold() -> None:
     x, y, keys = _random_data(n=24, dim=4, signal=3.0)
-    result = heads.cross_validate(x, y, keys, heads.HeadConfig(model="logreg", epochs=15, lr=0.05, folds=4))
+    result = head_training.cross_validate(x, y, keys, head_training.HeadConfig(model="logreg", epochs=15, lr=0.05, folds=4))
     assert len(result.curves) == 4 * 15
     assert {"fold", "epoch", "train_loss", "val_loss", "val_f1"} <= set(result.curves[0])
     assert result.metrics["f1"] > 0.8 and result.metrics["auroc"] > 0.9  # a strong signal is learned
@@ -100,18 +106,18 @@ def test_curves_have_loss_and_val_f1_per_epoch_per_fold() -> None:
 
 def test_save_load_round_trip_and_mismatched_features_refused(tmp_path: Path) -> None:
     x, y, keys = _random_data(n=20, signal=1.0)
-    result = heads.cross_validate(x, y, keys, heads.HeadConfig(epochs=5), {"fingerprint": "clipA", "description": "A"})
-    heads.save_head(result.final, tmp_path / "h", result.curves)
+    result = head_training.cross_validate(x, y, keys, head_training.HeadConfig(epochs=5), {"fingerprint": "clipA", "description": "A"})
+    head_training.save_head(result.final, tmp_path / "h", result.curves)
     assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["head.json", "head.safetensors"]
     assert b"pickle" not in (tmp_path / "h" / "head.safetensors").read_bytes()[:200]
-    loaded = heads.load_head(tmp_path / "h", "clipA")
+    loaded = head_training.load_head(tmp_path / "h", "clipA")
     assert np.array_equal(loaded.predict_proba(x), result.final.predict_proba(x))
-    with pytest.raises(heads.FeatureModelMismatch, match="trained on features 'A'.*fingerprint clipA"):
-        heads.load_head(tmp_path / "h", "clipB", "B")
+    with pytest.raises(head_training.FeatureModelMismatch, match="trained on features 'A'.*fingerprint clipA"):
+        head_training.load_head(tmp_path / "h", "clipB", "B")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "head.json").write_text("{not json")
-    with pytest.raises(heads.HeadError, match="cannot read"):
-        heads.load_head(tmp_path / "bad")
+    with pytest.raises(head_training.HeadError, match="cannot read"):
+        head_training.load_head(tmp_path / "bad")
 
 
 def test_float16_blob_round_trip() -> None:
@@ -278,7 +284,7 @@ def test_vlm_pooled_embeddings_through_the_runner_match_one_at_a_time(settings) 
         paths = {i: settings.memes_dir / p for i, p in session.execute(select(Image.id, Image.path))}
         texts = {i: t for i, t in best_texts(session, ids).items()}
     assert set(stored) == set(ids) and len({v.shape for v in stored.values()}) == 1
-    from workbench.images import load_rgb
+    from workbench.store.images import load_rgb
 
     alone = embedder.embed([load_rgb(paths[ids[1]])], [texts[ids[1]]])[0]
     assert np.allclose(alone, stored[ids[1]], atol=2e-2)  # float16 storage

@@ -6,18 +6,17 @@ page shows such text as text."""
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from workbench.annotations import export_annotations, import_annotations
-from workbench.ingest import scan_folder, store_upload, store_uploads
-from workbench.labels import add_label, set_setting
-from workbench.samples import render_meme
-from workbench.schema import Image, Label, ModelRun, Prediction
-from workbench.texts import save_correction
+from workbench.store.annotations import export_annotations, import_annotations
+from workbench.store.demo_memes import render_meme
+from workbench.store.ingest import scan_folder, store_upload, store_uploads
+from workbench.store.labels import add_label, set_setting
+from workbench.store.ocr_texts import save_correction
+from workbench.store.schema import Image, Label, ModelRun, Prediction
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted([REPO_ROOT / "streamlit_app.py", *(REPO_ROOT / "pages").glob("*.py")])
@@ -322,8 +321,8 @@ def test_label_page_shows_the_text_exactly(hostile_db, settings, clear_streamlit
 
 def test_html_report_and_predictions_export_stay_inert(hostile_db, session, settings):
     """The HTML report escapes every stored text; predictions.csv neutralises formulas."""
-    from workbench.exports import export_predictions
-    from workbench.report import ReportOptions, build_report
+    from workbench.analysis.report.render import ReportOptions, build_report
+    from workbench.store.predictions_csv import export_predictions
 
     pred = session.scalar(select(Prediction))
     pred.explanation = "=HYPERLINK(\"http://evil.example\",\"click\") " + SCRIPT

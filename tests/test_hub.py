@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench import hub
-from workbench.tiny_models import build_tiny_clip
+from tests.support.tiny_models import build_tiny_clip
+from workbench.models import hub
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def test_probe_and_kwargs(offline: str, tmp_path: Path) -> None:
 LOAD_BOTH = """
 import json, sys, time
 from workbench.errors import ModelUnavailable
-from workbench.predictors.clip import load_clip
+from workbench.models.clip import load_clip
 cache = sys.argv[1]
 t = time.monotonic()
 model, _ = load_clip("tiny-org/tiny-clip", device="cpu", dtype="float32", cache_dir=cache)

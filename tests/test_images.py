@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from workbench.config import MAX_UPLOAD_BYTES
-from workbench.images import InvalidImage, ensure_thumbnail, load_rgb, safe_filename, validate_bytes
+from workbench.store.images import InvalidImage, ensure_thumbnail, load_rgb, safe_filename, validate_bytes
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from workbench.annotations import export_annotations
-from workbench.ingest import scan_folder, store_uploads
-from workbench.labels import consensus_labels, current_labels
-from workbench.samples import render_meme, write_sample_memes
-from workbench.schema import Image
+from workbench.store.annotations import export_annotations
+from workbench.store.demo_memes import render_meme, write_sample_memes
+from workbench.store.ingest import scan_folder, store_uploads
+from workbench.store.labels import consensus_labels, current_labels
+from workbench.store.schema import Image
 
 
 def png_bytes(seed: int) -> bytes:

@@ -1,4 +1,4 @@
-"""The job runner (workbench.jobs) driving a real step — Tesseract OCR — over real
+"""The job runner (workbench.runs) driving a real step — Tesseract OCR — over real
 generated memes in a real SQLite file: resume after a killed worker or a killed run,
 skip on re-run, force, per-item failure isolation, cancel."""
 
@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from workbench.db import session_scope
-from workbench.ingest import scan_folder
-from workbench.jobs import Progress, list_jobs, run_step
 from workbench.ocr.step import OcrStep
 from workbench.ocr.tesseract import TesseractEngine
-from workbench.samples import write_sample_memes
-from workbench.schema import Image, Job, OcrResult
+from workbench.runs.listing import list_jobs
+from workbench.runs.runner import run_step
+from workbench.runs.step import Progress
+from workbench.store.db import session_scope
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.schema import Image, Job, OcrResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

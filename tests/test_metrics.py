@@ -13,9 +13,9 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from statsmodels.stats.contingency_tables import mcnemar
 
-from workbench import metrics, outcomes
-from workbench.labels import add_label
-from workbench.synthetic_runs import Pred, add_images, add_labels, add_run
+from tests.support.synthetic_runs import Pred, add_images, add_labels, add_run
+from workbench.analysis import metrics, outcomes
+from workbench.store.labels import add_label
 
 # Ten items: human labels with gaps (None), predictions with unknown/failed/missing (None).
 HUMAN = ["toxic", "toxic", "toxic", "non_toxic", "non_toxic", "non_toxic", None, "toxic", "non_toxic", None]

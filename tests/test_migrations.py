@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from workbench import db
-from workbench.schema import Base
+from workbench.store import db
+from workbench.store.schema import Base
 
 EXPECTED_TABLES = {"images", "labels", "ocr_results", "model_runs", "predictions", "embeddings", "jobs", "settings"}
 

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from workbench.db import session_scope
-from workbench.ingest import scan_folder
+from tests.support.tiny_models import tiny_model_dir
 from workbench.predictors import REGISTRY
-from workbench.samples import write_sample_memes
-from workbench.schema import ModelRun, Prediction
-from workbench.tiny_models import tiny_model_dir
+from workbench.store.db import session_scope
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.schema import ModelRun, Prediction
 
 PAGE = Path(__file__).resolve().parent.parent / "pages" / "5_Models.py"
 TIMEOUT = 120

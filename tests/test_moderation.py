@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from workbench.db import session_scope
-from workbench.ingest import scan_folder
-from workbench.jobs import fingerprint, run_step
-from workbench.labels import consensus_labels
-from workbench.predict_jobs import build_predictor, run_predictions
+from tests.support.tiny_models import TOXICITY_LABELS, tiny_model_dir
 from workbench.predictors.base import PredictorStep
 from workbench.predictors.nudenet import NudeNetPredictor
+from workbench.predictors.out_of_fold import read_training_report
+from workbench.predictors.run import build_predictor, run_predictions
 from workbench.predictors.text_toxicity import toxicity_probability
-from workbench.predictors.trained import read_training_report
-from workbench.samples import write_sample_memes
-from workbench.schema import Image, OcrResult, Prediction
-from workbench.texts import save_correction
-from workbench.tiny_models import TOXICITY_LABELS, tiny_model_dir
+from workbench.runs.runner import run_step
+from workbench.runs.step import fingerprint
+from workbench.store.db import session_scope
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.labels import consensus_labels
+from workbench.store.ocr_texts import save_correction
+from workbench.store.schema import Image, OcrResult, Prediction
 
 
 def _ingest(settings, memes_dir: Path) -> list[int]:
@@ -45,7 +46,7 @@ def _predictions(settings, run_id: int) -> dict[int, Prediction]:
 
 def ocr_with_tesseract(settings, memes_dir: Path, ids: list[int]) -> None:
     """Real tesseract OCR (the OCR helper's two-pass engine when present) stored as OCR results."""
-    from workbench.images import load_rgb
+    from workbench.store.images import load_rgb
 
     try:
         from workbench.ocr.tesseract import TesseractEngine
@@ -93,7 +94,7 @@ def test_nudenet_over_all_real_memes_without_failures(settings, real_memes: Path
 
 @pytest.mark.slow
 def test_tfidf_baseline_on_real_memes_with_real_ocr(settings, real_memes: Path) -> None:
-    from workbench.metrics import evaluate
+    from workbench.analysis.metrics import evaluate
 
     ids = _ingest(settings, real_memes)
     ocr_with_tesseract(settings, real_memes, ids)

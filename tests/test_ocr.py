@@ -12,20 +12,20 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from workbench.cli import main
-from workbench.db import session_scope
 from workbench.errors import ModelUnavailable
-from workbench.images import load_rgb
-from workbench.ingest import scan_folder
-from workbench.jobs import run_step
 from workbench.ocr import Word, make_engine
 from workbench.ocr.accurate import AccurateEngine, pick_reading, reading_order
 from workbench.ocr.metrics import cer, edit_distance, mean_cer, normalise
 from workbench.ocr.preprocess import outlined_text_mask, upscale, white_text_mask
 from workbench.ocr.step import OcrStep
 from workbench.ocr.tesseract import TesseractEngine, is_text_line
-from workbench.samples import caption_set, render_meme, write_sample_memes
-from workbench.schema import Image, Job, OcrResult
-from workbench.texts import best_texts, save_correction
+from workbench.runs.runner import run_step
+from workbench.store.db import session_scope
+from workbench.store.demo_memes import caption_set, render_meme, write_sample_memes
+from workbench.store.images import load_rgb
+from workbench.store.ingest import scan_folder
+from workbench.store.ocr_texts import best_texts, save_correction
+from workbench.store.schema import Image, Job, OcrResult
 
 PAGE = Path(__file__).resolve().parent.parent / "pages" / "4_Run.py"
 

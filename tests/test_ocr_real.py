@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from workbench.db import session_scope
-from workbench.ingest import scan_folder
-from workbench.jobs import run_step
 from workbench.ocr import make_engine
 from workbench.ocr.step import OcrStep
-from workbench.schema import Image, OcrResult
+from workbench.runs.runner import run_step
+from workbench.store.db import session_scope
+from workbench.store.ingest import scan_folder
+from workbench.store.schema import Image, OcrResult
 
 
 @pytest.mark.slow

@@ -10,11 +10,11 @@ import pytest
 from sklearn.metrics import f1_score
 from statsmodels.stats.contingency_tables import mcnemar
 
-from workbench.db import session_scope
-from workbench.ingest import scan_folder
-from workbench.labels import consensus_labels
-from workbench.samples import write_sample_memes
-from workbench.synthetic_runs import Pred, add_run
+from tests.support.synthetic_runs import Pred, add_run
+from workbench.store.db import session_scope
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.labels import consensus_labels
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 FLIP = {"toxic": "non_toxic", "non_toxic": "toxic"}

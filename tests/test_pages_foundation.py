@@ -13,12 +13,12 @@ from sqlalchemy import select
 from streamlit.runtime.memory_media_file_storage import _calculate_file_id
 from streamlit.testing.v1 import AppTest
 
-from workbench.annotations import export_annotations
-from workbench.ingest import scan_folder
-from workbench.labels import consensus_labels
-from workbench.samples import render_meme, write_sample_memes
-from workbench.schema import Image, Label, ModelRun, OcrResult, Prediction
-from workbench.texts import best_text
+from workbench.store.annotations import export_annotations
+from workbench.store.demo_memes import render_meme, write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.labels import consensus_labels
+from workbench.store.ocr_texts import best_text
+from workbench.store.schema import Image, Label, ModelRun, OcrResult, Prediction
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP = REPO_ROOT / "streamlit_app.py"

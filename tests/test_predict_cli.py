@@ -1,4 +1,4 @@
-"""Predictions as jobs: `python -m workbench predict` and workbench.predict_jobs over a real
+"""Predictions as jobs: `python -m workbench predict` and workbench.predictors.run over a real
 SQLite file, real generated memes and a tiny CLIP loaded from a local folder."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from tests.support.tiny_models import tiny_model_dir
 from workbench.cli import main
-from workbench.db import session_scope
-from workbench.ingest import scan_folder
-from workbench.predict_jobs import build_predictor, parse_option, predictor_spec, predictor_specs, run_predictions
 from workbench.predictors import REGISTRY
 from workbench.predictors.base import Option
-from workbench.samples import write_sample_memes
-from workbench.schema import Image, ModelRun, Prediction
-from workbench.texts import save_correction
-from workbench.tiny_models import tiny_model_dir
+from workbench.predictors.run import build_predictor, parse_option, predictor_spec, predictor_specs, run_predictions
+from workbench.store.db import session_scope
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.ocr_texts import save_correction
+from workbench.store.schema import Image, ModelRun, Prediction
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The HTML report, predictions.csv and the Export page on a real SQLite DB: every run's
-metrics are in the report and equal workbench.outcomes' numbers, model/user text stays
+metrics are in the report and equal workbench.analysis.outcomes' numbers, model/user text stays
 text, zero predictions is said plainly, and 10,000 images keep the report small."""
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench import explain, exports, outcomes, report
-from workbench.ingest import scan_folder
-from workbench.labels import add_label
-from workbench.samples import write_sample_memes
-from workbench.schema import Image
-from workbench.synthetic_runs import Pred, add_run, generate
-from workbench.texts import save_correction
+from tests.support.synthetic_runs import Pred, add_run, generate
+from workbench.analysis import outcomes
+from workbench.analysis.report import render
+from workbench.explain import cam as explain
+from workbench.store import predictions_csv
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.labels import add_label
+from workbench.store.ocr_texts import save_correction
+from workbench.store.schema import Image
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -99,7 +102,7 @@ def study(settings, session):
 
 
 def test_report_contains_every_runs_metrics_and_parses(settings, session, study):
-    html_text = report.build_report(session, settings)
+    html_text = render.build_report(session, settings)
     parsed = parse(html_text)
     datas = outcomes.load_runs(session, study["runs"])
     assert set(parsed.metrics) == {str(r) for r in study["runs"]}
@@ -117,7 +120,7 @@ def test_report_contains_every_runs_metrics_and_parses(settings, session, study)
 
 
 def test_user_and_model_text_stays_text(settings, session, study):
-    html_text = report.build_report(session, settings)
+    html_text = render.build_report(session, settings)
     parsed = parse(html_text)
     assert "script" not in parsed.tags and "<script" not in html_text.lower()
     assert "onerror" not in " ".join(t for t in parsed.tags)  # no injected element at all
@@ -132,7 +135,7 @@ def test_report_is_self_contained_with_thumbnails_and_cached_cams(settings, sess
     request = explain.CamRequest("some/clip", "eigencam", dtype="float32")
     explain.write_cam(explain.cam_path(settings.artefacts_dir, first_sha, request),
                       np.linspace(0, 1, 120 * 160, dtype=np.float32).reshape(120, 160), request)
-    html_text = report.build_report(session, settings)
+    html_text = render.build_report(session, settings)
     assert html_text.count('src="data:image/jpeg;base64,') >= 3
     assert "EigenCAM (not class-specific)" in html_text
     assert not re.search(r'(src|href)="(?!data:|#)', html_text)  # no external resource
@@ -142,7 +145,7 @@ def test_zero_predictions_says_so(settings, session):
     write_sample_memes(settings.memes_dir, n=2, seed=1, size=(64, 64))
     scan_folder(session, settings.memes_dir)
     session.commit()
-    html_text = report.build_report(session, settings)
+    html_text = render.build_report(session, settings)
     parse(html_text)
     assert "No predictions yet" in html_text
     assert "<section class=\"run\"" not in html_text
@@ -151,7 +154,7 @@ def test_zero_predictions_says_so(settings, session):
 def test_ten_thousand_images_keep_the_report_small(settings, session):
     generate(session, 10_000, 3, seed=4)
     session.commit()
-    html_text = report.build_report(session, settings, report.ReportOptions(top_n=20, n_boot=200))
+    html_text = render.build_report(session, settings, render.ReportOptions(top_n=20, n_boot=200))
     parsed = parse(html_text)
     assert len(parsed.metrics) == 3
     assert parsed.tags.count("article") == 20
@@ -161,36 +164,36 @@ def test_ten_thousand_images_keep_the_report_small(settings, session):
 
 
 def test_predictions_csv_is_spreadsheet_safe(settings, session, study):
-    text = exports.export_predictions(session)
+    text = predictions_csv.export_predictions(session)
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0]) == list(exports.PREDICTION_COLUMNS)
+    assert list(rows[0]) == list(predictions_csv.PREDICTION_COLUMNS)
     assert len(rows) == len(study["ids"]) + 5  # one row per image x run
     assert all(r["explanation"][0] not in "=+-@" for r in rows if r["explanation"])
     assert any(r["explanation"].startswith("'=HYPERLINK") for r in rows)
     assert any(r["explanation"] == "'-bad start" for r in rows)
     first = next(r for r in rows if r["filename"] == study["images"][study["ids"][0]][0] and r["run_id"] == str(study["runs"][0]))
     assert first["human_label"] == "non_toxic" and first["model"] == "tiny/clip"
-    only_b = exports.export_predictions(session, [study["runs"][1]])
+    only_b = predictions_csv.export_predictions(session, [study["runs"][1]])
     assert only_b.count("\n") == 1 + 5
 
 
 def test_cli_report_and_export_predictions(settings, study, tmp_path, capsys):
     from workbench.cli import main
 
-    out = tmp_path / "out" / "report.html"
+    out = tmp_path / "out" / "render.html"
     assert main(["report", str(out), "--n-boot", "100"]) == 0
     parse(out.read_text(encoding="utf-8"))
     csv_path = tmp_path / "predictions.csv"
     assert main(["export-predictions", str(csv_path), "--run", str(study["runs"][1])]) == 0
     assert "wrote 5 rows" in capsys.readouterr().out
-    assert main(["report", str(tmp_path / "report.txt")]) == 2
+    assert main(["report", str(tmp_path / "render.txt")]) == 2
 
 
 @pytest.mark.slow
 def test_pdf_when_a_converter_exists(settings, study, tmp_path):
-    if report.pdf_converter() is None:
+    if render.pdf_converter() is None:
         pytest.skip("no weasyprint or Chromium here")
-    pdf = report.report_pdf(settings, report.ReportOptions(n_boot=100))
+    pdf = render.report_pdf(settings, render.ReportOptions(n_boot=100))
     assert pdf.startswith(b"%PDF") and len(pdf) > 5_000
 
 
@@ -205,14 +208,14 @@ def test_export_page(settings, study, clear_streamlit_cache):
 
 
 def test_cli_report_computes_cams_for_the_top_disagreements(settings, study, tmp_path):
+    from tests.support.tiny_models import tiny_model_dir
     from workbench.cli import main
-    from workbench.tiny_models import tiny_model_dir
 
     # a model that cannot load: the report is still written, without overlays
     out = tmp_path / "no_cams.html"
     assert main(["report", str(out), "--cams", "2", "--model", str(tmp_path / "no-model"), "--n-boot", "50"]) == 0
     assert "No CAM overlay is cached" in out.read_text(encoding="utf-8")
-    out = tmp_path / "report.html"
+    out = tmp_path / "render.html"
     assert main(["report", str(out), "--n-boot", "50", "--cams", "2", "--model", str(tiny_model_dir("clip"))]) == 0
     html_text = out.read_text(encoding="utf-8")
     parse(html_text)
@@ -245,12 +248,12 @@ def test_report_shows_training_metrics_and_per_fold_curves(settings, session):
     import torch
     from sqlalchemy import select
 
-    from workbench.db import session_scope
-    from workbench.embeddings import EmbedStep, make_embedders
-    from workbench.jobs import run_step
-    from workbench.predict_jobs import build_predictor, run_predictions
-    from workbench.predictors.trained import read_training_report
-    from workbench.tiny_models import tiny_model_dir
+    from tests.support.tiny_models import tiny_model_dir
+    from workbench.features.embeddings import EmbedStep, make_embedders
+    from workbench.predictors.out_of_fold import read_training_report
+    from workbench.predictors.run import build_predictor, run_predictions
+    from workbench.runs.runner import run_step
+    from workbench.store.db import session_scope
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -279,7 +282,7 @@ def test_report_shows_training_metrics_and_per_fold_curves(settings, session):
     orphan = add_run(session, "head", "orphan head", {i: Pred("toxic", prob=0.9) for i in ids}, model_id="x")
     session.commit()
 
-    html_text = report.build_report(session, settings, report.ReportOptions(n_boot=50))
+    html_text = render.build_report(session, settings, render.ReportOptions(n_boot=50))
     parse(html_text)
     assert "Training of learned predictors" in html_text
     assert f'id="training-{orphan}"' not in html_text
@@ -313,9 +316,9 @@ def test_report_shows_training_metrics_and_per_fold_curves(settings, session):
 def test_training_section_is_bounded_escaped_and_absent_without_reports(settings, session, study):
     import json
 
-    from workbench.schema import ModelRun
+    from workbench.store.schema import ModelRun
 
-    html_text = report.build_report(session, settings, report.ReportOptions(n_boot=50))
+    html_text = render.build_report(session, settings, render.ReportOptions(n_boot=50))
     assert "Training of learned predictors" not in html_text  # no head / TF-IDF run here
 
     # 7 head runs, each with a long, hostile training report: 12 folds x 2,000 epochs
@@ -331,8 +334,8 @@ def test_training_section_is_bounded_escaped_and_absent_without_reports(settings
         (directory / f"{fp}.json").write_text(json.dumps({"kind": "head", "metrics": metrics, "curves": curves}))
         run_ids.append(run_id)
     session.commit()
-    options = report.ReportOptions(n_boot=50, max_training_runs=5, training_points=300)
-    html_text = report.build_report(session, settings, options)
+    options = render.ReportOptions(n_boot=50, max_training_runs=5, training_points=300)
+    html_text = render.build_report(session, settings, options)
     parsed = parse(html_text)
     assert "script" not in parsed.tags and EVIL in "".join(parsed.text)
     section = _section(html_text, "training")

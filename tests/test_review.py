@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 
-from workbench import outcomes, review
+from tests.support.synthetic_runs import Pred, add_images, add_labels, add_run
+from workbench.analysis import outcomes, review
 from workbench.cli import main as cli_main
-from workbench.labels import add_label
-from workbench.synthetic_runs import Pred, add_images, add_labels, add_run
-from workbench.texts import save_correction
+from workbench.store.labels import add_label
+from workbench.store.ocr_texts import save_correction
 
 HUMAN = ["toxic", "toxic", "toxic", "toxic", "non_toxic", "non_toxic", "non_toxic", "non_toxic", "toxic", None]
 #          R        R        W            W            R            W        W        unknown    R(no prob)  unlabeled

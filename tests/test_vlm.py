@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from workbench.ingest import scan_folder
-from workbench.jobs import run_step
+from tests.support.tiny_models import tiny_model_dir
 from workbench.predictors import make_predictor
 from workbench.predictors.base import PredictInput, PredictorStep
 from workbench.predictors.vlm import LocalVlmPredictor
 from workbench.predictors.vlm_prompt import DEFAULT_PROMPT
-from workbench.samples import render_meme, write_sample_memes
-from workbench.schema import ModelRun, Prediction
-from workbench.texts import save_correction
-from workbench.tiny_models import tiny_model_dir
+from workbench.runs.runner import run_step
+from workbench.store.demo_memes import render_meme, write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.ocr_texts import save_correction
+from workbench.store.schema import ModelRun, Prediction
 
 SMALL = {"max_pixels": 112 * 112, "dtype": "float32", "max_new_tokens": 6, "batch_size": 4}
 
@@ -30,7 +30,7 @@ def memes(settings, session) -> list[int]:
     write_sample_memes(settings.memes_dir, n=5, seed=7, size=(160, 120))
     scan_folder(session, settings.memes_dir)
     session.commit()
-    from workbench.schema import Image
+    from workbench.store.schema import Image
 
     ids = list(session.scalars(select(Image.id).order_by(Image.id)))
     save_correction(session, ids[0], "Когда пятница, а ты на работе", "anna")
@@ -139,7 +139,7 @@ def test_full_job_over_twenty_memes_stores_twenty_predictions_per_run(settings, 
     write_sample_memes(settings.memes_dir, n=20, seed=11, size=(120, 96))
     scan_folder(session, settings.memes_dir)
     session.commit()
-    from workbench.schema import Image
+    from workbench.store.schema import Image
 
     ids = list(session.scalars(select(Image.id)))
     session.commit()

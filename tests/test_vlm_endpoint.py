@@ -18,14 +18,14 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from workbench.ingest import scan_folder
-from workbench.jobs import run_step
 from workbench.predictors import make_predictor
 from workbench.predictors.base import PredictorStep
 from workbench.predictors.vlm_endpoint import VlmEndpointPredictor, class_probs_from_logprobs
-from workbench.samples import write_sample_memes
-from workbench.schema import Image, ModelRun, Prediction
-from workbench.texts import save_correction
+from workbench.runs.runner import run_step
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.ocr_texts import save_correction
+from workbench.store.schema import Image, ModelRun, Prediction
 
 MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 ANSWER = "Класс: токсичный\nОбъяснение: мем высмеивает людей."

@@ -22,7 +22,7 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
-def report_job(title: str, summary) -> int:  # noqa: ANN001 - a workbench.jobs.JobSummary
+def report_job(title: str, summary) -> int:  # noqa: ANN001 - a workbench.runs.JobSummary
     """Print a job's summary line and first per-image errors; the exit code it deserves."""
     print(f"{title}: {summary.describe()}")
     for image_id, error in summary.errors[:10]:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     try:
         if getattr(args, "needs_db", True):
-            from workbench.db import upgrade
+            from workbench.store.db import upgrade
 
             upgrade(settings.db_url)
         return int(args.func(args, settings) or 0)

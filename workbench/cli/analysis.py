@@ -9,9 +9,9 @@ import json
 from itertools import combinations
 from typing import Any
 
+from workbench.analysis.metrics import DEFAULT_N_BOOT
 from workbench.cli import CliError
 from workbench.config import Settings
-from workbench.metrics import DEFAULT_N_BOOT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(session, run_ids: list[int]):  # noqa: ANN001, ANN202
-    from workbench.outcomes import list_runs, load_runs
+    from workbench.analysis.outcomes import list_runs, load_runs
 
     known = [r.id for r in list_runs(session)]
     if not known:
@@ -54,7 +54,7 @@ def _load(session, run_ids: list[int]):  # noqa: ANN001, ANN202
 
 def metrics_report(session, run_ids: list[int], n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict[str, Any]:  # noqa: ANN001
     """What `metrics --json` prints: one object per run, then every pair's McNemar + kappa."""
-    from workbench.outcomes import compare, latency
+    from workbench.analysis.outcomes import compare, latency
 
     datas = _load(session, run_ids)
     runs = []
@@ -75,7 +75,7 @@ def _fmt(value: float | None, ci: list[float] | None = None) -> str:
 
 
 def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import session_scope
+    from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
         report = metrics_report(session, args.run_ids, n_boot=args.n_boot, seed=args.seed)
@@ -102,8 +102,8 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_disagreements(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import session_scope
-    from workbench.review import pair_table
+    from workbench.analysis.review import pair_table
+    from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
         a, b = _load(session, [args.run_a, args.run_b])
@@ -120,9 +120,9 @@ def cmd_disagreements(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_label_issues(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
-    from workbench.db import session_scope
-    from workbench.review import suspected_label_issues
-    from workbench.schema import Image
+    from workbench.analysis.review import suspected_label_issues
+    from workbench.store.db import session_scope
+    from workbench.store.schema import Image
 
     with session_scope(settings.db_url) as session:
         issues = suspected_label_issues(_load(session, args.run_ids), min_score=args.min_score, limit=args.top)
@@ -137,8 +137,8 @@ def cmd_label_issues(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_agreement(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import session_scope
-    from workbench.outcomes import annotator_agreement
+    from workbench.analysis.outcomes import annotator_agreement
+    from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
         report = annotator_agreement(session)

@@ -1,5 +1,5 @@
 """Backup commands: `backup OUT` writes a portable bundle, `restore IN` loads one into an
-empty database (workbench.backup does the work)."""
+empty database (workbench.store.backup does the work)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.backup import BackupError, backup, snapshot_session
+    from workbench.store.backup import BackupError, backup, snapshot_session
 
     try:
         with snapshot_session(settings.db_url) as session:  # people can keep labeling meanwhile
@@ -38,8 +38,8 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.backup import BackupError, restore
-    from workbench.db import session_scope
+    from workbench.store.backup import BackupError, restore
+    from workbench.store.db import session_scope
 
     try:
         with session_scope(settings.db_url) as session:

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import current_revision, upgrade
+    from workbench.store.db import current_revision, upgrade
 
     upgrade(settings.db_url)
     print(f"database at revision {current_revision(settings.db_url)}")
@@ -58,15 +58,15 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import current_revision
+    from workbench.store.db import current_revision
 
     print(current_revision(settings.db_url) or "empty (run: python -m workbench db upgrade)")
     return 0
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import session_scope
-    from workbench.ingest import scan_folder
+    from workbench.store.db import session_scope
+    from workbench.store.ingest import scan_folder
 
     memes_dir = settings.memes_dir
     if args.dir is not None:
@@ -94,8 +94,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.annotations import import_annotations
-    from workbench.db import session_scope
+    from workbench.store.annotations import import_annotations
+    from workbench.store.db import session_scope
 
     if not args.csv.is_file():
         raise CliError(f"{args.csv} does not exist")
@@ -109,8 +109,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export_annotations(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.annotations import write_annotations
-    from workbench.db import session_scope
+    from workbench.store.annotations import write_annotations
+    from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
         n = write_annotations(session, args.path)
@@ -119,8 +119,8 @@ def cmd_export_annotations(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.catalog import stats
-    from workbench.db import session_scope
+    from workbench.store.catalog import stats
+    from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
         counts = stats(session)
@@ -133,9 +133,9 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import session_scope
-    from workbench.ingest import scan_folder
-    from workbench.samples import write_sample_memes
+    from workbench.store.db import session_scope
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ingest import scan_folder
 
     written = write_sample_memes(settings.memes_dir, n=args.n, seed=args.seed)
     with session_scope(settings.db_url) as session:

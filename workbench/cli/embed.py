@@ -47,10 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.catalog import SELECTIONS, image_ids
-    from workbench.db import session_scope
-    from workbench.embeddings import EmbedStep, make_embedders
-    from workbench.jobs import JobBusy, run_step
+    from workbench.features.embeddings import EmbedStep, make_embedders
+    from workbench.runs.lock import JobBusy
+    from workbench.runs.runner import run_step
+    from workbench.store.catalog import SELECTIONS, image_ids
+    from workbench.store.db import session_scope
 
     if args.selection not in SELECTIONS:
         raise CliError(f"--selection must be one of {', '.join(SELECTIONS)}")
@@ -108,7 +109,7 @@ def cmd_head_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_head_show(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.heads import HeadError, read_head_info
+    from workbench.features.head_training import HeadError, read_head_info
 
     try:
         info = read_head_info(_head_dir(args.head))
@@ -122,7 +123,7 @@ def cmd_head_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_head_copy(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.heads import HeadError
+    from workbench.features.head_training import HeadError
     from workbench.predictors.head import copy_head
 
     try:

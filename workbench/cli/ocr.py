@@ -35,11 +35,13 @@ def default_workers() -> int:
 def cmd_ocr(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from workbench.catalog import SELECTIONS, image_ids
-    from workbench.db import session_scope
-    from workbench.jobs import JobBusy, Progress, run_step
     from workbench.ocr import make_engine
     from workbench.ocr.step import OcrStep
+    from workbench.runs.lock import JobBusy
+    from workbench.runs.runner import run_step
+    from workbench.runs.step import Progress
+    from workbench.store.catalog import SELECTIONS, image_ids
+    from workbench.store.db import session_scope
 
     if args.selection not in SELECTIONS:
         raise CliError(f"--selection must be one of {', '.join(SELECTIONS)}")

@@ -62,10 +62,10 @@ def _print_options(spec) -> None:  # noqa: ANN001
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.catalog import SELECTIONS, image_ids
-    from workbench.db import session_scope
     from workbench.errors import ModelUnavailable
-    from workbench.predict_jobs import build_predictor, predictor_spec
+    from workbench.predictors.run import build_predictor, predictor_spec
+    from workbench.store.catalog import SELECTIONS, image_ids
+    from workbench.store.db import session_scope
 
     spec = predictor_spec(args.kind)
     if not spec.available:
@@ -99,8 +99,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 def _run_with_progress(settings: Settings, predictor, ids: list[int], args: argparse.Namespace):  # noqa: ANN001
     from tqdm import tqdm
 
-    from workbench.jobs import JobBusy
-    from workbench.predict_jobs import run_predictions
+    from workbench.predictors.run import run_predictions
+    from workbench.runs.lock import JobBusy
 
     bar = tqdm(total=len(ids), desc=predictor.run_name()[:40], unit="img", file=sys.stderr,
                disable=not sys.stderr.isatty())

@@ -1,5 +1,5 @@
 """Report, export and CAM commands: `report OUT.html [--pdf]`, `export-predictions PATH`,
-`cam [--method ...] [--selection ...]` (thin wrappers over workbench.report / exports / explain).
+`cam [--method ...] [--selection ...]` (thin wrappers over workbench.analysis.report.render / exports / explain).
 
 `export-predictions` is its own command: argparse has no public way to add a sub-command
 to the `export` parser that workbench/cli/core.py owns; `add_predictions_parser(exsub)`
@@ -12,10 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from workbench.catalog import SELECTIONS
 from workbench.cli import CliError
 from workbench.config import DEFAULT_CLIP_MODEL, Settings
-from workbench.explain import METHODS
+from workbench.explain.cam import METHODS
+from workbench.store.catalog import SELECTIONS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +62,8 @@ def add_predictions_parser(sub: argparse._SubParsersAction, name: str = "predict
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import session_scope
-    from workbench.report import PdfUnavailable, ReportOptions, html_to_pdf, write_report
+    from workbench.analysis.report.render import PdfUnavailable, ReportOptions, html_to_pdf, write_report
+    from workbench.store.db import session_scope
 
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise CliError(f"{args.out} should end in .html")
@@ -89,10 +89,11 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 def _cams_for_report(settings: Settings, options, n: int, model: str) -> None:  # noqa: ANN001
     """Cache EigenCAM and the toxic-class Grad-CAM of the top-n disagreement images; a model
     that cannot load is reported and the report is built without the overlays."""
-    from workbench.db import session_scope
-    from workbench.explain import CamRequest, CamStep
-    from workbench.jobs import JobBusy, run_step
-    from workbench.report import top_disagreement_ids
+    from workbench.analysis.report.render import top_disagreement_ids
+    from workbench.explain.cam import CamRequest, CamStep
+    from workbench.runs.lock import JobBusy
+    from workbench.runs.runner import run_step
+    from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
         ids = top_disagreement_ids(session, options)[:n]
@@ -110,8 +111,8 @@ def _cams_for_report(settings: Settings, options, n: int, model: str) -> None:  
 
 
 def cmd_export_predictions(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.db import session_scope
-    from workbench.exports import write_predictions
+    from workbench.store.db import session_scope
+    from workbench.store.predictions_csv import write_predictions
 
     with session_scope(settings.db_url) as session:
         n = write_predictions(session, args.path, args.runs)
@@ -120,10 +121,11 @@ def cmd_export_predictions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.catalog import image_ids
-    from workbench.db import session_scope
-    from workbench.explain import CamRequest, CamStep, class_prompts
-    from workbench.jobs import JobBusy, run_step
+    from workbench.explain.cam import CamRequest, CamStep, class_prompts
+    from workbench.runs.lock import JobBusy
+    from workbench.runs.runner import run_step
+    from workbench.store.catalog import image_ids
+    from workbench.store.db import session_scope
 
     prompts = class_prompts()
     if args.toxic_prompt:

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.images import load_rgb
-from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
 from workbench.ocr.base import OcrEngine, OcrOutput
-from workbench.schema import OcrResult, utcnow
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.images import load_rgb
+from workbench.store.schema import OcrResult, utcnow
 
 # Tesseract-based engines are CPU-bound, single-threaded and light: one per worker process.
 PARALLEL_ENGINES = ("tesseract", "accurate")

@@ -17,9 +17,9 @@ from PIL import Image as PILImage
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from workbench.images import load_rgb
-from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
-from workbench.schema import ModelRun, Prediction, utcnow
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.images import load_rgb
+from workbench.store.schema import ModelRun, Prediction, utcnow
 
 PREDICTION_SCHEMA_VERSION = 1  # bump when the meaning of stored predictions changes
 
@@ -27,7 +27,7 @@ PREDICTION_SCHEMA_VERSION = 1  # bump when the meaning of stored predictions cha
 @dataclass
 class PredictInput:
     image_id: int
-    image: PILImage.Image  # RGB, EXIF-oriented, first frame (workbench.images.load_rgb)
+    image: PILImage.Image  # RGB, EXIF-oriented, first frame (workbench.store.images.load_rgb)
     ocr_text: str = ""
 
 

@@ -7,8 +7,7 @@ prompts, softmax over the two classes -> prob_toxic, label by a threshold.
 - OCR text goes into every prompt when present («токсичный мем с текстом: «…»»), cut at a
   token boundary so the prompt fits the model's text context (77 tokens for CLIP).
 - Class prompts without OCR text are encoded once per (model, prompts) and cached.
-- `load_clip(model_id, device, dtype, cache_dir)` is the one cached loader; the
-  explainers (EigenCAM) and embeddings reuse it.
+- Models load through `workbench.models.clip.load_clip`, shared with embeddings and CAM.
 """
 
 from __future__ import annotations
@@ -17,12 +16,11 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from workbench.config import DEFAULT_CLIP_MODEL
-from workbench.errors import ModelUnavailable
-from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
+from workbench.models.clip import encode_images, encode_texts, load_clip, text_context
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
 
 CLASSES = ("toxic", "non_toxic")
 
@@ -46,124 +44,12 @@ OCR_TEMPLATE_EN = '{prompt} with the text: "{text}"'
 ELLIPSIS = "…"
 
 _CYRILLIC = re.compile(r"[\u0400-\u04FF]")
+_class_embeddings: dict[tuple[Any, ...], Any] = {}  # (model key, prompts) -> [classes, dim]
+_class_lock = threading.Lock()
 
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
-
-
-# ---------------------------------------------------------------------------- loading
-
-_models: dict[tuple[str, str, str, str | None], tuple[Any, Any]] = {}
-_class_embeddings: dict[tuple[Any, ...], Any] = {}  # (model key, prompts) -> [classes, dim]
-_models_lock = threading.Lock()
-
-
-def load_clip(model_id: str = DEFAULT_CLIP_MODEL, device: str = "auto", dtype: str = "auto",
-              cache_dir: str | None = None) -> tuple[Any, Any]:
-    """(model, processor) of a CLIP or SigLIP checkpoint (hub id or local folder), in eval
-    mode on the resolved device/dtype; loaded once per process per (id, device, dtype, cache).
-
-    `device`/`dtype` accept "auto" (see workbench.devices). Raises ModelUnavailable with the
-    id, the reason and how to supply the weights when it cannot load; ValueError for an
-    unavailable device."""
-    from workbench import devices
-
-    placement = devices.resolve(device, dtype)
-    if cache_dir is None:
-        from workbench.config import load_settings
-
-        cache_dir = load_settings().hf_cache_dir
-    key = (str(model_id), placement.device, placement.dtype, cache_dir)
-    with _models_lock:
-        if key not in _models:
-            _models[key] = _load(str(model_id), placement, cache_dir)
-        return _models[key]
-
-
-def _load(model_id: str, placement: Any, cache_dir: str | None) -> tuple[Any, Any]:
-    from workbench import devices, hub
-
-    looks_local = hub.is_local(model_id)
-    if looks_local and not Path(model_id).expanduser().is_dir():
-        raise ModelUnavailable(model_id, "this local folder does not exist",
-                               "Enter the path of a folder holding config.json and the weights, or a hub id.")
-    hub_kwargs = {} if looks_local else hub.load_kwargs(model_id)
-    try:
-        from transformers import AutoModel, AutoProcessor
-
-        path = str(Path(model_id).expanduser()) if looks_local else model_id
-        model = AutoModel.from_pretrained(path, dtype=placement.torch_dtype, cache_dir=cache_dir, **hub_kwargs)
-        processor = AutoProcessor.from_pretrained(path, cache_dir=cache_dir, **hub_kwargs)
-    except ModelUnavailable:
-        raise
-    except Exception as exc:  # noqa: BLE001 - hub/network/format problems all mean "cannot load"
-        raise ModelUnavailable(model_id, hub.offline_reason(hub_kwargs, _short_reason(exc))) from exc
-    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-        raise ModelUnavailable(model_id, f"it is a {type(model).__name__}, not a CLIP/SigLIP image-text model",
-                               "Choose a CLIP or SigLIP checkpoint (e.g. openai/clip-vit-large-patch14).")
-    if placement.device == "cpu":
-        devices.set_threads()
-    model = model.to(placement.device).eval()
-    return model, processor
-
-
-def _short_reason(exc: Exception) -> str:
-    text = " ".join(str(exc).split()).rstrip(".")
-    return f"{type(exc).__name__}: {text[:400]}{'…' if len(text) > 400 else ''}"
-
-
-def clear_cache() -> None:
-    """Forget loaded models (tests, or freeing memory)."""
-    with _models_lock:
-        _models.clear()
-        _class_embeddings.clear()
-
-
-def _features(out: Any) -> Any:
-    """transformers 5 returns a ModelOutput from get_*_features; older versions a tensor."""
-    return out if hasattr(out, "norm") else out.pooler_output
-
-
-def text_context(model: Any, processor: Any) -> int:
-    """Tokens the text tower takes (77 for CLIP, 64 for SigLIP)."""
-    limit = int(getattr(model.config.text_config, "max_position_embeddings", 77))
-    tok_limit = getattr(processor.tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
-        limit = tok_limit
-    return limit
-
-
-def _pads_to_max(model: Any) -> bool:
-    # SigLIP was trained on max-length padded text and has no attention mask: pad the same way.
-    return str(model.config.model_type).startswith("siglip")
-
-
-def encode_texts(model: Any, processor: Any, texts: list[str]) -> Any:
-    """L2-normalised text embeddings (float32, on CPU), truncated to the text context."""
-    import torch
-
-    tokenizer = processor.tokenizer
-    enc = tokenizer(texts, padding="max_length" if _pads_to_max(model) else True, truncation=True,
-                    max_length=text_context(model, processor), return_tensors="pt")
-    inputs = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    if _pads_to_max(model):
-        inputs.pop("attention_mask", None)
-    with torch.inference_mode():
-        emb = _features(model.get_text_features(**inputs)).float().cpu()
-    return torch.nn.functional.normalize(emb, dim=-1)
-
-
-def encode_images(model: Any, processor: Any, images: list[Any]) -> Any:
-    """L2-normalised image embeddings (float32, on CPU)."""
-    import torch
-
-    pixel = processor.image_processor(images=images, return_tensors="pt")
-    inputs = {k: (v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device))
-              for k, v in pixel.items()}
-    with torch.inference_mode():
-        emb = _features(model.get_image_features(**inputs)).float().cpu()
-    return torch.nn.functional.normalize(emb, dim=-1)
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -223,7 +109,7 @@ class ClipPredictor(Predictor):
                  prompt_set: str = "ru+en", toxic_prompts: str | list[str] = "", non_toxic_prompts: str | list[str] = "",
                  use_ocr: bool = True, ocr_template: str = "auto", threshold: float = 0.5,
                  cache_dir: str | None = None) -> None:
-        from workbench import devices
+        from workbench.models import devices
 
         self.model_name = str(model).strip() or DEFAULT_CLIP_MODEL
         self.placement = devices.resolve(device, dtype)  # ValueError for a device that is not here
@@ -281,11 +167,11 @@ class ClipPredictor(Predictor):
         if self._class_emb is None:
             key = (self.model_name, self.placement.device, self.placement.dtype, self.cache_dir,
                    json.dumps(self.prompts, sort_keys=True, ensure_ascii=False))
-            with _models_lock:
+            with _class_lock:
                 cached = _class_embeddings.get(key)
             if cached is None:
                 cached = self._ensemble([self.prompts[c] for c in CLASSES])
-                with _models_lock:
+                with _class_lock:
                     _class_embeddings[key] = cached
             self._class_emb = cached
         return self._class_emb

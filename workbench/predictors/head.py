@@ -20,15 +20,28 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
-from workbench.embeddings import ClipImageEmbedder, ClipTextEmbedder, Embedder, VlmPooledEmbedder, load_embeddings
-from workbench.heads import (
-    FEATURE_SETS, HEAD_MODELS, HeadConfig, HeadError, TrainedHead, compose_features, cross_validate, load_head,
+from workbench.features.embeddings import (
+    ClipImageEmbedder,
+    ClipTextEmbedder,
+    Embedder,
+    VlmPooledEmbedder,
+    load_embeddings,
+)
+from workbench.features.head_training import (
+    FEATURE_SETS,
+    HEAD_MODELS,
+    HeadConfig,
+    HeadError,
+    TrainedHead,
+    compose_features,
+    cross_validate,
+    load_head,
     save_head,
 )
-from workbench.jobs import fingerprint
 from workbench.predictors.base import Option, PredictInput
-from workbench.predictors.trained import Fitted, OutOfFoldPredictor, labeled_arrays
-from workbench.schema import Image
+from workbench.predictors.out_of_fold import Fitted, OutOfFoldPredictor, labeled_arrays
+from workbench.runs.step import fingerprint
+from workbench.store.schema import Image
 
 HEAD_FEATURES = (*FEATURE_SETS, "vlm")  # 'vlm' = the VLM's mean-pooled last hidden state
 
@@ -181,7 +194,7 @@ class HeadPredictor(OutOfFoldPredictor):
 
 def saved_heads(root: Path | None = None) -> list[dict[str, Any]]:
     """Heads saved under artefacts/heads (newest first): folder, features, head, metrics."""
-    from workbench.heads import read_head_info
+    from workbench.features.head_training import read_head_info
 
     root = root or heads_dir()
     out = []
@@ -202,7 +215,7 @@ def copy_head(source: Path, destination: Path) -> Path:
     """Copy a saved head (head.json + head.safetensors) to `destination` (a new or empty folder)."""
     import shutil
 
-    from workbench.heads import CONFIG_FILE, WEIGHTS_FILE, read_head_info
+    from workbench.features.head_training import CONFIG_FILE, WEIGHTS_FILE, read_head_info
 
     read_head_info(source)  # refuses a folder that holds no head
     destination = Path(destination).expanduser()
@@ -216,7 +229,7 @@ def copy_head(source: Path, destination: Path) -> Path:
 
 def predictor_for_saved_head(directory: Path) -> HeadPredictor:
     """A head predictor that predicts with the saved head in `directory`, on the features it was trained on."""
-    from workbench.heads import read_head_info
+    from workbench.features.head_training import read_head_info
 
     info = read_head_info(Path(directory))
     fm = info.get("feature_model") or {}

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from workbench.errors import ModelUnavailable
-from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
 
 # NudeNet's exposed classes that make an image unsafe ("sexual"); "all" adds the rest of
 # the *_EXPOSED classes (feet, armpits, belly, male breast), which are rarely a problem.

@@ -10,7 +10,7 @@ import numpy as np
 
 from workbench.config import DEFAULT_TEXT_TOXICITY_MODEL
 from workbench.errors import ModelUnavailable
-from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
 
 NEUTRAL_NAMES = ("non-toxic", "non_toxic", "nontoxic", "not toxic", "neutral", "normal", "ok", "safe", "clean")
 _models: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
@@ -25,7 +25,7 @@ def load_classifier(model_id: str, dtype: str = "float32", cache_dir: str | None
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            from workbench import hub
+            from workbench.models import hub
 
             hub_kwargs = hub.load_kwargs(model_id)
             try:

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from workbench.predictors.base import Option, PredictInput
-from workbench.predictors.trained import Fitted, OutOfFoldPredictor, labeled_arrays
+from workbench.predictors.out_of_fold import Fitted, OutOfFoldPredictor, labeled_arrays
 
 
 def _text_hash(text: str) -> str:
@@ -47,7 +47,7 @@ class TfidfPredictor(OutOfFoldPredictor):
                 "seed": self.seed, "max_features": self.max_features}
 
     def collect(self, session: Session, labels: dict[int, str]) -> str:
-        from workbench.texts import best_texts
+        from workbench.store.ocr_texts import best_texts
 
         found = best_texts(session, sorted(labels))
         self.texts = {i: found.get(i, "") for i in labels}
@@ -67,7 +67,7 @@ class TfidfPredictor(OutOfFoldPredictor):
     def fit(self) -> Fitted:
         import time
 
-        from workbench.heads import HeadError, binary_metrics, stratified_folds
+        from workbench.features.head_training import HeadError, binary_metrics, stratified_folds
 
         ids = sorted(self.labels)
         y = labeled_arrays(self.labels, ids)

@@ -15,17 +15,21 @@ Models load lazily, once per process per (model, device, dtype, quantization).
 
 from __future__ import annotations
 
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from workbench.config import DEFAULT_VLM_MODEL
-from workbench.errors import ModelUnavailable
-from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
+from workbench.models.vlm import is_loaded, load_vlm
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
 from workbench.predictors.vlm_parse import parse_answer
 from workbench.predictors.vlm_prompt import (
-    COMMON_OPTIONS, MODE_LABEL, MODES, prob_toxic, render_prompt, set_common_options, word_variants,
+    COMMON_OPTIONS,
+    MODE_LABEL,
+    MODES,
+    prob_toxic,
+    render_prompt,
+    set_common_options,
+    word_variants,
 )
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -44,9 +48,6 @@ LOCAL_OPTIONS: tuple[Option, ...] = (
     Option("batch_size", 4, "images per forward/generate call (left-padded)", "int"),
 )
 
-_models: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
-_models_lock = threading.Lock()
-
 
 class LocalVlmPredictor(Predictor):
     """Qwen2.5-VL-style model through transformers' AutoModelForImageTextToText."""
@@ -60,7 +61,7 @@ class LocalVlmPredictor(Predictor):
                  answer_prefix: str, use_ocr_text: bool, max_new_tokens: int, threshold: float,
                  device: str, dtype: str, quantization: str, min_pixels: int, max_pixels: int,
                  batch_size: int) -> None:
-        from workbench import devices
+        from workbench.models import devices
 
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (got {quantization!r})")
@@ -101,16 +102,16 @@ class LocalVlmPredictor(Predictor):
     # ----------------------------------------------------------------- loading
 
     def load(self) -> None:
-        from workbench import devices
+        from workbench.models import devices
 
         devices.set_threads()
         load_vlm(self.model_name, self.placement.device, self.placement.dtype, self.quantization)
         self._class_ids = None
 
     def _loaded(self) -> tuple[Any, Any]:
-        if self._cache_key() not in _models:
+        if not is_loaded(*self._cache_key()):
             self.load()
-        return _models[self._cache_key()]
+        return load_vlm(*self._cache_key())
 
     # ----------------------------------------------------------------- predicting
 
@@ -222,72 +223,6 @@ def _class_token_ids(tokenizer: Any, toxic_word: str, non_toxic_word: str) -> tu
     tox, non = first_ids(toxic_word), first_ids(non_toxic_word)
     shared = tox & non
     return sorted(tox - shared), sorted(non - shared)
-
-
-def _load(model_id: str, device: str, dtype: str, quantization: str) -> tuple[Any, Any]:
-    """(model, processor) from a hub id or local folder; ModelUnavailable when impossible."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from workbench import hub
-    from workbench.config import load_settings
-
-    if hub.is_local(model_id) and not Path(model_id).expanduser().is_dir():
-        raise ModelUnavailable(model_id, "no such folder", "Enter the folder that holds config.json and the "
-                               "weights (or a Hugging Face id such as Qwen/Qwen2.5-VL-3B-Instruct).")
-    cache_dir = load_settings().hf_cache_dir
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
-    if cache_dir:
-        kwargs["cache_dir"] = cache_dir
-    if quantization != "none":
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError as exc:
-            raise ModelUnavailable(model_id, f"{quantization} loading needs bitsandbytes ({exc})",
-                                   "Install it on the GPU machine: pip install bitsandbytes") from None
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit",
-            bnb_4bit_compute_dtype=getattr(torch, dtype), bnb_4bit_quant_type="nf4")
-        kwargs["device_map"] = device
-    hub_kwargs = hub.load_kwargs(model_id)
-    kwargs.update(hub_kwargs)
-    try:
-        processor = AutoProcessor.from_pretrained(model_id, **({"cache_dir": cache_dir} if cache_dir else {}),
-                                                  **hub_kwargs)
-        model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any loading failure becomes the one clear error
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        reason = f"{type(exc).__name__}: {first_line}".rstrip(". ")
-        raise ModelUnavailable(model_id, hub.offline_reason(hub_kwargs, reason)) from None
-    if getattr(processor, "chat_template", None) is None:
-        raise ModelUnavailable(model_id, "its processor has no chat template (not an instruction-tuned VLM?)",
-                               "Use an -Instruct checkpoint such as Qwen/Qwen2.5-VL-3B-Instruct.")
-    if quantization == "none":
-        model = model.to(device)
-    processor.tokenizer.padding_side = "left"  # batched generation continues every row at its end
-    return model.eval(), processor
-
-
-def load_vlm(model_id: str, device: str = "auto", dtype: str = "auto", quantization: str = "none") -> tuple[Any, Any]:
-    """(model, processor) for `model_id`, loaded once per process per placement and shared by
-    every user (moderation runs, embeddings). Raises ModelUnavailable."""
-    from workbench import devices
-
-    placement = devices.resolve(device, dtype)
-    key = (model_id, placement.device, placement.dtype, quantization)
-    with _models_lock:
-        if key not in _models:
-            _models[key] = _load(*key)
-        return _models[key]
-
-
-def register_loaded(predictor: LocalVlmPredictor, model: Any, processor: Any) -> None:
-    """Put an already built (model, processor) into the cache under `predictor`'s config:
-    for benchmarks that build the exact architecture in memory instead of from a folder."""
-    processor.tokenizer.padding_side = "left"
-    with _models_lock:
-        _models[predictor._cache_key()] = (model.eval(), processor)
 
 
 def make_vlm_predictor(**options: Any) -> Predictor:

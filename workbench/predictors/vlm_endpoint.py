@@ -23,10 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from workbench.errors import ModelUnavailable
-from workbench.predictors.base import Option, PredictInput, PredictOutput, Predictor
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
 from workbench.predictors.vlm_parse import parse_answer
 from workbench.predictors.vlm_prompt import (
-    COMMON_OPTIONS, MODE_LABEL, prob_from_top_logprobs, prob_toxic, render_prompt, set_common_options,
+    COMMON_OPTIONS,
+    MODE_LABEL,
+    prob_from_top_logprobs,
+    prob_toxic,
+    render_prompt,
+    set_common_options,
 )
 
 LABEL_MODE_MAX_TOKENS = 16  # «Класс: нейтральный» and a little slack

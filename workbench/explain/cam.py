@@ -41,9 +41,9 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.images import load_rgb, sha256_file
-from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
-from workbench.schema import Image
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.images import load_rgb, sha256_file
+from workbench.store.schema import Image
 
 CAM_VERSION = 1  # bump when the meaning of a stored map changes
 METHODS = ("eigencam", "gradcam", "layercam")
@@ -72,11 +72,11 @@ class CamRequest:
     method: str = "eigencam"
     prompts: tuple[str, ...] = ()
     target: int = 0
-    dtype: str = "auto"  # resolved on creation (workbench.devices), so the cache key is concrete
+    dtype: str = "auto"  # resolved on creation (workbench.models.devices), so the cache key is concrete
 
     def __post_init__(self) -> None:
         if self.dtype == "auto":
-            from workbench import devices
+            from workbench.models import devices
 
             object.__setattr__(self, "dtype", devices.resolve("auto", "auto").dtype)
         if self.method not in METHODS:
@@ -232,7 +232,7 @@ def text_embeddings(clip: Any, processor: Any, prompts: Sequence[str]) -> Any:
     """One L2-normalised float32 embedding per class prompt (lines of a prompt averaged, as the
     CLIP predictor's ensembles), on the model's device, without gradients; cached per model."""
     torch = _torch()
-    from workbench.predictors.clip import encode_texts
+    from workbench.models.clip import encode_texts
 
     per_model = _text_cache.setdefault(clip, {})
     key = tuple(prompts)
@@ -339,7 +339,7 @@ ModelLoader = Callable[[CamRequest], tuple[Any, Any]]
 def load_clip_for(request: CamRequest) -> tuple[Any, Any]:
     """(model, processor) for the request, through the CLIP predictor's cached loader
     (one load per model and dtype per process; ModelUnavailable when it cannot load)."""
-    from workbench.predictors.clip import load_clip
+    from workbench.models.clip import load_clip
 
     return load_clip(request.model, device="auto", dtype=request.dtype)
 

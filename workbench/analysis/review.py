@@ -1,6 +1,6 @@
 """Disagreement review: where two runs and the people part ways.
 
-Plain queries over the outcomes in workbench.outcomes:
+Plain queries over the outcomes in workbench.analysis.outcomes:
 - the 2x2 of run A right/wrong x run B right/wrong (vs the human consensus) with the
   exact McNemar p-value, and the images behind each cell;
 - "A and B agree but both differ from the human": candidates for label errors;
@@ -27,11 +27,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.labels import consensus_from, current_labels
-from workbench.metrics import McNemar, mcnemar_from_table
-from workbench.outcomes import RunData, paired_arrays
-from workbench.schema import Image, Prediction
-from workbench.texts import best_texts
+from workbench.analysis.metrics import McNemar, mcnemar_from_table
+from workbench.analysis.outcomes import RunData, paired_arrays
+from workbench.store.labels import consensus_from, current_labels
+from workbench.store.ocr_texts import best_texts
+from workbench.store.schema import Image, Prediction
 
 CELLS = ("both right", "A right, B wrong", "A wrong, B right", "both wrong")
 AGREE_WRONG = "A and B agree, both differ from human"

@@ -14,8 +14,8 @@ Rules the builder keeps:
   few hundred points (a training chart's folds share a few hundred); top-N lists; small
   JPEG thumbnails; capped runs, pairs and trained runs.
 
-The numbers come from workbench.outcomes / workbench.metrics / workbench.review; nothing
-here computes a metric. CAM overlays are read from the cache (workbench.explain), never
+The numbers come from workbench.analysis.outcomes / workbench.analysis.metrics / workbench.analysis.review; nothing
+here computes a metric. CAM overlays are read from the cache (workbench.explain.cam), never
 computed, so building a report needs no model.
 """
 
@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import Settings
-from workbench.schema import ModelRun
+from workbench.store.schema import ModelRun
 
 REPORT_TITLE = "VLMemes Workbench report"
 METRIC_ROWS = ("accuracy", "precision", "recall", "f1", "accuracy_strict", "coverage", "roc_auc", "average_precision")
@@ -100,7 +100,7 @@ def _data_uri(image: PILImage.Image, max_px: int, quality: int = 70) -> str:
 
 def _thumbnail(settings: Settings, sha256: str, rel_path: str, max_px: int) -> str | None:
     """A small embedded JPEG of the meme, or None when its file cannot be read."""
-    from workbench.images import ensure_thumbnail
+    from workbench.store.images import ensure_thumbnail
 
     try:
         path = ensure_thumbnail(settings.thumbnails_dir, sha256, settings.memes_dir / rel_path)
@@ -194,8 +194,8 @@ def confusion_table(matrix: list[list[int]]) -> str:
 
 
 def _dataset_section(session: Session) -> str:
-    from workbench.catalog import stats
-    from workbench.outcomes import annotator_agreement
+    from workbench.analysis.outcomes import annotator_agreement
+    from workbench.store.catalog import stats
 
     counts = stats(session)
     agreement = annotator_agreement(session)
@@ -267,7 +267,7 @@ def _run_section(data: Any, run_row: ModelRun | None, options: ReportOptions) ->
 
 
 def _pairs_section(datas: list[Any], options: ReportOptions) -> str:
-    from workbench.outcomes import compare
+    from workbench.analysis.outcomes import compare
 
     chosen = datas[: options.max_pair_runs]
     out = ["<section><h2>Pairwise comparison (exact McNemar)</h2>",
@@ -287,8 +287,8 @@ def _pairs_section(datas: list[Any], options: ReportOptions) -> str:
 
 
 def _cam_figures(settings: Settings, sha256: str, rel_path: str, max_px: int) -> list[str]:
-    from workbench.explain import cached_cams, cached_overlays
-    from workbench.images import load_rgb
+    from workbench.explain.cam import cached_cams, cached_overlays
+    from workbench.store.images import load_rgb
 
     if not cached_cams(settings.artefacts_dir, sha256):
         return []
@@ -303,15 +303,15 @@ def _cam_figures(settings: Settings, sha256: str, rel_path: str, max_px: int) ->
 
 def top_disagreements(datas: list[Any], top_n: int) -> list[Any]:
     """Labeled images at least one run contradicts, most confident contradictions first
-    (workbench.review's label-issue score), at most `top_n`."""
-    from workbench.review import suspected_label_issues
+    (workbench.analysis.review's label-issue score), at most `top_n`."""
+    from workbench.analysis.review import suspected_label_issues
 
     return [x for x in suspected_label_issues(datas, min_score=0.0) if x.n_contradicting > 0][:top_n]
 
 
 def top_disagreement_ids(session: Session, options: ReportOptions | None = None) -> list[int]:
     """Image ids of the report's disagreement cards (e.g. to compute their CAMs first)."""
-    from workbench.outcomes import list_runs, load_runs
+    from workbench.analysis.outcomes import list_runs, load_runs
 
     options = options or ReportOptions()
     runs = sorted((r for r in list_runs(session, options.run_ids) if r.n_predictions > 0), key=lambda r: r.id)
@@ -320,7 +320,7 @@ def top_disagreement_ids(session: Session, options: ReportOptions | None = None)
 
 
 def _disagreements_section(session: Session, settings: Settings, datas: list[Any], options: ReportOptions) -> str:
-    from workbench.review import cards
+    from workbench.analysis.review import cards
 
     issues = top_disagreements(datas, options.top_n)
     out = ["<section><h2>Top disagreements with the human labels</h2>",
@@ -374,7 +374,7 @@ MAX_CURVE_FOLDS = len(SERIES_COLORS)
 
 def training_report(settings: Settings, fingerprint: str) -> dict[str, Any] | None:
     """The training report a head / TF-IDF run wrote (artefacts/training/<fingerprint>.json,
-    see workbench.predictors.trained), read under *these* settings' artefacts dir; None if
+    see workbench.predictors.out_of_fold), read under *these* settings' artefacts dir; None if
     absent or unreadable."""
     path = settings.artefacts_dir / "training" / f"{fingerprint}.json"
     try:
@@ -501,10 +501,10 @@ section.run{border-top:1px solid #eee;margin-top:1.5em}
 
 def build_report(session: Session, settings: Settings, options: ReportOptions | None = None) -> str:
     """The report as one HTML string (see the module docstring)."""
-    from workbench.outcomes import list_runs, load_runs, load_truth
+    from workbench.analysis.outcomes import list_runs, load_runs, load_truth
 
     options = options or ReportOptions()
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs = [r for r in list_runs(session, options.run_ids) if r.n_predictions > 0]
     runs.sort(key=lambda r: r.id)
     shown = runs[: options.max_runs]
@@ -606,7 +606,7 @@ def html_to_pdf(html_text: str, out: Path, timeout_s: float = 120.0) -> Path:
 
 def report_html(settings: Settings, options: ReportOptions | None = None) -> str:
     """The report built in its own session (for download buttons that run off the page thread)."""
-    from workbench.db import session_scope
+    from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
         return build_report(session, settings, options)

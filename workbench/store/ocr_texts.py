@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.schema import OcrResult
+from workbench.store.schema import OcrResult
 
 MANUAL_ENGINE = "manual"
 

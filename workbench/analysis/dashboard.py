@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from workbench.metrics import DEFAULT_N_BOOT, HEADLINE, Evaluation
-from workbench.outcomes import (
+from workbench.analysis.metrics import DEFAULT_N_BOOT, HEADLINE, Evaluation
+from workbench.analysis.outcomes import (
     RunData,
     breakdown,
     compare,

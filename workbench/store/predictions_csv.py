@@ -2,7 +2,7 @@
 
 Columns: filename (relative to the memes dir), human_label (consensus, '' when unlabeled),
 run_id, model, label (toxic | non_toxic | unknown), prob_toxic, explanation, error.
-Every text cell goes through `workbench.annotations.neutralise_cell`, so a filename or
+Every text cell goes through `workbench.store.annotations.neutralise_cell`, so a filename or
 model explanation starting with = + - @ cannot run as a spreadsheet formula.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.annotations import neutralise_cell
-from workbench.labels import consensus_labels
-from workbench.schema import Image, ModelRun, Prediction
+from workbench.store.annotations import neutralise_cell
+from workbench.store.labels import consensus_labels
+from workbench.store.schema import Image, ModelRun, Prediction
 
 PREDICTION_COLUMNS = ("filename", "human_label", "run_id", "model", "label", "prob_toxic", "explanation", "error")
 

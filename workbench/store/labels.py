@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workbench.config import LABELS, SYSTEM_ANNOTATORS
-from workbench.schema import Image, Label, Setting, utcnow
+from workbench.store.schema import Image, Label, Setting, utcnow
 
 
 class LabelError(ValueError):

@@ -3,7 +3,7 @@ dashboard and the CLI build on: runs listing, evaluations, per-folder/source bre
 latency, pairwise comparisons.
 
 Outcomes are computed on read (not stored), from `predictions` and
-workbench.labels.consensus_labels, so a relabel shows up at once. The population of a
+workbench.store.labels.consensus_labels, so a relabel shows up at once. The population of a
 run is every present labeled image plus every image the run predicted:
 
     TP / FP / FN / TN   labeled, and the run said toxic/non_toxic (toxic is positive)
@@ -24,19 +24,19 @@ import numpy as np
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from workbench.labels import CurrentLabel, consensus_from, consensus_labels, current_labels
-from workbench.metrics import (
+from workbench.analysis.metrics import (
     DEFAULT_N_BOOT,
     PRED_CODES,
     TRUE_CODES,
     Evaluation,
-    cohen_kappa,
     McNemar,
+    cohen_kappa,
     evaluate_codes,
     kappa_from_confusion,
     mcnemar_from_table,
 )
-from workbench.schema import Image, Label, ModelRun, Prediction
+from workbench.store.labels import CurrentLabel, consensus_from, consensus_labels, current_labels
+from workbench.store.schema import Image, Label, ModelRun, Prediction
 
 OUTCOMES = ("TP", "FP", "FN", "TN", "unknown", "failed", "missing", "unlabeled")
 # Confusion-heatmap columns: the two classes, then "no class" (unknown, failed or missing).
@@ -65,6 +65,12 @@ class RunInfo:
         out = dict(self.__dict__)
         out["created_at"] = self.created_at.isoformat() if self.created_at else None
         return out
+
+
+def run_params(session: Session, run_id: int) -> dict[str, Any]:
+    """A run's exact configuration (prompts included); empty when there is no such run."""
+    run = session.get(ModelRun, run_id)
+    return dict(run.params or {}) if run else {}
 
 
 def list_runs(session: Session, run_ids: Sequence[int] | None = None) -> list[RunInfo]:

@@ -32,18 +32,31 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, LargeBinary, Table, create_engine, event, func, insert, select, text
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    Table,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from workbench.annotations import export_annotations
-from workbench.db import normalize_url
-from workbench.images import sha256_file
-from workbench.schema import Base
+from workbench.store.annotations import export_annotations
+from workbench.store.db import normalize_url
+from workbench.store.images import sha256_file
+from workbench.store.schema import Base
 
 FORMAT = "vlmemes-workbench-backup"
 FORMAT_VERSION = 1
@@ -109,8 +122,8 @@ def _to_json_value(value: Any, column_type: Any) -> Any:
         return None
     if isinstance(column_type, DateTime):
         if value.tzinfo is None:  # SQLite hands back naive UTC
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat()
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat()
     if isinstance(column_type, LargeBinary):
         return base64.b64encode(bytes(value)).decode("ascii")
     return value
@@ -319,7 +332,7 @@ def backup(
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "schema_revision": _schema_revision(session),
             "counts": report.counts,
             "tables": {name: f"{name}.{fmt}" for name, fmt in TABLES if name in report.counts},

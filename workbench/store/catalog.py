@@ -9,8 +9,9 @@ from pathlib import Path
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from workbench.labels import consensus_labels
-from workbench.schema import Image, Label, ModelRun, OcrResult, Prediction
+from workbench.store.labels import CurrentLabel, consensus_from, consensus_labels, current_labels, label_history
+from workbench.store.ocr_texts import best_text
+from workbench.store.schema import Image, Label, ModelRun, OcrResult, Prediction
 
 SELECTIONS = ("all", "unlabeled", "labeled", "toxic", "non_toxic")
 
@@ -169,3 +170,38 @@ def image_predictions(session: Session, image_id: int) -> list[RunPrediction]:
         .order_by(ModelRun.created_at, ModelRun.id)
     ).all()
     return [RunPrediction(r[0], r[1] or r[3], *r[2:]) for r in rows]
+
+
+def image_card(session: Session, image_id: int) -> ImageCard | None:
+    """One present image as a card (consensus label included), or None when unknown or missing."""
+    image = session.get(Image, image_id)
+    if image is None or image.missing:
+        return None
+    return ImageCard(image.id, image.path, image.sha256, image.folder, consensus_labels(session, [image.id]).get(image.id))
+
+
+@dataclass(frozen=True)
+class MemeView:
+    """Everything the Label page shows about one meme, read in one call."""
+
+    id: int
+    path: str
+    missing: bool
+    current: list[CurrentLabel]  # each annotator's latest label, oldest first
+    consensus: str | None
+    history: list[Label]  # every label row, undone ones included
+    ocr_text: str
+    predictions: list[RunPrediction]
+
+    def label_of(self, annotator: str | None) -> str | None:
+        return next((c.label for c in self.current if c.annotator == annotator), None)
+
+
+def meme_view(session: Session, image_id: int) -> MemeView | None:
+    """The Label page's view of one meme, or None when there is no such image."""
+    image = session.get(Image, image_id)
+    if image is None:
+        return None
+    current = sorted(current_labels(session, [image_id]), key=lambda c: c.label_id)
+    return MemeView(image.id, image.path, bool(image.missing), current, consensus_from(current),
+                    label_history(session, image_id), best_text(session, image_id), image_predictions(session, image_id))

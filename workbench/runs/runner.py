@@ -13,182 +13,21 @@ Guarantees, for every step alike:
 
 from __future__ import annotations
 
-import hashlib
-import json
+import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
-
-import multiprocessing
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.db import get_sessionmaker
-from workbench.schema import Image, Job, utcnow
-
-STALE_AFTER = timedelta(minutes=10)
-
-
-def fingerprint(obj: Any, length: int = 16) -> str:
-    """A stable short hash of a JSON-able config (keys sorted)."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
-
-
-@dataclass
-class WorkItem:
-    """One image handed to a step: its id, absolute path and best OCR text ('' if none)."""
-
-    image_id: int
-    path: Path
-    ocr_text: str = ""
-
-
-@dataclass
-class ItemResult:
-    """What a step produced for one image: a step-specific `value`, or an `error`."""
-
-    image_id: int
-    value: Any = None
-    error: str | None = None
-    duration_ms: float | None = None
-
-
-class Step:
-    """Base of every runnable step. Subclasses set kind/name and implement
-    `fingerprint`, `done_ids`, `process` and `save`; `load` does heavy set-up once per
-    process; `begin`/`finish` bracket a job (e.g. create/close a model_runs row)."""
-
-    kind: ClassVar[str] = "step"
-    name: str = "step"
-    needs_ocr_text: bool = False
-    # CPU-bound steps that are safe to run in worker processes set this.
-    parallel_ok: bool = False
-
-    def fingerprint(self) -> str:
-        """Identity of this step's config: results are stored and skipped under it."""
-        raise NotImplementedError
-
-    def begin(self, session: Session) -> int | None:
-        """Called once before work; may return a model_runs id stored on the job."""
-        return None
-
-    def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
-        """Images among `image_ids` that already have a successful result."""
-        raise NotImplementedError
-
-    def load(self) -> None:
-        """Heavy initialisation (load a model). May raise workbench.errors.ModelUnavailable."""
-
-    def process(self, items: list[WorkItem]) -> list[ItemResult]:
-        """Compute results for a batch; must return one ItemResult per item, errors included."""
-        raise NotImplementedError
-
-    def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
-        """Store a batch's results (upsert: one row per image and fingerprint)."""
-        raise NotImplementedError
-
-    def finish(self, session: Session, status: str) -> None:
-        """Called once after work with the job's final status."""
-
-
-@dataclass
-class Progress:
-    total: int
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def processed(self) -> int:
-        return self.done + self.failed
-
-    @property
-    def todo(self) -> int:
-        return self.total - self.skipped
-
-    @property
-    def rate(self) -> float:
-        """Images per second over this job so far."""
-        elapsed = time.monotonic() - self.started
-        return self.processed / elapsed if elapsed > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        rate = self.rate
-        return (self.todo - self.processed) / rate if rate > 0 else None
-
-    @property
-    def fraction(self) -> float:
-        return 1.0 if self.todo == 0 else min(1.0, self.processed / self.todo)
-
-    def describe(self) -> str:
-        eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None and self.processed < self.todo else ""
-        return (
-            f"{self.processed}/{self.todo} processed ({self.failed} failed, {self.skipped} already done)"
-            f" · {self.rate:.2f} img/s{eta}"
-        )
-
-
-@dataclass
-class JobSummary:
-    job_id: int
-    status: str  # done | failed | cancelled
-    total: int
-    done: int
-    skipped: int
-    failed: int
-    run_id: int | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    errors: list[tuple[int, str]] = field(default_factory=list)  # first few per-item errors
-
-    def describe(self) -> str:
-        text = f"{self.status}: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} in {self.seconds:.1f} s"
-        return text + (f" — {self.error}" if self.error else "")
-
-
-class JobBusy(RuntimeError):
-    """Another heavy job holds the lock."""
-
-
-@contextmanager
-def heavy_job_lock(lock_dir: Path) -> Iterator[None]:
-    """One heavy job at a time per artefacts dir (advisory flock; released on process death)."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / ".job.lock"
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock, run anyway
-        yield
-        return
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise JobBusy(f"another job is running ({holder}); wait for it or cancel it first") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since {datetime.now().isoformat(timespec='seconds')}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
+from workbench.runs.lock import heavy_job_lock
+from workbench.runs.step import ItemResult, JobSummary, Progress, Step, WorkItem
+from workbench.store.db import get_sessionmaker
+from workbench.store.schema import Image, Job, utcnow
 
 # Worker-process side of the pool: the step is loaded once per worker.
 _worker_step: Step | None = None
@@ -227,7 +66,7 @@ def _work_items(session: Session, ids: list[int], memes_dir: Path, with_text: bo
     paths = {i: memes_dir / p for i, p in rows}
     texts: dict[int, str] = {}
     if with_text:
-        from workbench.texts import best_texts
+        from workbench.store.ocr_texts import best_texts
 
         texts = best_texts(session, ids)
     return [WorkItem(i, paths[i], texts.get(i, "")) for i in ids if i in paths]
@@ -377,43 +216,3 @@ def _close_job(Session_, step: Step, job_id: int, progress: Progress, status: st
             job.finished_at = utcnow()
         step.finish(session, status)
         session.commit()
-
-
-def job_status(job: Job, now: datetime | None = None) -> str:
-    """The job's status, with a 'running' job whose process is gone shown as 'interrupted'."""
-    if job.status != "running":
-        return job.status
-    now = now or datetime.now(timezone.utc)
-    beat = job.heartbeat_at or job.started_at
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=timezone.utc)
-    if job.pid and not _pid_alive(job.pid):
-        return "interrupted"
-    if now - beat > STALE_AFTER:
-        return "interrupted"
-    return "running"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def list_jobs(session: Session, limit: int = 50, step_kind: str | None = None) -> list[dict[str, Any]]:
-    """Recent jobs as plain dicts (newest first) for tables in the UI and CLI."""
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
-    if step_kind:
-        query = query.where(Job.step_kind == step_kind)
-    rows = []
-    for job in session.scalars(query):
-        rows.append({
-            "job": job.id, "step": job.step_kind, "name": job.step_name, "run": job.run_id,
-            "status": job_status(job), "total": job.total, "done": job.done, "skipped": job.skipped,
-            "failed": job.failed, "started": job.started_at, "finished": job.finished_at, "error": job.error,
-        })
-    return rows

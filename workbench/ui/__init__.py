@@ -14,9 +14,11 @@ from pathlib import Path
 import streamlit as st
 from sqlalchemy.orm import Session
 
-from workbench import db
 from workbench.config import Settings, load_settings
-from workbench.jobs import JobBusy, JobSummary, Progress, Step, run_step
+from workbench.runs.lock import JobBusy
+from workbench.runs.runner import run_step
+from workbench.runs.step import JobSummary, Progress, Step
+from workbench.store import db
 
 APP_TITLE = "VLMemes Workbench"
 
@@ -98,7 +100,7 @@ def _navigation() -> None:
 
 
 def _annotator_sidebar(settings: Settings) -> str:
-    from workbench.labels import get_setting, set_setting
+    from workbench.store.labels import get_setting, set_setting
 
     if "annotator" not in st.session_state:
         with db.session_scope(settings.db_url) as session:
@@ -173,7 +175,7 @@ def show_job_summary(summary: JobSummary) -> None:
 
 def thumbnail(ctx: Ctx, sha256: str, rel_path: str) -> Path | None:
     """Cached thumbnail path for display (None when the file is unreadable)."""
-    from workbench.images import ensure_thumbnail
+    from workbench.store.images import ensure_thumbnail
 
     try:
         return ensure_thumbnail(ctx.settings.thumbnails_dir, sha256, ctx.settings.memes_dir / rel_path)

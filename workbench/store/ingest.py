@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import FOLDER_LABELS, LABEL_FOLDERS, LABELS
-from workbench.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
-from workbench.labels import add_label, current_labels
-from workbench.schema import Image, Label
+from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
+from workbench.store.labels import add_label, current_labels
+from workbench.store.schema import Image, Label
 
 FOLDER_ANNOTATOR = "folder"
 UPLOAD_FOLDER = "uploads"

@@ -25,9 +25,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
-from workbench.images import load_rgb
-from workbench.jobs import ItemResult, Step, WorkItem, fingerprint
-from workbench.schema import Embedding
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.images import load_rgb
+from workbench.store.schema import Embedding
 
 EMBEDDING_VERSION = 1  # bump when the meaning of stored vectors changes
 EMBEDDING_KINDS = ("clip-image", "clip-text", "vlm-pooled")
@@ -90,7 +90,7 @@ class ClipImageEmbedder(Embedder):
         return {"model": self.model_name}
 
     def _loaded(self) -> tuple[Any, Any]:
-        from workbench.predictors.clip import load_clip
+        from workbench.models.clip import load_clip
 
         return load_clip(self.model_name, self.device, self.dtype)
 
@@ -98,7 +98,7 @@ class ClipImageEmbedder(Embedder):
         self._loaded()
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
-        from workbench.predictors.clip import encode_images
+        from workbench.models.clip import encode_images
 
         model, processor = self._loaded()
         return encode_images(model, processor, images).numpy()
@@ -109,7 +109,7 @@ class ClipTextEmbedder(ClipImageEmbedder):
     uses_text = True
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
-        from workbench.predictors.clip import encode_texts
+        from workbench.models.clip import encode_texts
 
         model, processor = self._loaded()
         # An image without OCR text gets the embedding of the empty text: "no text" is a feature too.
@@ -138,12 +138,12 @@ class VlmPooledEmbedder(Embedder):
 
     def _loaded(self) -> tuple[Any, Any]:
         # The VLM predictor's per-process cache: a moderation run and embeddings hold one copy.
-        from workbench.predictors.vlm import load_vlm
+        from workbench.models.vlm import load_vlm
 
         return load_vlm(self.model_name, self.device, self.dtype)
 
     def load(self) -> None:
-        from workbench import devices
+        from workbench.models import devices
 
         devices.set_threads()
         self._loaded()
@@ -194,7 +194,7 @@ def _expected(session: Session, embedder: Embedder, image_ids: Sequence[int]) ->
     if not embedder.uses_text:
         fp = embedder.fingerprint()
         return {i: fp for i in image_ids}
-    from workbench.texts import best_texts
+    from workbench.store.ocr_texts import best_texts
 
     texts = best_texts(session, list(image_ids))
     return {i: embedder.stored_fingerprint(texts.get(i, "")) for i in image_ids}

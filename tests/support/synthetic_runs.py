@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from workbench.schema import Image, Label, ModelRun, Prediction
+from workbench.store.schema import Image, Label, ModelRun, Prediction
 
 
 @dataclass(frozen=True)

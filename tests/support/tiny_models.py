@@ -78,7 +78,7 @@ TOXICITY_LABELS = ("non-toxic", "insult", "obscenity", "threat", "dangerous")
 
 def _corpus() -> list[str]:
     try:
-        from workbench.samples import NEUTRAL_CAPTIONS, TOXIC_CAPTIONS
+        from workbench.store.demo_memes import NEUTRAL_CAPTIONS, TOXIC_CAPTIONS
 
         extra = list(NEUTRAL_CAPTIONS) + list(TOXIC_CAPTIONS)
     except ImportError:  # samples is optional for the builders

@@ -1,7 +1,7 @@
 """annotations.csv in the research notebook's format: UTF-8, header `filename,label`,
 `filename` relative to the memes dir, `label` in toxic|non_toxic.
 
-Export writes one row per labeled image with its consensus label (workbench.labels),
+Export writes one row per labeled image with its consensus label (workbench.store.labels),
 sorted by filename, '\\n' line endings: importing a sorted file and exporting it
 reproduces it byte for byte. Import is all-or-nothing per file by default.
 """
@@ -17,10 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import LABELS
-from workbench.images import InvalidImage, validate_bytes
-from workbench.ingest import folder_of
-from workbench.labels import add_label, consensus_labels
-from workbench.schema import Image
+from workbench.store.images import InvalidImage, validate_bytes
+from workbench.store.ingest import folder_of
+from workbench.store.labels import add_label, consensus_labels
+from workbench.store.schema import Image
 
 IMPORT_ANNOTATOR = "import"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -107,7 +107,7 @@ def import_annotations(
     all_or_nothing=True (default): any problem -> nothing is changed. False: valid rows are
     applied, problem rows skipped. Files on disk not yet ingested are ingested.
     """
-    from workbench.ingest import folder_lock
+    from workbench.store.ingest import folder_lock
 
     with folder_lock(memes_dir):  # it may ingest files: never at the same time as a scan or upload
         return _import_annotations(session, memes_dir, data, annotator, all_or_nothing)

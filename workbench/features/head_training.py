@@ -71,7 +71,8 @@ def compose_features(image: np.ndarray | None, text: np.ndarray | None, features
     need_image = features in ("image", "both", "interaction")
     need_text = features in ("text", "both", "interaction")
     if (need_image and image is None) or (need_text and text is None):
-        raise HeadError(f"features {features!r} need {'image and text' if need_image and need_text else 'image' if need_image else 'text'} embeddings")
+        needed = "image and text" if need_image and need_text else "image" if need_image else "text"
+        raise HeadError(f"features {features!r} need {needed} embeddings")
     if features == "image":
         return np.asarray(image, np.float32)
     if features == "text":

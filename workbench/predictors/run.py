@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.config import Settings
-from workbench.jobs import JobSummary, Progress, run_step
 from workbench.predictors import REGISTRY
 from workbench.predictors.base import Option, Predictor, PredictorStep
+from workbench.runs.runner import run_step
+from workbench.runs.step import JobSummary, Progress
 
 TRUE_WORDS = {"1", "true", "yes", "y", "on", "да"}
 FALSE_WORDS = {"0", "false", "no", "n", "off", "нет"}

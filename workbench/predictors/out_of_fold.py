@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from workbench.predictors.base import PredictInput, PredictOutput, Predictor
+from workbench.predictors.base import PredictInput, Predictor, PredictOutput
 
 FINAL = -1  # "fold" of the model trained on all labels
 _CACHE_SIZE = 4
@@ -97,8 +97,8 @@ class OutOfFoldPredictor(Predictor):
         return {**self.training_config(), "labels": self.digest, "n_labels": len(self.labels)}
 
     def prepare(self, session: Session) -> None:
-        from workbench.heads import labels_digest
-        from workbench.labels import consensus_labels
+        from workbench.features.head_training import labels_digest
+        from workbench.store.labels import consensus_labels
 
         self.labels = consensus_labels(session)
         inputs_digest = self.collect(session, self.labels)
@@ -171,6 +171,6 @@ def _output(prob: float, explanation: str | None, fold: int | None, latency_ms: 
 
 def labeled_arrays(labels: dict[int, str], ids: Sequence[int]) -> np.ndarray:
     """0/1 targets (1 = toxic) for `ids` in order."""
-    from workbench.heads import labels_to_targets
+    from workbench.features.head_training import labels_to_targets
 
     return labels_to_targets([labels[i] for i in ids])

@@ -1,0 +1,1 @@
+"""The self-contained HTML (and optional PDF) report of a study."""

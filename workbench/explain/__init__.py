@@ -1,0 +1,1 @@
+"""Explanations of model decisions: CAM heat maps over CLIP's vision tower (cam.py)."""

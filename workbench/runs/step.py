@@ -1,0 +1,138 @@
+"""What the job runner drives: the Step interface every kind of work implements (OCR
+engines, predictors, embeddings, CAM), the items it gets, the results it returns, and the
+progress and summary a run reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sqlalchemy.orm import Session
+
+STALE_AFTER = timedelta(minutes=10)
+
+
+def fingerprint(obj: Any, length: int = 16) -> str:
+    """A stable short hash of a JSON-able config (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
+
+
+@dataclass
+class WorkItem:
+    """One image handed to a step: its id, absolute path and best OCR text ('' if none)."""
+
+    image_id: int
+    path: Path
+    ocr_text: str = ""
+
+
+@dataclass
+class ItemResult:
+    """What a step produced for one image: a step-specific `value`, or an `error`."""
+
+    image_id: int
+    value: Any = None
+    error: str | None = None
+    duration_ms: float | None = None
+
+
+class Step:
+    """Base of every runnable step. Subclasses set kind/name and implement
+    `fingerprint`, `done_ids`, `process` and `save`; `load` does heavy set-up once per
+    process; `begin`/`finish` bracket a job (e.g. create/close a model_runs row)."""
+
+    kind: ClassVar[str] = "step"
+    name: str = "step"
+    needs_ocr_text: bool = False
+    # CPU-bound steps that are safe to run in worker processes set this.
+    parallel_ok: bool = False
+
+    def fingerprint(self) -> str:
+        """Identity of this step's config: results are stored and skipped under it."""
+        raise NotImplementedError
+
+    def begin(self, session: Session) -> int | None:
+        """Called once before work; may return a model_runs id stored on the job."""
+        return None
+
+    def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
+        """Images among `image_ids` that already have a successful result."""
+        raise NotImplementedError
+
+    def load(self) -> None:
+        """Heavy initialisation (load a model). May raise workbench.errors.ModelUnavailable."""
+
+    def process(self, items: list[WorkItem]) -> list[ItemResult]:
+        """Compute results for a batch; must return one ItemResult per item, errors included."""
+        raise NotImplementedError
+
+    def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
+        """Store a batch's results (upsert: one row per image and fingerprint)."""
+        raise NotImplementedError
+
+    def finish(self, session: Session, status: str) -> None:
+        """Called once after work with the job's final status."""
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def processed(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def todo(self) -> int:
+        return self.total - self.skipped
+
+    @property
+    def rate(self) -> float:
+        """Images per second over this job so far."""
+        elapsed = time.monotonic() - self.started
+        return self.processed / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.rate
+        return (self.todo - self.processed) / rate if rate > 0 else None
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.todo == 0 else min(1.0, self.processed / self.todo)
+
+    def describe(self) -> str:
+        eta = f", ETA {self.eta_s:.0f} s" if self.eta_s is not None and self.processed < self.todo else ""
+        return (
+            f"{self.processed}/{self.todo} processed ({self.failed} failed, {self.skipped} already done)"
+            f" · {self.rate:.2f} img/s{eta}"
+        )
+
+
+@dataclass
+class JobSummary:
+    job_id: int
+    status: str  # done | failed | cancelled
+    total: int
+    done: int
+    skipped: int
+    failed: int
+    run_id: int | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    errors: list[tuple[int, str]] = field(default_factory=list)  # first few per-item errors
+
+    def describe(self) -> str:
+        text = f"{self.status}: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} in {self.seconds:.1f} s"
+        return text + (f" — {self.error}" if self.error else "")
