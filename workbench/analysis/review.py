@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from workbench.analysis.metrics import McNemar, mcnemar_from_table
 from workbench.analysis.outcomes import RunData, paired_arrays
+from workbench.store.db import in_batches
 from workbench.store.labels import consensus_from, current_labels
 from workbench.store.ocr_texts import best_texts
 from workbench.store.schema import Image, Prediction
@@ -119,8 +120,8 @@ def suspected_label_issues(datas: Sequence[RunData], min_score: float = 0.5,
 def without_reviewed(session: Session, issues: Sequence[LabelIssue], annotator: str) -> list[LabelIssue]:
     """The issues whose image does not carry a current label by `annotator` yet."""
     ids = [x.image_id for x in issues]
-    mine = {c.image_id for start in range(0, len(ids), 900)
-            for c in current_labels(session, ids[start:start + 900]) if c.annotator == annotator}
+    mine = {c.image_id for chunk in in_batches(ids)
+            for c in current_labels(session, chunk) if c.annotator == annotator}
     return [x for x in issues if x.image_id not in mine]
 
 

@@ -42,6 +42,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.db import in_batches
+from workbench.store.files import atomic_write
 from workbench.store.images import load_rgb, sha256_file
 from workbench.store.schema import Image
 
@@ -300,13 +302,11 @@ def write_cam(path: Path, cam: np.ndarray, request: CamRequest | None = None) ->
     """Store a map as an 8-bit grayscale PNG (written atomically), the request in its text chunk."""
     from PIL.PngImagePlugin import PngInfo
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     if request is not None:
         info.add_itxt(_PNG_KEY, json.dumps(request.config(), ensure_ascii=False))
-    tmp = path.with_name(path.name + ".tmp")
-    PILImage.fromarray(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").save(tmp, "PNG", pnginfo=info)
-    tmp.replace(path)
+    with atomic_write(path) as fh:
+        PILImage.fromarray(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8), mode="L").save(fh, "PNG", pnginfo=info)
 
 
 def read_request(path: Path) -> CamRequest | None:
@@ -429,8 +429,8 @@ class CamStep(Step):
     def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
         ids = list(image_ids)
         done: set[int] = set()
-        for start in range(0, len(ids), 900):
-            rows = session.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids[start : start + 900])))
+        for chunk in in_batches(ids):
+            rows = session.execute(select(Image.id, Image.sha256).where(Image.id.in_(chunk)))
             done.update(i for i, sha in rows if cam_path(self.artefacts_dir, sha, self.request).exists())
         return done
 

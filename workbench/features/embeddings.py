@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
 from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.db import in_batches
 from workbench.store.images import load_rgb
 from workbench.store.schema import Embedding
 
@@ -184,11 +185,6 @@ def make_embedders(source: str, model: str | None = None, device: str = "auto", 
 
 # ---------------------------------------------------------------- storage
 
-def _chunks(ids: Sequence[int], size: int = 900) -> list[list[int]]:
-    ids = list(ids)
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
-
-
 def _expected(session: Session, embedder: Embedder, image_ids: Sequence[int]) -> dict[int, str]:
     """image_id -> the stored fingerprint its current embedding must have."""
     if not embedder.uses_text:
@@ -211,7 +207,7 @@ def current_ids(session: Session, embedder: Embedder, image_ids: Sequence[int]) 
     """Images whose stored embedding is current (text embeddings: for the current OCR text)."""
     expected = _expected(session, embedder, image_ids)
     done: set[int] = set()
-    for chunk in _chunks(list(expected)):
+    for chunk in in_batches(expected):
         done.update(i for i, fp, _, _ in _rows(session, embedder, chunk) if expected.get(i) == fp)
     return done
 
@@ -220,7 +216,7 @@ def load_embeddings(session: Session, embedder: Embedder, image_ids: Sequence[in
     """image_id -> float32 vector for the images with a current embedding."""
     expected = _expected(session, embedder, image_ids)
     out: dict[int, np.ndarray] = {}
-    for chunk in _chunks(list(expected)):
+    for chunk in in_batches(expected):
         for i, fp, dim, blob in _rows(session, embedder, chunk):
             if expected.get(i) == fp:
                 out[i] = from_blob(blob, dim)
@@ -231,7 +227,7 @@ def store_embeddings(session: Session, embedder: Embedder, rows: Sequence[tuple[
     """Store (image_id, stored fingerprint, vector) rows, replacing the image's older rows of this embedder."""
     fp = embedder.fingerprint()
     ids = [r[0] for r in rows]
-    for chunk in _chunks(ids):
+    for chunk in in_batches(ids):
         cond = Embedding.fingerprint.like(f"{fp}:t%") if embedder.uses_text else Embedding.fingerprint == fp
         session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk), cond))
     for image_id, stored_fp, vector in rows:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from workbench.ocr.base import OcrEngine, OcrOutput
 from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.db import in_batches
 from workbench.store.images import load_rgb
 from workbench.store.schema import OcrResult, utcnow
 
@@ -35,8 +36,7 @@ class OcrStep(Step):
         done: set[int] = set()
         ids = list(image_ids)
         fp = self.fingerprint()
-        for start in range(0, len(ids), 900):
-            chunk = ids[start : start + 900]
+        for chunk in in_batches(ids):
             done.update(session.scalars(select(OcrResult.image_id).where(
                 OcrResult.fingerprint == fp, OcrResult.error.is_(None), OcrResult.image_id.in_(chunk))))
         return done

@@ -18,6 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.store.db import in_batches
 from workbench.store.images import load_rgb
 from workbench.store.schema import ModelRun, Prediction, utcnow
 
@@ -137,8 +138,7 @@ class PredictorStep(Step):
     def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
         done: set[int] = set()
         ids = list(image_ids)
-        for start in range(0, len(ids), 900):  # stay under SQLite's bound-parameter limit
-            chunk = ids[start : start + 900]
+        for chunk in in_batches(ids):
             done.update(session.scalars(select(Prediction.image_id).where(
                 Prediction.run_id == self.run_id, Prediction.image_id.in_(chunk), Prediction.error.is_(None))))
         return done

@@ -31,6 +31,7 @@ from workbench.predictors.vlm_prompt import (
     set_common_options,
     word_variants,
 )
+from workbench.store.db import in_batches
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
 CPU_MAX_PIXELS = 448 * 448  # ≈ 256 image tokens: ~10 s prefill per meme for the 3B model on one CPU core
@@ -117,8 +118,7 @@ class LocalVlmPredictor(Predictor):
 
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
         outputs: list[PredictOutput] = []
-        for start in range(0, len(batch), self.batch_size):
-            chunk = batch[start : start + self.batch_size]
+        for chunk in in_batches(batch, self.batch_size):
             try:
                 outputs.extend(self._predict_chunk(chunk))
             except Exception as exc:  # noqa: BLE001 - retry one by one so one bad meme fails alone

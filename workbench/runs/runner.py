@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from workbench.runs.lock import heavy_job_lock
 from workbench.runs.step import ItemResult, JobSummary, Progress, Step, WorkItem
-from workbench.store.db import get_sessionmaker
+from workbench.store.db import get_sessionmaker, in_batches
 from workbench.store.schema import Image, Job, utcnow
 
 # Worker-process side of the pool: the step is loaded once per worker.
@@ -54,11 +54,6 @@ def safe_process(step: Step, items: list[WorkItem]) -> list[ItemResult]:
     got = {r.image_id for r in results}
     missing = [ItemResult(it.image_id, error="step returned no result") for it in items if it.image_id not in got]
     return results + missing
-
-
-def _chunks(seq: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(seq), size):
-        yield list(seq[start : start + size])
 
 
 def _work_items(session: Session, ids: list[int], memes_dir: Path, with_text: bool) -> list[WorkItem]:
@@ -152,7 +147,7 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
         with Session_() as session:
             return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text)
 
-    batches = _chunks(todo, batch_size)
+    batches = in_batches(todo, batch_size)
     try:
         step.load()  # in this process too: a missing model or engine fails here, clearly, before any pool
     except ModelUnavailable as exc:

@@ -55,6 +55,7 @@ from sqlalchemy.pool import NullPool
 
 from workbench.store.annotations import export_annotations
 from workbench.store.db import normalize_url
+from workbench.store.files import atomic_write
 from workbench.store.images import sha256_file
 from workbench.store.schema import Base
 
@@ -109,6 +110,11 @@ class RestoreReport:
         if self.files_missing:
             text_ += f", {len(self.files_missing)} missing from the memes folder"
         return text_
+
+
+
+class _CorruptFile(Exception):
+    """A bundled image whose bytes do not match its recorded SHA-256."""
 
 
 def _table(name: str) -> Table:
@@ -456,18 +462,17 @@ def _restore_files(bundle: _Bundle, memes_dir: Path, images: list[tuple[str, str
             report.files_present += 1
             continue
         if from_bundle and bundle.exists(f"files/{safe}"):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            digest = hashlib.sha256()
-            with bundle.open_binary(f"files/{safe}") as src, open(tmp, "wb") as dst:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    digest.update(chunk)
-                    dst.write(chunk)
-            if digest.hexdigest() != sha:
-                tmp.unlink()
+            try:
+                with bundle.open_binary(f"files/{safe}") as src, atomic_write(target) as dst:
+                    digest = hashlib.sha256()
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                    if digest.hexdigest() != sha:
+                        raise _CorruptFile(rel)  # leaves the target untouched
+            except _CorruptFile:
                 report.files_missing.append(rel)
                 continue
-            tmp.replace(target)
             report.files_written += 1
             report.files_present += 1
         else:

@@ -9,9 +9,11 @@ writer committed meanwhile; IMMEDIATE takes the write lock up front and waits).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +21,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from workbench.config import REPO_ROOT
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+T = TypeVar("T")
+IN_BATCH = 900  # ids per `IN (...)`: SQLite allows 999 bound parameters in older builds
 MIGRATIONS_DIR = REPO_ROOT / "db"
+
+
+def in_batches(items: Iterable[T], size: int = IN_BATCH) -> Iterator[list[T]]:
+    """Consecutive lists of at most `size` items: for `IN (...)` queries over many ids, and for job batches."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def normalize_url(url: str) -> str:

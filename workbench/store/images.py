@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from workbench.config import ALLOWED_FORMATS, MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, THUMBNAIL_SIZE
+from workbench.store.files import atomic_write
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and raises above 2x
@@ -201,10 +202,8 @@ def ensure_thumbnail(thumbnails_dir: Path, sha256: str, source: Path, size: int 
     target = thumbnail_path(thumbnails_dir, sha256)
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     im = load_rgb(source)
     im.thumbnail((size, size), Image.Resampling.LANCZOS)
-    tmp = target.with_suffix(".tmp")
-    im.save(tmp, "JPEG", quality=82)
-    tmp.replace(target)
+    with atomic_write(target) as fh:
+        im.save(fh, "JPEG", quality=82)
     return target

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import FOLDER_LABELS, LABEL_FOLDERS, LABELS
+from workbench.store.files import atomic_write
 from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
 from workbench.store.labels import add_label, current_labels
 from workbench.store.schema import Image, Label
@@ -267,9 +268,8 @@ def store_upload(
     target = unique_target(folder, safe_filename(filename, info.format))
     if not target.resolve().is_relative_to(memes_dir):  # belt and braces: safe_filename strips dirs
         return FileReport(shown, "rejected", "unsafe file name")
-    tmp = target.with_name(target.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    with atomic_write(target) as fh:
+        fh.write(data)
     rel = rel_posix(target, memes_dir)
     image = _new_image(rel, filename.replace("\x00", "")[:1024], info, source, target.stat().st_mtime)
     session.add(image)

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workbench.config import LABELS, SYSTEM_ANNOTATORS
+from workbench.store.db import in_batches
 from workbench.store.schema import Image, Label, Setting, utcnow
 
 
@@ -131,8 +132,8 @@ def consensus_labels(session: Session, image_ids: Sequence[int] | None = None) -
     if image_ids is not None:
         ids = list(image_ids)
         out: dict[int, str] = {}
-        for start in range(0, len(ids), 900):  # stay under SQL parameter limits
-            out.update(_consensus_query(session, ids[start : start + 900]))
+        for chunk in in_batches(ids):
+            out.update(_consensus_query(session, chunk))
         return out
     url = str(session.get_bind().engine.url)  # .engine: works for Engine and Connection binds
     fingerprint = _labels_fingerprint(session)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from workbench.store.db import in_batches
 from workbench.store.schema import OcrResult
 
 MANUAL_ENGINE = "manual"
@@ -19,8 +20,7 @@ def best_texts(session: Session, image_ids: Sequence[int], engine_fingerprint: s
     out: dict[int, str] = {}
     manual: dict[int, str] = {}
     ids = list(image_ids)
-    for start in range(0, len(ids), 900):
-        chunk = ids[start : start + 900]
+    for chunk in in_batches(ids):
         rows = session.execute(
             select(OcrResult.image_id, OcrResult.engine, OcrResult.fingerprint, OcrResult.text)
             .where(OcrResult.image_id.in_(chunk), OcrResult.error.is_(None))

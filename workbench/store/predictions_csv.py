@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.store.annotations import neutralise_cell
+from workbench.store.files import atomic_write
 from workbench.store.labels import consensus_labels
 from workbench.store.schema import Image, ModelRun, Prediction
 
@@ -53,13 +54,11 @@ def export_predictions(session: Session, run_ids: Sequence[int] | None = None) -
 def write_predictions(session: Session, out: Path, run_ids: Sequence[int] | None = None) -> int:
     """Write predictions.csv to `out`; returns the number of data rows."""
     buf_rows = 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    # A crash mid-export never leaves a half file under the real name.
+    with atomic_write(out, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(PREDICTION_COLUMNS)
         for row in prediction_rows(session, run_ids):
             writer.writerow([neutralise_cell(cell) for cell in row])
             buf_rows += 1
-    tmp.replace(out)  # a crash mid-export never leaves a half file under the real name
     return buf_rows

@@ -40,6 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import Settings
+from workbench.store.files import atomic_write
 from workbench.store.schema import ModelRun
 
 REPORT_TITLE = "VLMemes Workbench report"
@@ -540,10 +541,8 @@ def build_report(session: Session, settings: Settings, options: ReportOptions | 
 def write_report(session: Session, settings: Settings, out: Path, options: ReportOptions | None = None) -> Path:
     """Build the report and write it to `out` (atomically); returns `out`."""
     text = build_report(session, settings, options)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_write(out, "w", encoding="utf-8") as fh:
+        fh.write(text)
     return out
 
 
