@@ -347,3 +347,80 @@ def test_training_section_is_bounded_escaped_and_absent_without_reports(settings
         assert sum(len(p.split()) for p in polylines) <= 300
     assert _train_metrics(_section(html_text, f"training-{run_ids[0]}"))["f1"] == "0.500"
     assert len(section.encode()) < 200_000
+
+
+# ------------------------------------------------------------------ templates and escaping
+
+
+HOSTILE = "<script>alert(1)</script>"
+TEMPLATES = Path(render.__file__).resolve().parent / "templates"
+
+
+def test_hostile_text_everywhere_appears_only_escaped(settings, session, study):
+    """Annotator names, label notes, run names, model ids, errors, prompts, OCR text and training
+    metric names carrying markup are all shown as text: the raw markup never reaches the HTML."""
+    import json
+
+    from workbench.store.schema import ModelRun
+
+    ids = study["ids"]
+    add_label(session, ids[1], "toxic", f"eve {HOSTILE}", note=f"note {HOSTILE}")
+    save_correction(session, ids[1], f"OCR two {HOSTILE}", f"eve {HOSTILE}")
+    run_id = add_run(session, "head", f"name {HOSTILE}", {
+        ids[0]: Pred("toxic", prob=0.9, explanation=f"why {HOSTILE}"),
+        ids[1]: Pred("toxic", error=f"error {HOSTILE}")},
+        model_id=f"model {HOSTILE}", params={"system_prompt": f"prompt {HOSTILE}", HOSTILE: [HOSTILE]})
+    fingerprint = session.get(ModelRun, run_id).fingerprint
+    directory = settings.artefacts_dir / "training"
+    directory.mkdir(parents=True)
+    (directory / f"{fingerprint}.json").write_text(json.dumps({"metrics": {HOSTILE: HOSTILE, "f1": 0.5}}))
+    session.commit()
+
+    html_text = render.build_report(session, settings, render.ReportOptions(n_boot=50))
+    parsed = parse(html_text)
+    assert "script" not in parsed.tags
+    assert HOSTILE not in html_text and "<script" not in html_text.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    for shown in (f"eve {escaped}", f"name {escaped}", f"model {escaped}", f"prompt {escaped}", f"error {escaped}",
+                  f"OCR two {escaped}", f'data-train-metric="{escaped}"'):
+        assert shown in html_text, shown
+    text = "".join(parsed.text)
+    for shown in (f"eve {HOSTILE}", f"name {HOSTILE}", f"model {HOSTILE}", f"prompt {HOSTILE}", f"error {HOSTILE}"):
+        assert shown in text, shown  # the reader still sees the exact text
+
+
+def test_templates_are_strict_autoescaped_package_data():
+    import jinja2
+
+    env = render.environment()
+    assert env.autoescape is True and env.undefined is jinja2.StrictUndefined
+    assert {"report.html.j2", "macros.html.j2", "report.css"} <= set(env.list_templates())
+    for path in TEMPLATES.iterdir():  # nothing opts out of escaping
+        source = path.read_text(encoding="utf-8")
+        assert not re.search(r"\|\s*safe\b|autoescape\s+false|Markup", source), path.name
+
+
+def test_a_missing_value_fails_instead_of_rendering_blank(settings, session, study):
+    import jinja2
+
+    data = render.report_data(session, settings, render.ReportOptions(n_boot=50))
+    template = render.environment().get_template("report.html.j2")
+    parse(template.render(data))
+    del data["run_sections"][0]["eval"]["n_covered"]
+    with pytest.raises(jinja2.UndefinedError):
+        template.render(data)
+
+
+def test_line_chart_macro_escapes_labels_and_stays_on_one_line():
+    from workbench.analysis.report.svg import line_chart
+
+    chart = line_chart([([0.0, 0.5, 1.0], [0.0, 0.25, 1.0]), ([], [])], HOSTILE, f"x {HOSTILE}", "y",
+                       y_range=(0.0, 2.0), diagonal=True)
+    macros = render.environment().get_template("macros.html.j2").module
+    svg = str(macros.line_chart(chart))
+    assert "\n" not in svg and svg.startswith("<svg") and svg.endswith("</svg>")
+    assert HOSTILE not in svg and svg.count("&lt;script&gt;") == 3  # aria-label, title, x label
+    assert re.findall(r'points="([^"]*)"', svg) == ["32.0,188.0 110.0,168.5 188.0,110.0"]
+    assert svg.count("<polyline") == 1 and "<line " in svg  # the empty series is skipped
+    empty = str(macros.line_chart(line_chart([], "t", "x", "y")))
+    assert "no data" in empty and "<polyline" not in empty
