@@ -52,6 +52,32 @@ def session(settings):
         yield s
 
 
+FRIDAY_CAPTION = "Когда пятница, а ты на работе"
+
+
+@pytest.fixture
+def make_memes(settings, session):
+    """Builder: write `n` generated memes, scan them, and correct the first one's OCR text to
+    FRIDAY_CAPTION (so prompts that carry OCR text can be checked); returns their ids."""
+    from sqlalchemy import select
+
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ingest import scan_folder
+    from workbench.store.ocr_texts import save_correction
+    from workbench.store.schema import Image
+
+    def make(n: int, seed: int, size: tuple[int, int]) -> list[int]:
+        write_sample_memes(settings.memes_dir, n=n, seed=seed, size=size)
+        scan_folder(session, settings.memes_dir)
+        session.commit()
+        ids = list(session.scalars(select(Image.id).order_by(Image.id)))
+        save_correction(session, ids[0], FRIDAY_CAPTION, "anna")
+        session.commit()
+        return ids
+
+    return make
+
+
 @pytest.fixture
 def real_memes() -> Path:
     """The 51 real memes in ../shared (skip when absent, e.g. on a user's machine)."""

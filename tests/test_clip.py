@@ -181,6 +181,95 @@ def test_a_model_that_is_not_clip_is_refused() -> None:
         load_clip(str(tiny_model_dir("text_classifier")), "cpu", "float32")
 
 
+# ---------------------------------------------------------------------------- the shared loader
+
+
+def _load_kind(kind: str, model_id: str):  # noqa: ANN202
+    from workbench.models.clip import load_clip
+    from workbench.models.text_classifier import load_classifier
+    from workbench.models.vlm import load_vlm
+
+    if kind == "clip":
+        return load_clip(model_id, "cpu", "float32")
+    if kind == "qwen2_5_vl":
+        return load_vlm(model_id, "cpu", "float32")
+    return load_classifier(model_id, "float32")
+
+
+@pytest.mark.parametrize("kind", ["clip", "qwen2_5_vl", "text_classifier"])
+def test_every_model_kind_loads_once_per_process(kind: str) -> None:
+    path = str(tiny_model_dir(kind))
+    first = _load_kind(kind, path)
+    assert _load_kind(kind, path) is first
+    assert all(not part.training for part in first if hasattr(part, "training"))
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("clip", "this local folder does not exist"),
+    ("qwen2_5_vl", "no such folder"),
+    ("text_classifier", "no such folder"),
+])
+def test_a_missing_local_folder_is_refused_the_same_way_for_every_kind(kind: str, reason: str,
+                                                                       tmp_path: Path) -> None:
+    from workbench.models.vlm import is_loaded
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelUnavailable) as info:
+        _load_kind(kind, missing)
+    assert info.value.model_id == missing and info.value.reason == reason
+    assert str(info.value).startswith(f"Model '{missing}' cannot be loaded: {reason}. Enter ")
+    assert "config.json" in info.value.how_to_fix
+    assert not is_loaded(missing, "cpu", "float32", "none")  # a failed load is not remembered
+
+
+def test_model_cache_loads_each_key_once_across_threads_and_forgets_failures() -> None:
+    import threading
+    import time
+
+    from workbench.models.loader import ModelCache
+
+    cache: ModelCache[object] = ModelCache()
+    calls: list[str] = []
+
+    def slow_load() -> object:
+        calls.append("load")
+        time.sleep(0.05)
+        return object()
+
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("k", slow_load))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["load"] and len(got) == 4 and all(g is got[0] for g in got) and "k" in cache
+
+    def failing() -> object:
+        raise ModelUnavailable("m", "broken")
+
+    with pytest.raises(ModelUnavailable):
+        cache.get("bad", failing)
+    assert "bad" not in cache
+    cache.put("bad", 1)
+    assert cache.get("bad", failing) == 1
+    cache.clear()
+    assert "k" not in cache
+
+
+def test_a_failing_from_pretrained_becomes_model_unavailable_with_its_short_reason(tmp_path: Path) -> None:
+    from workbench.models.loader import load_pretrained
+
+    def build(path: str, kwargs: dict) -> None:
+        assert path == str(tmp_path) and "local_files_only" not in kwargs
+        raise OSError("no config.json in\n   this folder." + " x" * 300)
+
+    with pytest.raises(ModelUnavailable) as info:
+        load_pretrained(str(tmp_path), build, cache_dir=None)
+    reason = info.value.reason
+    assert reason.startswith("OSError: no config.json in this folder. x x") and reason.endswith("…")
+    assert len(reason) < 420 and "huggingface-cli download" in info.value.how_to_fix
+
+
 def test_auto_placement_on_this_machine() -> None:
     import torch
 

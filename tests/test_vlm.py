@@ -14,7 +14,6 @@ from workbench.predictors.vlm_prompt import DEFAULT_PROMPT
 from workbench.runs.runner import run_step
 from workbench.store.demo_memes import render_meme, write_sample_memes
 from workbench.store.ingest import scan_folder
-from workbench.store.ocr_texts import save_correction
 from workbench.store.schema import ModelRun, Prediction
 
 SMALL = {"max_pixels": 112 * 112, "dtype": "float32", "max_new_tokens": 6, "batch_size": 4}
@@ -26,16 +25,8 @@ def tiny_qwen() -> str:
 
 
 @pytest.fixture
-def memes(settings, session) -> list[int]:
-    write_sample_memes(settings.memes_dir, n=5, seed=7, size=(160, 120))
-    scan_folder(session, settings.memes_dir)
-    session.commit()
-    from workbench.store.schema import Image
-
-    ids = list(session.scalars(select(Image.id).order_by(Image.id)))
-    save_correction(session, ids[0], "Когда пятница, а ты на работе", "anna")
-    session.commit()
-    return ids
+def memes(make_memes) -> list[int]:
+    return make_memes(n=5, seed=7, size=(160, 120))
 
 
 def _run(settings, predictor, ids, **kw):

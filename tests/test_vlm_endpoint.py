@@ -22,10 +22,7 @@ from workbench.predictors import make_predictor
 from workbench.predictors.base import PredictorStep
 from workbench.predictors.vlm_endpoint import VlmEndpointPredictor, class_probs_from_logprobs
 from workbench.runs.runner import run_step
-from workbench.store.demo_memes import write_sample_memes
-from workbench.store.ingest import scan_folder
-from workbench.store.ocr_texts import save_correction
-from workbench.store.schema import Image, ModelRun, Prediction
+from workbench.store.schema import ModelRun, Prediction
 
 MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 ANSWER = "Класс: токсичный\nОбъяснение: мем высмеивает людей."
@@ -115,14 +112,8 @@ def server() -> Iterator[ChatServer]:
 
 
 @pytest.fixture
-def memes(settings, session) -> list[int]:
-    write_sample_memes(settings.memes_dir, n=4, seed=5, size=(200, 150))
-    scan_folder(session, settings.memes_dir)
-    session.commit()
-    ids = list(session.scalars(select(Image.id).order_by(Image.id)))
-    save_correction(session, ids[0], "Когда пятница, а ты на работе", "anna")
-    session.commit()
-    return ids
+def memes(make_memes) -> list[int]:
+    return make_memes(n=4, seed=5, size=(200, 150))
 
 
 def endpoint_predictor(server: ChatServer, **options: Any) -> VlmEndpointPredictor:
@@ -185,6 +176,31 @@ def test_persistent_5xx_becomes_a_stored_error(settings, session, memes, server)
     assert len(server.requests) == 6  # 1 + 2 retries each
     rows = stored(session, summary.run_id)
     assert all(r.label == "unknown" and "HTTP 500: CUDA out of memory (3 attempts" in r.error for r in rows)
+
+
+def test_backoff_doubles_from_backoff_s_and_429_is_retried(server, monkeypatch) -> None:
+    from workbench.predictors.base import PredictInput
+    from workbench.store.demo_memes import render_meme
+
+    replies = [(429, {"error": {"message": "slow down"}}, 0.0), (503, {"error": {"message": "busy"}}, 0.0),
+               (502, {"error": {"message": "bad gateway"}}, 0.0)]
+    server.reply = lambda body, n: replies[n - 1] if n <= len(replies) else (200, completion(), 0.0)
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if seconds:  # the server's reply delay is 0
+            waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    item = PredictInput(1, render_meme("мем", size=(64, 64)), "")
+    out = endpoint_predictor(server, concurrency=1, retries=3, backoff_s=0.05).predict([item])[0]
+    assert out.error is None and out.extra["attempts"] == 4
+    assert waits == pytest.approx([0.05, 0.1, 0.2])
+    server.reply = lambda body, n: (429, {"error": {"message": "slow down"}}, 0.0)
+    out = endpoint_predictor(server, retries=0).predict([item])[0]
+    assert out.error == f"HTTP 429: slow down (1 attempts to {server.url}/chat/completions)"
 
 
 def test_timeouts_are_stored_errors_and_retried_on_the_next_run(settings, session, memes, server) -> None:

@@ -4,15 +4,16 @@ all load through `load_clip`, so one process holds one copy per (id, device, dty
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
 from typing import Any
 
 from workbench.config import DEFAULT_CLIP_MODEL
 from workbench.errors import ModelUnavailable
+from workbench.models import loader
 
-_models: dict[tuple[str, str, str, str | None], tuple[Any, Any]] = {}
-_models_lock = threading.Lock()
+_cache: loader.ModelCache[tuple[Any, Any]] = loader.ModelCache()
+
+MISSING_FOLDER = ("this local folder does not exist",
+                  "Enter the path of a folder holding config.json and the weights, or a hub id.")
 
 
 def load_clip(model_id: str = DEFAULT_CLIP_MODEL, device: str = "auto", dtype: str = "auto",
@@ -26,35 +27,21 @@ def load_clip(model_id: str = DEFAULT_CLIP_MODEL, device: str = "auto", dtype: s
     from workbench.models import devices
 
     placement = devices.resolve(device, dtype)
-    if cache_dir is None:
-        from workbench.config import load_settings
-
-        cache_dir = load_settings().hf_cache_dir
+    cache_dir = loader.settings_cache_dir(cache_dir)
     key = (str(model_id), placement.device, placement.dtype, cache_dir)
-    with _models_lock:
-        if key not in _models:
-            _models[key] = _load(str(model_id), placement, cache_dir)
-        return _models[key]
+    return _cache.get(key, lambda: _load(str(model_id), placement, cache_dir))
 
 
 def _load(model_id: str, placement: Any, cache_dir: str | None) -> tuple[Any, Any]:
-    from workbench.models import devices, hub
+    from workbench.models import devices
 
-    looks_local = hub.is_local(model_id)
-    if looks_local and not Path(model_id).expanduser().is_dir():
-        raise ModelUnavailable(model_id, "this local folder does not exist",
-                               "Enter the path of a folder holding config.json and the weights, or a hub id.")
-    hub_kwargs = {} if looks_local else hub.load_kwargs(model_id)
-    try:
+    def build(path: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
         from transformers import AutoModel, AutoProcessor
 
-        path = str(Path(model_id).expanduser()) if looks_local else model_id
-        model = AutoModel.from_pretrained(path, dtype=placement.torch_dtype, cache_dir=cache_dir, **hub_kwargs)
-        processor = AutoProcessor.from_pretrained(path, cache_dir=cache_dir, **hub_kwargs)
-    except ModelUnavailable:
-        raise
-    except Exception as exc:  # noqa: BLE001 - hub/network/format problems all mean "cannot load"
-        raise ModelUnavailable(model_id, hub.offline_reason(hub_kwargs, _short_reason(exc))) from exc
+        return (AutoModel.from_pretrained(path, dtype=placement.torch_dtype, **kwargs),
+                AutoProcessor.from_pretrained(path, **kwargs))
+
+    model, processor = loader.load_pretrained(model_id, build, cache_dir, missing=MISSING_FOLDER)
     if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
         raise ModelUnavailable(model_id, f"it is a {type(model).__name__}, not a CLIP/SigLIP image-text model",
                                "Choose a CLIP or SigLIP checkpoint (e.g. openai/clip-vit-large-patch14).")
@@ -64,15 +51,9 @@ def _load(model_id: str, placement: Any, cache_dir: str | None) -> tuple[Any, An
     return model, processor
 
 
-def _short_reason(exc: Exception) -> str:
-    text = " ".join(str(exc).split()).rstrip(".")
-    return f"{type(exc).__name__}: {text[:400]}{'…' if len(text) > 400 else ''}"
-
-
 def clear_cache() -> None:
     """Forget loaded models (tests, or freeing memory)."""
-    with _models_lock:
-        _models.clear()
+    _cache.clear()
 
 
 def _features(out: Any) -> Any:

@@ -3,40 +3,15 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 import numpy as np
 
 from workbench.config import DEFAULT_TEXT_TOXICITY_MODEL
-from workbench.errors import ModelUnavailable
+from workbench.models.text_classifier import load_classifier
 from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
 
 NEUTRAL_NAMES = ("non-toxic", "non_toxic", "nontoxic", "not toxic", "neutral", "normal", "ok", "safe", "clean")
-_models: dict[tuple[str, str, str | None], tuple[Any, Any]] = {}
-_lock = threading.Lock()
-
-
-def load_classifier(model_id: str, dtype: str = "float32", cache_dir: str | None = None) -> tuple[Any, Any]:
-    """(tokenizer, model) loaded once per process per (id, dtype, cache); ModelUnavailable if impossible."""
-    key = (model_id, dtype, cache_dir)
-    with _lock:
-        if key not in _models:
-            import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            from workbench.models import hub
-
-            hub_kwargs = hub.load_kwargs(model_id)
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(model_id, cache_dir=cache_dir, **hub_kwargs)
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    model_id, cache_dir=cache_dir, dtype=getattr(torch, dtype), **hub_kwargs).eval()
-            except Exception as exc:  # noqa: BLE001 - missing weights, no hub, wrong architecture
-                reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-                raise ModelUnavailable(model_id, hub.offline_reason(hub_kwargs, reason)) from None
-            _models[key] = (tokenizer, model)
-        return _models[key]
 
 
 def toxicity_probability(logits: np.ndarray, id2label: dict[int, str], multi_label: bool) -> tuple[float, dict[str, float]]:
@@ -95,9 +70,7 @@ class TextToxicityPredictor(Predictor):
                 "dtype": self.dtype}
 
     def load(self) -> None:
-        from workbench.config import load_settings
-
-        self.tokenizer, self.model = load_classifier(self.model_name, self.dtype, load_settings().hf_cache_dir)
+        self.tokenizer, self.model = load_classifier(self.model_name, self.dtype)
 
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
         import time

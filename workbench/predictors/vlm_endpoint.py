@@ -202,35 +202,42 @@ class VlmEndpointPredictor(Predictor):
                         raise EndpointError(str(exc)) from None
 
     def _post_with_retries(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        import httpx
+        """The answer JSON and the attempts it took; 5xx / 429 / connection errors / timeouts
+        are retried `retries` times, waiting `backoff_s`, then twice as long each time."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         url = f"{self.endpoint}/chat/completions"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        retrying = Retrying(stop=stop_after_attempt(self.retries + 1), wait=wait_exponential(multiplier=self.backoff_s),
+                            retry=retry_if_exception_type(_Retryable), reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    data = self._post_once(url, body)
+        except _Retryable as exc:
+            raise EndpointError(f"{exc} ({self.retries + 1} attempts to {url})") from None
+        return data, attempt.retry_state.attempt_number
+
+    def _post_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One POST: the answer JSON, or _Retryable / _Rejected / EndpointError."""
+        import httpx
+
+        try:
+            response = self._client.post(url, json=body)
+        except httpx.TimeoutException:
+            raise _Retryable(f"timed out after {self.timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"connection error: {type(exc).__name__}: {exc}") from None
+        if response.status_code == 200:
             try:
-                response = self._client.post(url, json=body)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout_s:g} s"
-                continue
-            except httpx.TransportError as exc:
-                last = f"connection error: {type(exc).__name__}: {exc}"
-                continue
-            if response.status_code == 200:
-                try:
-                    return response.json(), attempt + 1
-                except ValueError:
-                    last = "the endpoint answered 200 with invalid JSON"
-                    continue
-            detail = _error_detail(response)
-            if response.status_code in RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {detail}"
-                continue
-            if response.status_code in (400, 422):
-                raise _Rejected(f"HTTP {response.status_code}: {detail}")
-            raise EndpointError(f"HTTP {response.status_code} from {url}: {detail}")
-        raise EndpointError(f"{last} ({self.retries + 1} attempts to {url})")
+                return response.json()
+            except ValueError:
+                raise _Retryable("the endpoint answered 200 with invalid JSON") from None
+        detail = _error_detail(response)
+        if response.status_code in RETRY_STATUS:
+            raise _Retryable(f"HTTP {response.status_code}: {detail}")
+        if response.status_code in (400, 422):
+            raise _Rejected(f"HTTP {response.status_code}: {detail}")
+        raise EndpointError(f"HTTP {response.status_code} from {url}: {detail}")
 
     def close(self) -> None:
         if self._client is not None:
@@ -240,6 +247,11 @@ class VlmEndpointPredictor(Predictor):
 
 class _Rejected(Exception):
     """The server rejected the request body (HTTP 400/422): maybe an extra it does not know."""
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (5xx / 429 / connection error / timeout); the message
+    says what happened."""
 
 
 def image_data_url(image: Any, max_side: int = 0, quality: int = 90) -> str:
