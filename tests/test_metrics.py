@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
+from sklearn.exceptions import UndefinedMetricWarning
 from statsmodels.stats.contingency_tables import mcnemar
 
 from tests.support.synthetic_runs import Pred, add_images, add_labels, add_run
@@ -190,6 +192,17 @@ def test_kappa_matches_sklearn(seed):
     assert used == len(pairs)
     ref = skm.cohen_kappa_score([x for x, _ in pairs], [y for _, y in pairs], labels=["toxic", "non_toxic"],
                                 replace_undefined_by=np.nan) if pairs else np.nan
+    assert (got is None and np.isnan(ref)) or got == ref
+
+
+@pytest.mark.parametrize("cells", [(a, b, c, d) for a in (0, 1, 4) for b in (0, 2) for c in (0, 3) for d in (0, 1, 5)])
+def test_kappa_from_confusion_matches_sklearn_on_label_lists(cells):
+    a = ["toxic"] * (cells[0] + cells[1]) + ["non_toxic"] * (cells[2] + cells[3])
+    b = ["toxic"] * cells[0] + ["non_toxic"] * cells[1] + ["toxic"] * cells[2] + ["non_toxic"] * cells[3]
+    got = metrics.kappa_from_confusion(np.array(cells).reshape(2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # sklearn warns where kappa is undefined
+        ref = skm.cohen_kappa_score(a, b, labels=["toxic", "non_toxic"], replace_undefined_by=np.nan) if a else np.nan
     assert (got is None and np.isnan(ref)) or got == ref
 
 

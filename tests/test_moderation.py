@@ -191,3 +191,25 @@ def test_tfidf_on_generated_memes_is_out_of_fold_and_unlabeled_get_the_final_mod
     assert sum(1 for i in preds if i not in labels) == 2
     # The captions are separable: the baseline learns them out of fold.
     assert read_training_report(predictor.fingerprint())["metrics"]["auroc"] > 0.7
+
+
+def test_tfidf_out_of_fold_probabilities_equal_sklearn_cross_val_predict() -> None:
+    """The baseline's folds come from the heads' shared splitter: same numbers as scikit-learn's
+    cross_val_predict of the same pipeline with StratifiedKFold(shuffle, seed)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from workbench.predictors.tfidf import TfidfPredictor
+    from workbench.store.demo_memes import caption_set
+
+    captions = caption_set(24, seed=5)
+    predictor = TfidfPredictor(folds=4, seed=3)
+    predictor.labels = {i: label for i, (_, label) in enumerate(captions)}
+    predictor.texts = {i: text for i, (text, _) in enumerate(captions)}
+    fitted = predictor.fit()
+    ids = sorted(predictor.labels)
+    got = [predictor.score(fitted.fold_models[fitted.fold_of[i]], [predictor.texts[i]])[0][0] for i in ids]
+    y = np.array([1 if predictor.labels[i] == "toxic" else 0 for i in ids])
+    ref = cross_val_predict(predictor._pipeline(), [predictor.texts[i] for i in ids], y,
+                            cv=StratifiedKFold(4, shuffle=True, random_state=3), method="predict_proba")[:, 1]
+    assert np.allclose(got, ref)
+    assert fitted.metrics["folds"] == 4 and fitted.metrics["n"] == len(ids)

@@ -4,11 +4,13 @@ the CLI and the Run page. Real memes in ../shared: tests/test_ocr_real.py (slow)
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
+from rapidfuzz.distance import Levenshtein
 from sqlalchemy import select
 
 from workbench.cli import main
@@ -60,6 +62,19 @@ def test_edit_distance_and_corpus_cer() -> None:
     assert edit_distance("kitten", "sitting") == 3
     assert normalise("  Пошёл \n ВОН ") == "пошел вон"
     assert mean_cer([("аб", "аб"), ("", "вгде")]) == pytest.approx(4 / 6)  # weighted by reference length
+
+
+def test_cer_is_rapidfuzz_levenshtein_per_reference_character() -> None:
+    rng = random.Random(0)
+    alphabet = "кот кит ёж ЕЖ!.\n"
+    for _ in range(300):
+        hyp, ref = ("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(2))
+        h, r = normalise(hyp), normalise(ref)
+        if not r:
+            continue
+        assert cer(hyp, ref) == Levenshtein.distance(h, r) / len(r)
+        if len(h) <= len(r):  # the reference is the longer string: CER is rapidfuzz's normalized distance
+            assert cer(hyp, ref) == pytest.approx(Levenshtein.normalized_distance(h, r))
 
 
 def test_default_pipeline_reads_generated_captions(captions) -> None:

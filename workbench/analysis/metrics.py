@@ -263,6 +263,7 @@ def _scores_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.n
             "accuracy_strict": accuracy_strict, "coverage": coverage}
 
 
+# Hand-written, not scipy.stats.bootstrap: a multinomial draw of the counts stays O(n_boot) at 100k predictions.
 def bootstrap_count_ci(
     counts: Sequence[int], *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = 0.95,
 ) -> dict[str, tuple[float, float] | None]:
@@ -299,6 +300,7 @@ def resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+# Hand-written: scipy.stats.bootstrap would re-sort and call roc_auc_score per resample (too slow at 100k).
 def bootstrap_auc_values(y_true01: np.ndarray, prob: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """ROC AUC of each resample (rows of `idx`); nan where a resample holds one class.
 
@@ -336,6 +338,7 @@ def bootstrap_auc_ci(
     return _percentile_interval(bootstrap_auc_values(y_true01, prob, resample_indices(n, n_boot, seed)), level)
 
 
+# Hand-written: neither scikit-learn, scipy nor statsmodels offers DeLong's AUC variance.
 def delong_auc_ci(y_true01: np.ndarray, prob: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
     """Normal-approximation CI of ROC AUC with DeLong's variance (fast midrank algorithm of
     Sun & Xu 2014), clipped to [0, 1]; for large sets where the bootstrap is costly."""
@@ -473,8 +476,8 @@ def mcnemar_from_table(table: Sequence[Sequence[int]], n_excluded: int = 0) -> M
 def cohen_kappa(a: Sequence[str | None], b: Sequence[str | None]) -> tuple[float | None, int]:
     """Cohen's kappa over the items where both gave toxic/non_toxic, and that item count.
 
-    Same arithmetic as sklearn.metrics.cohen_kappa_score(labels=['toxic', 'non_toxic']);
-    None where sklearn's is undefined (no items, or only one class used by both)."""
+    sklearn.metrics.cohen_kappa_score(labels=['toxic', 'non_toxic']) on those items;
+    None where it is undefined (no items, or only one class used by both)."""
     confusion = np.zeros((2, 2), dtype=np.int64)
     for x, y in zip(a, b):
         if x in CLASSES and y in CLASSES:
@@ -483,15 +486,13 @@ def cohen_kappa(a: Sequence[str | None], b: Sequence[str | None]) -> tuple[float
 
 
 def kappa_from_confusion(confusion: np.ndarray) -> float | None:
-    """Cohen's kappa of a 2x2 agreement table, computed as sklearn does (None = undefined)."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    sum0, sum1 = confusion.sum(axis=0), confusion.sum(axis=1)
-    if np.sum(sum0) == 0:
+    """Cohen's kappa of a 2x2 agreement table (rows: rater a, columns: rater b), by sklearn's
+    cohen_kappa_score with the four cells as sample weights; None = undefined."""
+    from sklearn.metrics import cohen_kappa_score
+
+    cells = np.asarray(confusion, dtype=np.int64).ravel()
+    # Undefined, and answered None without sklearn's warning: no items, or every item in one
+    # diagonal cell (both raters used the same single class, so chance agreement is 1).
+    if cells.sum() == 0 or cells[0] == cells.sum() or cells[3] == cells.sum():
         return None
-    expected = np.outer(sum0, sum1) / np.sum(sum0)
-    w_mat = np.ones((2, 2), dtype=np.float64)
-    np.fill_diagonal(w_mat, 0)
-    denominator = np.sum(w_mat * expected)
-    if denominator == 0:
-        return None
-    return float(1 - np.sum(w_mat * confusion) / denominator)
+    return float(cohen_kappa_score([0, 0, 1, 1], [0, 1, 0, 1], labels=[0, 1], sample_weight=cells))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,43 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
     auroc = float(roc_auc_score(y, prob)) if len(set(y.tolist())) == 2 else None
     return {"f1": float(f1_score(y, pred, zero_division=0)), "auroc": auroc,
             "accuracy": float((pred == y).mean()) if len(y) else None, "n": int(len(y))}
+
+
+@dataclass
+class OutOfFold:
+    """What `out_of_fold` returns: every labeled sample scored by the model of the fold that held it out."""
+
+    folds: np.ndarray  # validation fold of each sample (stratified_folds)
+    prob: np.ndarray  # out-of-fold P(toxic) of each sample
+    models: list[Any]  # the model of each fold
+    seconds: list[float]  # time spent in `fit` per fold
+    metrics: dict[str, Any]  # binary_metrics of the out-of-fold probabilities, plus "folds"
+
+
+def out_of_fold(
+    y: np.ndarray, folds: int, seed: int, fit: Callable[[np.ndarray, np.ndarray, int], Any],
+    predict: Callable[[Any, np.ndarray], np.ndarray],
+) -> OutOfFold:
+    """Stratified k-fold cross-validation of any model: the one fold loop of heads and TF-IDF.
+
+    For each fold, `fit(train_idx, val_idx, fold)` returns a model trained on the samples
+    (row indices, ascending) outside the fold and `predict(model, val_idx)` gives P(toxic)
+    of the held-out samples."""
+    assignment = stratified_folds(y, folds, seed)
+    prob = np.full(len(y), np.nan)
+    models: list[Any] = []
+    seconds: list[float] = []
+    k = int(assignment.max()) + 1
+    for fold in range(k):
+        train, val = np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
+        t0 = time.perf_counter()
+        model = fit(train, val, fold)
+        seconds.append(time.perf_counter() - t0)
+        models.append(model)
+        prob[val] = predict(model, val)
+    metrics = binary_metrics(y, prob)
+    metrics["folds"] = k
+    return OutOfFold(assignment, prob, models, seconds, metrics)
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -266,28 +303,21 @@ def cross_validate(
     y = np.asarray(y, np.int64)
     if len(keys) != len(y) or len(x) != len(y):
         raise HeadError("features, labels and keys must be aligned")
-    folds = stratified_folds(y, config.folds, config.seed)
-    oof = np.full(len(y), np.nan)
     curves: list[dict[str, float]] = []
-    fold_seconds: list[float] = []
-    fold_heads: list[TrainedHead] = []
-    for fold in range(int(folds.max()) + 1):
-        train, val = folds != fold, folds == fold
-        t0 = time.perf_counter()
+
+    def fit(train: np.ndarray, val: np.ndarray, fold: int) -> TrainedHead:
         head, curve = train_head(x[train], y[train], config, feature_model, x_val=x[val], y_val=y[val], seed_offset=fold + 1)
-        fold_seconds.append(time.perf_counter() - t0)
-        head.meta["train_keys"] = [keys[j] for j in np.flatnonzero(train)]  # evidence for the out-of-fold check
-        fold_heads.append(head)
-        oof[val] = head.predict_proba(x[val])
+        head.meta["train_keys"] = [keys[j] for j in train]  # evidence for the out-of-fold check
         curves.extend({"fold": fold, **point} for point in curve)
+        return head
+
+    cv = out_of_fold(y, config.folds, config.seed, fit, lambda head, val: head.predict_proba(x[val]))
     final, _ = train_head(x, y, config, feature_model)
-    metrics = binary_metrics(y, oof)
-    metrics["folds"] = int(folds.max()) + 1
     final.meta.update({
-        "cv_metrics": metrics,
-        "oof": {k: [float(p), int(f)] for k, p, f in zip(keys, oof, folds, strict=True)},
+        "cv_metrics": cv.metrics,
+        "oof": {k: [float(p), int(f)] for k, p, f in zip(keys, cv.prob, cv.folds, strict=True)},
     })
-    return CrossValResult(list(keys), y, oof, folds, curves, fold_seconds, final, metrics, fold_heads)
+    return CrossValResult(list(keys), y, cv.prob, cv.folds, curves, cv.seconds, final, cv.metrics, cv.models)
 
 
 # ---------------------------------------------------------------- save / load

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+from rapidfuzz.distance import Levenshtein
 
 from workbench.errors import ModelUnavailable
 from workbench.ocr.base import OcrOutput, Word
-from workbench.ocr.metrics import edit_distance, normalise
+from workbench.ocr.metrics import normalise
 from workbench.ocr.preprocess import outlined_text_mask, upscale, white_text_mask
 from workbench.ocr.tesseract import find_tessdata, is_text_line, recognise
 
@@ -311,7 +312,7 @@ def pick_reading(readings: list[list[Word]]) -> list[Word]:
 
 
 def _similarity(a: str, b: str) -> float:
-    return 1.0 - edit_distance(a, b) / max(len(a), len(b), 1)
+    return Levenshtein.normalized_similarity(a, b)  # 1 - distance / longer length (1.0 for two empty strings)
 
 
 def _border_fill(grey: Image.Image) -> int:

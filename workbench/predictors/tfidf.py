@@ -65,9 +65,7 @@ class TfidfPredictor(OutOfFoldPredictor):
         )
 
     def fit(self) -> Fitted:
-        import time
-
-        from workbench.features.head_training import HeadError, binary_metrics, stratified_folds
+        from workbench.features.head_training import HeadError, out_of_fold
 
         ids = sorted(self.labels)
         y = labeled_arrays(self.labels, ids)
@@ -75,22 +73,13 @@ class TfidfPredictor(OutOfFoldPredictor):
         if not any(t.strip() for t in texts):
             raise HeadError(f"none of the {len(ids)} labeled images has OCR text yet: run OCR first "
                             "(Run page, or `python -m workbench ocr`)")
-        folds = stratified_folds(y, self.folds, self.seed)
-        models, seconds = [], []
-        oof = np.zeros(len(ids))
-        for fold in range(int(folds.max()) + 1):
-            t0 = time.perf_counter()
-            train = folds != fold
-            model = self._pipeline().fit([t for t, m in zip(texts, train) if m], y[train])
-            seconds.append(time.perf_counter() - t0)
-            models.append(model)
-            val = np.flatnonzero(~train)
-            oof[val] = _prob_toxic(model, [texts[j] for j in val])
+        cv = out_of_fold(y, self.folds, self.seed,
+                         lambda train, _val, _fold: self._pipeline().fit([texts[j] for j in train], y[train]),
+                         lambda model, val: _prob_toxic(model, [texts[j] for j in val]))
         final = self._pipeline().fit(texts, y)
-        metrics = binary_metrics(y, oof)
-        metrics.update(folds=int(folds.max()) + 1, n_empty_text=sum(1 for t in texts if not t.strip()))
-        return Fitted(fold_of={i: int(f) for i, f in zip(ids, folds)}, fold_models=models, final=final,
-                      metrics=metrics, fold_seconds=seconds)
+        metrics = {**cv.metrics, "n_empty_text": sum(1 for t in texts if not t.strip())}
+        return Fitted(fold_of={i: int(f) for i, f in zip(ids, cv.folds)}, fold_models=cv.models, final=final,
+                      metrics=metrics, fold_seconds=cv.seconds)
 
     def features_for(self, inp: PredictInput) -> str:
         # A labeled image is scored on the text it was cross-validated with.
