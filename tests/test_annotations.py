@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workbench.store.annotations import export_annotations, import_annotations
-from workbench.store.demo_memes import write_sample_memes
+from workbench.store.demo_memes import render_meme, write_sample_memes
 from workbench.store.ingest import scan_folder
 from workbench.store.labels import add_label, consensus_labels, undo_last
 
@@ -127,3 +127,32 @@ def test_formula_guarded_file_names_survive_export_then_import(session, settings
     report = import_annotations(session, settings.memes_dir, exported.encode("utf-8"))
     assert report.applied and not report.issues and report.imported == 4
     assert export_annotations(session) == exported
+
+
+def test_semicolon_cp1251_file_with_cyrillic_names_and_commas_imports(session, settings, unlabeled) -> None:
+    """Russian-locale Excel: Windows-1251, semicolons, names that hold commas; one row with a
+    stray semicolon is blamed on its own line and the rest can still go in."""
+    render_meme("мем", seed=1, size=(64, 64)).save(settings.memes_dir / "кот, смешной.png")
+    rows = ["filename;label", "кот, смешной.png;toxic", f"{unlabeled[0]};non_toxic", f"stray;{unlabeled[1]};toxic"]
+    data = "\r\n".join(rows).encode("cp1251")
+    strict = import_annotations(session, settings.memes_dir, data)
+    assert not strict.applied and [i.line for i in strict.issues] == [4]
+    partial = import_annotations(session, settings.memes_dir, data, all_or_nothing=False)
+    assert partial.applied and (partial.imported, partial.ingested) == (2, 1) and len(partial.issues) == 1
+    assert "кот, смешной.png,toxic" in export_annotations(session).replace('"', "")
+
+
+@pytest.mark.parametrize(("text", "imported"), [
+    ("filename\tlabel\n{0}\ttoxic\n", 1),  # tab-separated
+    ('"filename","label"\n"{0}","toxic"\n', 1),  # quoted everything
+    ("filename;label;note, with comma\n{0};toxic;ok\n", 1),  # both delimiters in the header
+])
+def test_import_guesses_the_delimiter(session, settings, unlabeled, text, imported) -> None:
+    report = import_annotations(session, settings.memes_dir, text.format(unlabeled[0]).encode())
+    assert report.applied and not report.issues and report.imported == imported
+
+
+@pytest.mark.parametrize("text", ["filename\n{0}\n", "", "\n\n"])
+def test_a_file_without_a_delimiter_is_read_as_commas_and_refused(session, settings, unlabeled, text) -> None:
+    report = import_annotations(session, settings.memes_dir, text.format(unlabeled[0]).encode())
+    assert not report.applied and "filename and label" in report.issues[0].problem

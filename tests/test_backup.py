@@ -25,6 +25,7 @@ from workbench.store.backup import (
     encode_csv_cell,
     read_manifest,
     restore,
+    snapshot_session,
     table_counts,
 )
 from workbench.store.catalog import stats
@@ -269,3 +270,37 @@ def test_backup_reads_a_snapshot_and_does_not_block_writers(settings, session, t
         assert export_annotations(s2) == annotations
     with db.session_scope(settings.db_url) as s:
         assert table_counts(s)["labels"] == n_labels + 1
+
+
+# ---- database URLs -------------------------------------------------------------------------
+
+PG_PASSWORD = "postgresql://anna:s3cr%40t@db.example:5433/wb?sslmode=require"
+
+
+@pytest.mark.parametrize(("url", "shown", "normal"), [
+    (PG_PASSWORD, "postgresql://anna:***@db.example:5433/wb?sslmode=require",
+     PG_PASSWORD.replace("postgresql:", "postgresql+psycopg:")),
+    ("postgres://anna:pw@db/wb", "postgres://anna:***@db/wb", "postgresql+psycopg://anna:pw@db/wb"),
+    ("postgresql+psycopg://anna:pw@db/wb", "postgresql+psycopg://anna:***@db/wb", None),
+    ("postgresql://anna@db/wb?password=s3cret&sslmode=require", "postgresql://anna@db/wb?password=***&sslmode=require",
+     "postgresql+psycopg://anna@db/wb?password=s3cret&sslmode=require"),  # libpq's other way to give it
+    ("postgresql+psycopg://анна:пароль@db/мемы", "postgresql+psycopg://анна:***@db/мемы", None),
+    ("sqlite:///data/workbench.sqlite3", None, None),
+    ("sqlite:////srv/мемы и фото/wb.sqlite3", None, None),
+    ("not a url: s3cret", "<unparseable database URL>", None),
+])
+def test_urls_show_no_password_and_plain_postgresql_uses_psycopg_3(url, shown, normal):
+    """None: as given. SQLite paths stay readable; the URL that connects keeps its password."""
+    assert db.mask_password(url) == (shown or url)
+    assert db.normalize_url(url) == (normal or url)
+
+
+def test_a_new_sqlite_file_gets_its_folder(tmp_path):
+    path = tmp_path / "new" / "deeper" / "wb.sqlite3"
+    try:
+        db.upgrade(f"sqlite:///{path}")
+        with snapshot_session(f"sqlite:///{path}") as session:  # the backup's own engine reads it
+            assert set(table_counts(session).values()) == {0}
+    finally:
+        db.dispose_all()
+    assert path.is_file()

@@ -6,13 +6,15 @@ import csv
 import io
 import os
 import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 from sqlalchemy import func, select
 
 from workbench.store.annotations import export_annotations
 from workbench.store.demo_memes import render_meme, write_sample_memes
-from workbench.store.ingest import scan_folder, store_uploads
+from workbench.store.ingest import folder_lock, scan_folder, store_uploads
 from workbench.store.labels import consensus_labels, current_labels
 from workbench.store.schema import Image
 
@@ -133,3 +135,32 @@ def test_real_memes_ingest_and_export(session, real_memes: Path) -> None:
     expected = {p.relative_to(real_memes).as_posix(): ("toxic" if p.parent.name == "Негативно" else "non_toxic")
                 for p in real_memes.rglob("*") if p.is_file()}
     assert {r["filename"]: r["label"] for r in rows} == expected
+
+
+def test_folder_lock_makes_a_second_writer_wait(settings) -> None:
+    """Writers of one folder (scan, upload, annotations import) take turns, across threads too."""
+    order: list[str] = []
+    with folder_lock(settings.memes_dir):
+        second = threading.Thread(target=lambda: _hold_folder_lock(settings.memes_dir, order))
+        second.start()
+        second.join(0.5)
+        assert second.is_alive()  # waiting for us
+        order.append("first done")
+    second.join(10)
+    assert order == ["first done", "second ran"]
+
+
+def _hold_folder_lock(memes_dir: Path, order: list[str]) -> None:
+    with folder_lock(memes_dir):
+        order.append("second ran")
+
+
+def test_folder_lock_goes_on_unlocked_when_its_file_cannot_be_opened(session, settings, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    with folder_lock(settings.memes_dir):  # the lock path now exists ...
+        pass
+    [lock_file] = tmp_path.glob("vlmemes-workbench-*.lock")  # ... make it unopenable: a folder
+    lock_file.unlink()
+    lock_file.mkdir()
+    write_sample_memes(settings.memes_dir, n=2, size=(64, 64))
+    assert scan_folder(session, settings.memes_dir).count("added") == 2

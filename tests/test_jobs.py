@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from workbench.ocr.step import OcrStep
 from workbench.ocr.tesseract import TesseractEngine
 from workbench.runs.listing import list_jobs
+from workbench.runs.lock import JobBusy, heavy_job_lock
 from workbench.runs.runner import run_step
 from workbench.runs.step import Progress
 from workbench.store.db import session_scope
@@ -26,6 +27,14 @@ from workbench.store.ingest import scan_folder
 from workbench.store.schema import Image, Job, OcrResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+HOLD_THE_JOB_LOCK = """
+import sys, time
+from pathlib import Path
+from workbench.runs.lock import heavy_job_lock
+with heavy_job_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
 
 
 def fast_step() -> OcrStep:
@@ -163,3 +172,26 @@ def test_progress_reports_every_batch(settings, workers: int) -> None:
     assert summary.done == 5
     assert seen[0] == (0, 5) and seen[-1] == (5, 5)
     assert sorted(p for p, _ in seen) == [p for p, _ in seen]  # monotonic
+
+
+def test_a_second_job_is_refused_naming_the_holder_until_the_holder_dies(settings) -> None:
+    ids = _ingest(settings, 1)
+    lock_dir = settings.artefacts_dir
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_JOB_LOCK, str(lock_dir)], cwd=REPO_ROOT,
+                              env=os.environ.copy(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = rf"another job is running \(pid {holder.pid} since \d{{4}}-\d\d-\d\dT[\d:]+\); wait for it or cancel it first"
+        with pytest.raises(JobBusy, match=busy):
+            _run(settings, fast_step(), ids)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.stdout.close()
+    assert _rows(settings)[0] == 0
+    # the OS dropped the dead holder's lock: the next job goes on, and names itself while it runs
+    with heavy_job_lock(lock_dir), pytest.raises(JobBusy, match=rf"\(pid {os.getpid()} since "):
+        _run(settings, fast_step(), ids)
+    assert _run(settings, fast_step(), ids).done == 1  # released on exit

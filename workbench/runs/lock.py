@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 STALE_AFTER = timedelta(minutes=10)
 
@@ -17,28 +19,31 @@ class JobBusy(RuntimeError):
 
 @contextmanager
 def heavy_job_lock(lock_dir: Path) -> Iterator[None]:
-    """One heavy job at a time per artefacts dir (advisory flock; released on process death)."""
+    """One heavy job at a time per artefacts dir (an OS file lock, released on process death).
+
+    The holder ("pid N since TIME") goes to a sidecar `.job.lock.holder` file written once the
+    lock is ours, so a second job's JobBusy can name it; filelock owns `.job.lock` itself."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     path = lock_dir / ".job.lock"
+    holder_file = lock_dir / ".job.lock.holder"
+    lock = FileLock(path, timeout=0)
     try:
-        import fcntl
-    except ImportError:  # Windows: no lock, run anyway
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = holder_file.read_text(encoding="utf-8").strip()
+        except OSError:  # the holder has not written it yet
+            holder = ""
+        raise JobBusy(f"another job is running ({holder or 'another process'}); "
+                      "wait for it or cancel it first") from None
+    try:
+        # A killed holder leaves a stale file behind; it is only read while the lock is taken,
+        # and whoever takes the lock next overwrites it first.
+        with suppress(OSError):
+            holder_file.write_text(f"pid {os.getpid()} since {datetime.now().isoformat(timespec='seconds')}",
+                                   encoding="utf-8")
         yield
-        return
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise JobBusy(f"another job is running ({holder}); wait for it or cancel it first") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} since {datetime.now().isoformat(timespec='seconds')}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        with suppress(OSError):
+            holder_file.write_text("", encoding="utf-8")
+        lock.release()

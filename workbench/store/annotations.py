@@ -24,6 +24,7 @@ from workbench.store.schema import Image
 
 IMPORT_ANNOTATOR = "import"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+SNIFF_CHARS = 4096  # how much of an imported CSV the delimiter is guessed from
 
 
 def neutralise_cell(value: object) -> object:
@@ -86,6 +87,21 @@ def _decode(data: bytes) -> str:
     raise ValueError("the file is neither UTF-8 nor Windows-1251 text")
 
 
+def _delimiter(text: str) -> str:
+    """Comma, semicolon (a Russian-locale Excel) or tab, as csv.Sniffer reads the first lines,
+    else the header alone (a few rows with stray delimiters). Only the delimiter is taken:
+    quoting stays the csv default, as in our own exports."""
+    lines = text[:SNIFF_CHARS]  # the Sniffer's regexes are slow on a huge hostile line
+    if len(text) > SNIFF_CHARS and "\n" in lines:
+        lines = lines.rsplit("\n", 1)[0]  # whole lines only
+    for sample in (lines, lines.split("\n", 1)[0]):
+        try:
+            return csv.Sniffer().sniff(sample, delimiters=",;\t").delimiter
+        except csv.Error:
+            continue
+    return ","  # one column, empty, or nothing consistent: the format's comma
+
+
 def _safe_rel(raw: str) -> str | None:
     """A normalised relative posix path, or None if it escapes the memes dir."""
     raw = raw.strip().replace("\\", "/")
@@ -123,9 +139,7 @@ def _import_annotations(
         report.issues.append(RowIssue(0, "", str(exc)))
         return report
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    first = text.split("\n", 1)[0]
-    delimiter = ";" if first.count(";") > first.count(",") else ("\t" if "\t" in first and "," not in first else ",")
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(text), delimiter=_delimiter(text))
     fields = [f.strip().lower() for f in (reader.fieldnames or [])]
     if "filename" not in fields or "label" not in fields:
         report.issues.append(RowIssue(1, "", f"header must have columns filename and label; found {fields or 'nothing'}"))

@@ -50,6 +50,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -276,8 +277,8 @@ def snapshot_session(db_url: str) -> Iterator[Session]:
     run while people label. SQLite: a deferred transaction on its own connection (WAL pins
     a snapshot at the first read; the app's sessions use BEGIN IMMEDIATE, which would hold
     the write lock for the whole backup). PostgreSQL: REPEATABLE READ, READ ONLY."""
-    url = normalize_url(db_url)
-    if url.startswith("sqlite"):
+    url = make_url(normalize_url(db_url))
+    if url.get_backend_name() == "sqlite":
         engine = create_engine(url, poolclass=NullPool)
 
         @event.listens_for(engine, "connect")

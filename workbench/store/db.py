@@ -14,8 +14,11 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote
 
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from workbench.config import REPO_ROOT
@@ -35,18 +38,41 @@ def in_batches(items: Iterable[T], size: int = IN_BATCH) -> Iterator[list[T]]:
 
 def normalize_url(url: str) -> str:
     """Use psycopg 3 for plain postgresql:// URLs (psycopg2 is not a dependency)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL: create_engine will say so
+        return url
+    if parsed.drivername not in ("postgresql", "postgres"):
+        return url
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+UNPARSEABLE_URL = "<unparseable database URL>"
+
+
+def mask_password(url: str) -> str:
+    """`url` fit to show: the password replaced by ***; a URL without one (SQLite) as it is."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # it may still hold a password: show none of it (ValueError: a bad port)
+        return UNPARSEABLE_URL
+    if "@" in (parsed.host or ""):  # a raw '@' in the password leaves part of it in the host
+        return UNPARSEABLE_URL
+    if parsed.password is None and "password" not in parsed.query:
+        return url  # nothing to hide; rendering would %-encode a Cyrillic path
+    if "password" in parsed.query:  # libpq also takes ?password=...
+        parsed = parsed.update_query_dict({"password": "***"})
+    return unquote(parsed.render_as_string(hide_password=True))  # for reading only, never to connect
 
 
 def _make_engine(url: str) -> Engine:
-    url = normalize_url(url)
-    if url.startswith("sqlite"):
-        db_file = url.split("///", 1)[-1]
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        db_file = parsed.database
         if db_file and db_file != ":memory:":
             Path(db_file).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                                     "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -63,7 +89,7 @@ def _make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(parsed, pool_pre_ping=True)
 
 
 _engines: dict[str, Engine] = {}

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -121,23 +122,17 @@ def scan_folder(
 def folder_lock(memes_dir: Path) -> Iterator[None]:
     """Cross-process lock for writers of one memes folder (scan, upload). Kept in the temp
     dir, so a read-only memes folder works; released by the OS if the process dies."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
     key = hashlib.sha1(str(memes_dir.resolve()).encode("utf-8")).hexdigest()[:16]
+    lock = FileLock(Path(tempfile.gettempdir()) / f"vlmemes-workbench-{key}.lock")  # waits as long as it takes
     try:
-        fh = open(Path(tempfile.gettempdir()) / f"vlmemes-workbench-{key}.lock", "a+")  # noqa: SIM115
+        lock.acquire()
     except OSError:  # e.g. another user's lock file: go on unlocked rather than refuse to scan
         yield
         return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _scan_folder(
