@@ -1,6 +1,6 @@
 """Train: cache CLIP / VLM embeddings, train a head or the TF-IDF baseline from the current
-labels (stratified k-fold: labeled memes get out-of-fold predictions), see the training
-curves, and save / reuse trained heads."""
+labels (stratified k-fold: labeled memes get out-of-fold predictions; the form is built from
+the predictor's options), see the training curves, and save / reuse trained heads."""
 
 from workbench import ui
 
@@ -12,11 +12,11 @@ import streamlit as st  # noqa: E402
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL  # noqa: E402
 from workbench.features.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
-from workbench.features.head_training import HEAD_MODELS, HeadError, read_head_info  # noqa: E402
+from workbench.features.head_training import HeadError, read_head_info  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
-from workbench.predictors.head import HEAD_FEATURES, copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
+from workbench.predictors.head import copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
 from workbench.predictors.out_of_fold import read_training_report  # noqa: E402
-from workbench.predictors.run import build_predictor  # noqa: E402
+from workbench.predictors.run import build_predictor, predictor_spec  # noqa: E402
 from workbench.store import catalog  # noqa: E402
 from workbench.store.labels import consensus_labels  # noqa: E402
 
@@ -56,13 +56,15 @@ tab_embed, tab_train, tab_heads = st.tabs(["1 · Embeddings", "2 · Train", "3 �
 with tab_embed:
     st.write("Heads train on cached embeddings: CLIP image + CLIP text-of-OCR, or the VLM's mean-pooled "
              "hidden state. Extraction skips memes whose embedding is current.")
-    c1, c2, c3 = st.columns([1, 3, 1])
+    # The settings of `python -m workbench embed` (make_embedders has no Option list).
+    c1, c2, c3, c4 = st.columns([1, 3, 1, 1])
     source = c1.radio("Source", ["clip", "vlm"], key="train_embed_source", horizontal=True)
     default_model = DEFAULT_CLIP_MODEL if source == "clip" else DEFAULT_VLM_MODEL
     model = c2.text_input("Model id or local folder", value=default_model, key=f"train_embed_model_{source}")
-    dtype = c3.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="train_embed_dtype")
+    device = c3.text_input("device", value="auto", key="train_embed_device", help="auto | cpu | cuda | cuda:N | mps")
+    dtype = c4.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="train_embed_dtype")
     if st.button("Extract embeddings", key="train_embed_run", disabled=not all_ids):
-        for embedder in make_embedders(source, model.strip() or default_model, dtype=dtype):
+        for embedder in make_embedders(source, model.strip() or default_model, device.strip() or "auto", dtype):
             st.write(f"**{embedder.kind}**")
             ui.run_job_widget(ctx, EmbedStep(embedder), all_ids, key=f"train_embed_{embedder.kind}")
     with ctx.session() as session:
@@ -75,30 +77,19 @@ with tab_embed:
 with tab_train:
     what = st.radio("What to train", ["TF-IDF baseline (OCR text, no weights needed)", "Head on embeddings"],
                     key="train_what")
-    values: dict = {}
-    if what.startswith("TF-IDF"):
-        kind = "text-tfidf"
-        c1, c2, c3 = st.columns(3)
-        values["ngram_min"] = int(c1.number_input("Shortest n-gram", 1, 10, 2, key="train_tfidf_min"))
-        values["ngram_max"] = int(c2.number_input("Longest n-gram", 1, 10, 5, key="train_tfidf_max"))
-        values["folds"] = int(c3.number_input("Folds", 2, 20, 5, key="train_tfidf_folds"))
-    else:
-        kind = "head"
-        c1, c2, c3 = st.columns(3)
-        values["features"] = c1.selectbox("Features", HEAD_FEATURES, index=HEAD_FEATURES.index("both"),
-                                          key="train_head_features",
-                                          help="image×text = 'interaction'; vlm = VLM pooled hidden state")
-        values["head"] = c2.selectbox("Head", HEAD_MODELS, index=HEAD_MODELS.index("mlp"), key="train_head_model")
-        values["folds"] = int(c3.number_input("Folds", 2, 20, 5, key="train_head_folds"))
-        c1, c2, c3 = st.columns(3)
-        values["epochs"] = int(c1.number_input("Epochs", 1, 1000, 60, key="train_head_epochs"))
-        values["lr"] = float(c2.number_input("Learning rate", 1e-5, 1.0, 1e-3, format="%.5f", key="train_head_lr"))
-        values["seed"] = int(c3.number_input("Seed", 0, 10_000, 0, key="train_head_seed"))
-        model_key = "vlm_model" if values["features"] == "vlm" else "clip_model"
-        values[model_key] = st.text_input("Feature model (its embeddings must be cached)",
-                                          value=DEFAULT_VLM_MODEL if model_key == "vlm_model" else DEFAULT_CLIP_MODEL,
-                                          key=f"train_head_{model_key}")
-    if st.button("Train and predict (out-of-fold)", type="primary", key="train_run", disabled=not all_ids):
+    kind, prefix = ("text-tfidf", "train_tfidf") if what.startswith("TF-IDF") else ("head", "train_head")
+    spec = predictor_spec(kind)
+    if not spec.available:
+        st.warning(f"The {kind} predictor cannot be used here.")
+        st.text(spec.unavailable or "")
+    elif kind == "head":
+        st.caption("Features read the embeddings cached in tab 1 by clip_model (image / text / both / "
+                   "interaction) or vlm_model (vlm). To predict with a saved head, use tab 3.")
+    # head_path (predict with a saved head instead of training) belongs to the Saved heads tab.
+    values = ui.option_form(spec.options, prefix, overrides={"head_path": ""} if kind == "head" else None,
+                            columns=3)
+    if st.button("Train and predict (out-of-fold)", type="primary", key="train_run",
+                 disabled=not (all_ids and spec.available)):
         try:
             predictor = build_predictor(kind, values)
         except ValueError as exc:

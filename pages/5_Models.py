@@ -12,7 +12,7 @@ ctx = ui.bootstrap("Models", "🤖")
 import streamlit as st  # noqa: E402
 
 from workbench.analysis import outcomes  # noqa: E402
-from workbench.predictors.base import Option, PredictorStep  # noqa: E402
+from workbench.predictors.base import PredictorStep  # noqa: E402
 from workbench.predictors.run import build_predictor, predictor_specs  # noqa: E402
 from workbench.store import catalog  # noqa: E402
 
@@ -25,40 +25,12 @@ labels = {s.kind: f"{s.title} ({s.kind})" if s.available else f"{s.kind} — una
 kind = st.selectbox("Predictor", [s.kind for s in specs], format_func=labels.__getitem__, key="models_kind")
 spec = next(s for s in specs if s.kind == kind)
 
-
-def option_widget(option: Option, key: str):
-    """One input for one option, by its type; returns the value."""
-    label, help_text = option.name, option.help or None
-    if option.type == "text":
-        return st.text_area(label, value=str(option.default), help=help_text, key=key, height=140)
-    if option.type == "bool":
-        return st.checkbox(label, value=bool(option.default), help=help_text, key=key)
-    if option.type == "int":
-        return int(st.number_input(label, value=int(option.default), step=1, help=help_text, key=key))
-    if option.type == "float":
-        return float(st.number_input(label, value=float(option.default), step=0.05, format="%.4g",
-                                     help=help_text, key=key))
-    if option.type == "choice" and option.choices:
-        choices = list(option.choices)
-        index = choices.index(option.default) if option.default in choices else 0
-        return st.selectbox(label, choices, index=index, help=help_text, key=key)
-    return st.text_input(label, value=str(option.default), help=help_text, key=key)
-
-
 if not spec.available:
     st.warning(f"The {kind} predictor cannot be used here; the other predictors work.")
     st.text(spec.unavailable or "")
 else:
     st.subheader("Options")
-    values = {}
-    long_options = [o for o in spec.options if o.type == "text"]
-    short_options = [o for o in spec.options if o.type != "text"]
-    columns = st.columns(2)
-    for i, option in enumerate(short_options):
-        with columns[i % 2]:
-            values[option.name] = option_widget(option, f"models_{kind}_{option.name}")
-    for option in long_options:
-        values[option.name] = option_widget(option, f"models_{kind}_{option.name}")
+    values = ui.option_form(spec.options, f"models_{kind}")
 
     st.subheader("Memes")
     with ctx.session() as session:

@@ -71,6 +71,28 @@ def test_folds_are_stratified_and_shrink_to_the_smallest_class() -> None:
         head_training.stratified_folds(np.array([1, 0, 0, 0]), 5)
 
 
+def test_out_of_fold_matches_sklearn_cross_val_predict_with_the_same_splitter() -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    x, y, _ = _random_data(n=30, dim=5, signal=1.0, seed=4)
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def fit(train: np.ndarray, val: np.ndarray, fold: int) -> LogisticRegression:
+        seen.append((train, val))
+        return LogisticRegression().fit(x[train], y[train])
+
+    cv = head_training.out_of_fold(y, 4, 2, fit, lambda model, val: model.predict_proba(x[val])[:, 1])
+    assert np.array_equal(cv.folds, head_training.stratified_folds(y, 4, seed=2))
+    for fold, (train, val) in enumerate(seen):
+        assert np.array_equal(val, np.flatnonzero(cv.folds == fold)) and not set(train) & set(val)
+    ref = cross_val_predict(LogisticRegression(), x, y, cv=StratifiedKFold(4, shuffle=True, random_state=2),
+                            method="predict_proba")[:, 1]
+    assert np.allclose(cv.prob, ref)
+    assert cv.metrics == {**head_training.binary_metrics(y, cv.prob), "folds": 4}
+    assert len(cv.models) == len(cv.seconds) == 4
+
+
 @pytest.mark.parametrize("features,dim", [("image", 8), ("text", 8), ("both", 16), ("interaction", 8)])
 def test_feature_sets(features: str, dim: int) -> None:
     rng = np.random.default_rng(0)
@@ -289,3 +311,34 @@ def test_vlm_pooled_embeddings_through_the_runner_match_one_at_a_time(settings) 
     alone = embedder.embed([load_rgb(paths[ids[1]])], [texts[ids[1]]])[0]
     assert np.allclose(alone, stored[ids[1]], atol=2e-2)  # float16 storage
     assert not np.allclose(stored[ids[0]], stored[ids[1]], atol=1e-3)
+
+
+def test_train_page_forms_are_the_predictors_options_and_train_with_the_typed_values(settings,
+                                                                                     clear_streamlit_cache) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_models_page import option_values
+    from workbench.predictors.head import HeadPredictor
+    from workbench.predictors.tfidf import TfidfPredictor
+    from workbench.store.schema import ModelRun
+
+    _memes(settings, 10)
+    page = Path(__file__).resolve().parent.parent / "pages" / "10_Train.py"
+    at = AppTest.from_file(str(page), default_timeout=120).run()
+    assert not at.exception
+    tfidf = TfidfPredictor.options
+    assert option_values(at, tfidf, "train_tfidf") == {o.name: o.default for o in tfidf}
+    at.radio(key="train_what").set_value("Head on embeddings").run()
+    head = [o for o in HeadPredictor.options if o.name != "head_path"]  # a saved head is used from tab 3
+    assert option_values(at, head, "train_head") == {o.name: o.default for o in head}
+    with pytest.raises(KeyError):
+        at.text_input(key="train_head_head_path")
+    at.radio(key="train_what").set_value("TF-IDF baseline (OCR text, no weights needed)").run()
+    at.number_input(key="train_tfidf_ngram_max").set_value(3)
+    at.number_input(key="train_tfidf_folds").set_value(3)
+    at.button(key="train_run").click().run()
+    assert not at.exception, at.exception
+    assert any("Out-of-fold F1" == m.label for m in at.metric)
+    with session_scope(settings.db_url) as session:
+        params = session.scalars(select(ModelRun)).one().params
+    assert (params["model"], params["ngram_range"], params["folds"]) == ("tfidf-char-logreg", [2, 3], 3)

@@ -12,6 +12,8 @@ from streamlit.testing.v1 import AppTest
 
 from tests.support.tiny_models import tiny_model_dir
 from workbench.predictors import REGISTRY
+from workbench.predictors.base import Option
+from workbench.predictors.run import predictor_specs
 from workbench.store.db import session_scope
 from workbench.store.demo_memes import write_sample_memes
 from workbench.store.ingest import scan_folder
@@ -33,6 +35,15 @@ def _open() -> AppTest:
     at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT).run()
     assert not at.exception, [e.message for e in at.exception]
     return at
+
+
+# The widget ui.option_form renders for each Option type ("str" and anything else: text_input).
+WIDGETS = {"int": "number_input", "float": "number_input", "bool": "checkbox", "choice": "selectbox", "text": "text_area"}
+
+
+def option_values(at: AppTest, options: tuple[Option, ...] | list[Option], prefix: str) -> dict:
+    """{option name: its widget's value}, each widget found by its type and key `{prefix}_{name}` (KeyError if absent)."""
+    return {o.name: getattr(at, WIDGETS.get(o.type, "text_input"))(key=f"{prefix}_{o.name}").value for o in options}
 
 
 def _predictions(settings) -> int:
@@ -90,3 +101,28 @@ def test_a_missing_predictor_module_is_shown_as_unavailable(settings, clear_stre
     at.selectbox(key="models_kind").set_value("vlm").run()  # the others still render their forms
     assert not at.exception
     assert at.text_area(key="models_vlm_prompt").value
+
+
+def test_every_option_of_every_predictor_gets_a_widget_holding_its_default(settings, clear_streamlit_cache) -> None:
+    specs = [s for s in predictor_specs() if s.available]
+    assert {"clip", "vlm", "text-tfidf", "head"} <= {s.kind for s in specs}
+    at = _open()
+    for spec in specs:
+        at.selectbox(key="models_kind").set_value(spec.kind).run()
+        assert not at.exception, [e.message for e in at.exception]
+        assert option_values(at, spec.options, f"models_{spec.kind}") == {o.name: o.default for o in spec.options}
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql+psycopg://me:s3cret@db.example:5432/memes", "postgresql+psycopg://me:***@db.example:5432/memes"),
+    ("postgresql://me:p%40ss@host/memes", "postgresql://me:***@host/memes"),
+    ("postgresql://me:p@ss@host/memes", "<unparseable database URL>"),  # a raw '@' in the password: show none of it
+    ("postgresql://me:pw@host:port/memes", "<unparseable database URL>"),
+    ("not a url", "<unparseable database URL>"),
+    ("sqlite:////data/wb.sqlite3", "sqlite:////data/wb.sqlite3"),
+])
+def test_the_sidebar_db_url_never_shows_a_password(url: str, shown: str) -> None:
+    from workbench.ui import _short_url
+
+    assert _short_url(url) == shown
+    assert "s3cret" not in _short_url(url) and "ss@" not in _short_url(url)

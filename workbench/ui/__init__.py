@@ -1,20 +1,23 @@
 """The one Streamlit helper that pages share: bootstrap (page config, settings, cached
-DB engine + migrations, annotator in the sidebar), the job-progress widget, and safe
-text rendering. The only workbench module that imports streamlit."""
+DB engine + migrations, annotator in the sidebar), the job-progress widget, the form built
+from predictor Options, and safe text rendering. The only workbench module that imports streamlit."""
 
 from __future__ import annotations
 
 import html
+import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from sqlalchemy.orm import Session
 
 from workbench.config import Settings, load_settings
+from workbench.predictors.base import Option
 from workbench.runs.lock import JobBusy
 from workbench.runs.runner import run_step
 from workbench.runs.step import JobSummary, Progress, Step
@@ -124,7 +127,50 @@ def _annotator_sidebar(settings: Settings) -> str:
 
 
 def _short_url(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]+@", r"//\1:***@", url)  # never show a password
+    """The DB URL as the sidebar shows it: never with its password (see store.db.mask_password)."""
+    return db.mask_password(url)
+
+
+def option_form(
+    options: Sequence[Option], key_prefix: str, *, overrides: Mapping[str, Any] | None = None, columns: int = 2,
+) -> dict[str, Any]:
+    """One widget per option (keyed `{key_prefix}_{option.name}`), by its type; returns
+    {name: value} ready for build_predictor. Options named in `overrides` get no widget and
+    take the given value (the page sets them itself). Single-line options fill `columns`
+    columns; multi-line text options follow at full width."""
+    overrides = dict(overrides or {})
+    shown = [o for o in options if o.name not in overrides]
+    values: dict[str, Any] = {}
+    short = [o for o in shown if o.type != "text"]
+    cols = st.columns(columns) if short else []
+    for i, option in enumerate(short):
+        with cols[i % columns]:
+            values[option.name] = option_widget(option, f"{key_prefix}_{option.name}")
+    for option in shown:
+        if option.type == "text":
+            values[option.name] = option_widget(option, f"{key_prefix}_{option.name}")
+    return {o.name: overrides[o.name] if o.name in overrides else values[o.name] for o in options}
+
+
+def option_widget(option: Option, key: str) -> Any:
+    """The input for one option, by its type (text | bool | int | float | choice | str); returns its value."""
+    label, help_text = option.name, option.help or None
+    if option.type == "text":
+        return st.text_area(label, value=str(option.default), help=help_text, key=key, height=140)
+    if option.type == "bool":
+        return st.checkbox(label, value=bool(option.default), help=help_text, key=key)
+    if option.type == "int":
+        return int(st.number_input(label, value=int(option.default), step=1, help=help_text, key=key))
+    if option.type == "float":
+        default = float(option.default)
+        # 0.05 for thresholds and the like; one unit of the leading digit for small values (lr 1e-3 -> 1e-3)
+        step = min(0.05, 10.0 ** math.floor(math.log10(abs(default)))) if default else 0.05
+        return float(st.number_input(label, value=default, step=step, format="%.4g", help=help_text, key=key))
+    if option.type == "choice" and option.choices:
+        choices = list(option.choices)
+        index = choices.index(option.default) if option.default in choices else 0
+        return st.selectbox(label, choices, index=index, help=help_text, key=key)
+    return st.text_input(label, value=str(option.default), help=help_text, key=key)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
