@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from tests.support.workspace import remove_workspace, temp_workspace  # noqa: E402 - the repo root is on sys.path now
 
 
 def best_of(repeat: int, fn):  # noqa: ANN001, ANN201
@@ -68,14 +67,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary DB (its path is printed)")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="wb-bench-metrics-"))
-    os.environ["WORKBENCH_DB_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-    os.environ["WORKBENCH_MEMES_DIR"] = str(tmp / "memes")
-    os.environ["WORKBENCH_ARTEFACTS_DIR"] = str(tmp / "artefacts")
-    (tmp / "memes").mkdir()
+    tmp = temp_workspace("wb-bench-metrics-")
 
     from tests.support.synthetic_runs import generate
-    from workbench.analysis import dashboard
+    from workbench.analysis.dashboard import dashboard
     from workbench.analysis.outcomes import load_runs, load_truth
     from workbench.config import load_settings
     from workbench.store import db
@@ -129,9 +124,7 @@ def main() -> int:
             print("page raised:", [e.value for e in at.exception])
         print(f"{'page, all runs, cache cleared':38} {cold * 1000:6.0f} ms   {cold_cpu * 1000:6.0f} ms")
         print(f"{'page, threshold moved (cached)':38} {warm * 1000:6.0f} ms   {warm_cpu * 1000:6.0f} ms")
-    db.dispose_all()
-    if not args.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_workspace(tmp, args.keep)
     return 0
 
 

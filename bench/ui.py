@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from tests.support.workspace import remove_workspace, temp_workspace  # noqa: E402 - the repo root is on sys.path now
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -110,10 +110,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7, help="timed runs per page (median reported)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary database and files")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="wb-bench-ui-"))
-    os.environ["WORKBENCH_DB_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-    os.environ["WORKBENCH_MEMES_DIR"] = str(tmp / "memes")
-    os.environ["WORKBENCH_ARTEFACTS_DIR"] = str(tmp / "artefacts")
+    tmp = temp_workspace("wb-bench-ui-")
     t0 = time.perf_counter()
     build_db(tmp, args.n)
     print(f"built {args.n} memes + labels + OCR in {time.perf_counter() - t0:.1f} s ({tmp})")
@@ -128,8 +125,7 @@ def main() -> int:
         verdict = "ok" if max(first, rerun) <= target else "SLOW"
         print(f"{name:10} {first:8.0f}ms {rerun:6.0f}ms {target:5d}ms  {verdict}")
     print("first run = a new browser session opening the page; rerun = the same session after an interaction")
-    if not args.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
+    remove_workspace(tmp, args.keep)
     return 0
 
 

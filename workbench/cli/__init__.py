@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import sys
+from typing import Any
 
 from workbench.config import load_settings
 
@@ -20,6 +22,20 @@ AREAS = ("core", "ocr", "predict", "embed", "analysis", "report", "backup")
 
 class CliError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def in_session(settings: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """`fn(session, *args, **kwargs)` in one session (one transaction) of the configured database."""
+    from workbench.store.db import session_scope
+
+    with session_scope(settings.db_url) as session:
+        return fn(session, *args, **kwargs)
+
+
+def print_json(value: Any) -> int:
+    """Print `value` as one line of JSON, Cyrillic kept readable (what every `--json` prints); exit code 0."""
+    print(json.dumps(value, ensure_ascii=False))
+    return 0
 
 
 def report_job(title: str, summary) -> int:  # noqa: ANN001 - a workbench.runs.JobSummary

@@ -5,12 +5,11 @@ the Dashboard and Disagreements pages)."""
 from __future__ import annotations
 
 import argparse
-import json
 from itertools import combinations
 from typing import Any
 
 from workbench.analysis.metrics import DEFAULT_N_BOOT
-from workbench.cli import CliError
+from workbench.cli import CliError, in_session, print_json
 from workbench.config import Settings
 
 
@@ -80,8 +79,7 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
     with session_scope(settings.db_url) as session:
         report = metrics_report(session, args.run_ids, n_boot=args.n_boot, seed=args.seed)
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
-        return 0
+        return print_json(report)
     for r in report["runs"]:
         print(f"run #{r['run_id']} {r['kind']} · {r['name'] or r['model_id']}")
         print(f"  labeled {r['n_labeled']}, covered {r['n_covered']} (coverage {_fmt(r['coverage'])}), "
@@ -109,8 +107,7 @@ def cmd_disagreements(args: argparse.Namespace, settings: Settings) -> int:
         a, b = _load(session, [args.run_a, args.run_b])
         table = pair_table(a, b)
     if args.json:
-        print(json.dumps(table.to_dict(), ensure_ascii=False))
-        return 0
+        return print_json(table.to_dict())
     for name, n in table.counts.items():
         print(f"{name:40} {n}")
     print(f"McNemar exact p = {table.mcnemar.pvalue:.4g}")
@@ -129,8 +126,7 @@ def cmd_label_issues(args: argparse.Namespace, settings: Settings) -> int:
         paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_([x.image_id for x in issues]))).all())
     rows = [{**x.to_dict(), "path": paths.get(x.image_id)} for x in issues]
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False))
-        return 0
+        return print_json(rows)
     for r in rows:
         print(f"{r['score']:.3f}  {r['n_contradicting']}/{r['n_runs']} runs  human={r['human']:9}  {r['path']}")
     return 0
@@ -138,13 +134,10 @@ def cmd_label_issues(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_agreement(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.analysis.outcomes import annotator_agreement
-    from workbench.store.db import session_scope
 
-    with session_scope(settings.db_url) as session:
-        report = annotator_agreement(session)
+    report = in_session(settings, annotator_agreement)
     if args.json:
-        print(json.dumps(report, ensure_ascii=False))
-        return 0
+        return print_json(report)
     for r in report["annotators"]:
         print(f"{r['annotator']:20} n={r['n_labels']:5}  vs consensus {_fmt(r['agreement_consensus'])} "
               f"(kappa {_fmt(r['kappa_consensus'])})  vs others {_fmt(r['agreement_others'])} "

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from workbench.cli import CliError
+from workbench.cli import CliError, in_session, print_json
 from workbench.config import Settings
 
 
@@ -110,26 +109,20 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_export_annotations(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.store.annotations import write_annotations
-    from workbench.store.db import session_scope
 
-    with session_scope(settings.db_url) as session:
-        n = write_annotations(session, args.path)
+    n = in_session(settings, write_annotations, args.path)
     print(f"wrote {n} rows to {args.path}")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.store.catalog import stats
-    from workbench.store.db import session_scope
 
-    with session_scope(settings.db_url) as session:
-        counts = stats(session)
-    if args.json:
-        print(json.dumps(counts, ensure_ascii=False))
-    else:
-        for key, value in counts.items():
-            print(f"{key:14} {value}")
-    return 0
+    counts = in_session(settings, stats)
+    if not args.json:
+        print("\n".join(f"{key:14} {value}" for key, value in counts.items()))
+        return 0
+    return print_json(counts)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

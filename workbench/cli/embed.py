@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli import CliError, report_job
+from workbench.cli import CliError, print_json, report_job
 from workbench.config import Settings
 
 
@@ -97,8 +97,7 @@ def cmd_head_list(args: argparse.Namespace, settings: Settings) -> int:
 
     rows = saved_heads()
     if args.json:
-        print(json.dumps(rows, ensure_ascii=False))
-        return 0
+        return print_json(rows)
     if not rows:
         print("no saved heads yet (train one: python -m workbench predict head -o features=both)")
     for r in rows:
