@@ -1,11 +1,12 @@
 """Tesseract: in-process through `tesserocr` (one API handle per language/mode, kept for
-the process), `pytesseract` + the `tesseract` binary as fallback. `recognise` is also the
-recogniser of the default `accurate` engine.
+the process; no subprocess per image). `recognise` is also the recogniser of the default
+`accurate` engine.
 
 The `tesseract` engine reads the whole image in passes — as it is, as a "white text"
 mask (upscaled, bright unsaturated pixels as black on white) and as an "outlined
-letters" mask — and keeps the pass with more letters in confident words: meme captions are white-on-photo, which raw Tesseract reads
-badly, while captions on plain bands read fine raw. Lines of the chosen pass that are
+letters" mask — and keeps the pass with more letters in confident words: meme captions
+are white-on-photo, which raw Tesseract reads badly, while captions on plain bands read
+fine raw. Lines of the chosen pass that are
 mostly not letters are dropped (`is_text_line`).
 """
 
@@ -62,10 +63,8 @@ def _api(tessdata: str, lang: str, psm: int):  # noqa: ANN202 - tesserocr.PyTess
 
 def recognise(image: Image.Image, tessdata: str, lang: str, psm: int) -> list[list[Word]]:
     """Words of `image`, grouped by text line, with confidences and boxes in its pixels."""
-    try:
-        import tesserocr
-    except ImportError:
-        return _recognise_cli(image, tessdata, lang, psm)
+    import tesserocr
+
     api = _api(tessdata, lang, psm)
     api.SetImage(image)
     api.Recognize()
@@ -86,22 +85,6 @@ def recognise(image: Image.Image, tessdata: str, lang: str, psm: int) -> list[li
         lines[-1].append(Word(text.strip(), float(item.Confidence(word_level)), (x0, y0, x1 - x0, y1 - y0)))
     api.Clear()
     return lines
-
-
-def _recognise_cli(image: Image.Image, tessdata: str, lang: str, psm: int) -> list[list[Word]]:
-    """Fallback through pytesseract (the `tesseract` binary) when tesserocr is not installed."""
-    import pytesseract
-
-    data = pytesseract.image_to_data(
-        image, lang=lang, config=f"--psm {psm} --oem 1 --tessdata-dir {tessdata}", output_type=pytesseract.Output.DICT)
-    lines: dict[tuple[int, int, int], list[Word]] = {}
-    for i, text in enumerate(data["text"]):
-        if not text or not text.strip() or float(data["conf"][i]) < 0:
-            continue
-        key = (data["block_num"][i], data["par_num"][i], data["line_num"][i])
-        box = (data["left"][i], data["top"][i], data["width"][i], data["height"][i])
-        lines.setdefault(key, []).append(Word(text.strip(), float(data["conf"][i]), box))
-    return list(lines.values())
 
 
 def letters(words: list[Word], min_conf: float) -> int:
@@ -161,7 +144,7 @@ class TesseractEngine:
     def load(self) -> None:
         if self._tessdata is None:
             self._tessdata = find_tessdata(self.lang, self.tessdata_dir)
-            _api_or_cli_check(self._tessdata, self.lang, self.psm)
+            _check_api(self._tessdata, self.lang, self.psm)
 
     def read(self, image: Image.Image) -> OcrOutput:
         self.load()
@@ -190,17 +173,11 @@ class TesseractEngine:
         raise ValueError(f"unknown tesseract pass {pass_name!r}")
 
 
-def _api_or_cli_check(tessdata: str, lang: str, psm: int) -> None:
-    """Fail at load time, clearly, when neither tesserocr nor the tesseract binary works."""
+def _check_api(tessdata: str, lang: str, psm: int) -> None:
+    """Fail at load time, clearly, when tesserocr or its language data is missing."""
     try:
         _api(tessdata, lang, psm)
-        return
-    except ImportError:
-        pass
+    except ImportError as exc:
+        raise ModelUnavailable(f"tesseract:{lang}", "the tesserocr package is not installed", TESSERACT_FIX) from exc
     except RuntimeError as exc:  # tesserocr: "Failed to init API, possibly an invalid tessdata path"
         raise ModelUnavailable(f"tesseract:{lang}", str(exc), TESSERACT_FIX) from exc
-    import shutil
-
-    if shutil.which("tesseract") is None:
-        raise ModelUnavailable(f"tesseract:{lang}", "neither the tesserocr package nor the tesseract binary is installed",
-                               TESSERACT_FIX)
