@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 from sqlalchemy import select
+
+from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,12 +40,6 @@ def chromium_path() -> str:
         if candidate and Path(candidate).exists():
             return candidate
     pytest.skip("no chromium binary (Debian package `chromium`; `bash .ci/install --test` installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -385,6 +385,9 @@ def heatmap(cam: np.ndarray) -> np.ndarray:
 
 def overlay(image: PILImage.Image, cam: np.ndarray, opacity: float = 0.5) -> PILImage.Image:
     """The image with the heatmap blended on top; `opacity` 0 = image only, 1 = heatmap only."""
+    # Hand-written rather than grad-cam's show_cam_on_image: that one needs a float image of the
+    # map's size and divides the blend by its maximum (brightening dark memes); ours resizes the
+    # map to the meme and keeps its colours exact at every opacity.
     opacity = float(min(1.0, max(0.0, opacity)))
     rgb = image.convert("RGB")
     if cam.shape != (rgb.height, rgb.width):

@@ -3,6 +3,8 @@ and on-disk thumbnails.
 
 Every consumer (ingest, OCR, predictors, CAM, thumbnails) decodes through `load_rgb`,
 so EXIF orientation, first-frame-of-GIF and mode conversion are handled once.
+Validation is our own on purpose: no library checks content type, decompression bombs,
+truncation and animated frames together with the per-file reasons the upload report needs.
 """
 
 from __future__ import annotations
