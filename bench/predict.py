@@ -9,11 +9,13 @@ CLIP (exact openai/clip-vit-large-patch14 architecture):
   Achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a matmul peak
   measured in the same run, per dtype.
 
-Usage: .venv/bin/python bench/predict.py [--n 4] [--threads N] [--only clip]
+Usage: .venv/bin/python bench/predict.py [--n 4] [--threads N] [--only clip|vlm|pipeline]
 
 Sections are functions in SECTIONS, each `(args, peaks) -> None` printing its own table;
 the VLM part (Qwen2.5-VL-3B architecture: notebook one-by-one generation vs batched,
-label-only mode) is added as `bench_vlm` by its owner, registered the same way.
+label-only mode) is `bench_vlm` (predict_vlm.py); the job runner's prefetch pipeline vs the
+sequential path vs raw decode (tiny CLIP, generated and real memes) is `bench_pipeline`
+(predict_pipeline.py, its options --pipeline-n, --pipeline-reps, --flat-n).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", help="run only this section (e.g. clip, vlm)")
     p.add_argument("--new-tokens", type=int, default=16, help="VLM: new tokens generated per meme (default 16)")
     p.add_argument("--max-pixels", type=int, default=224 * 224, help="VLM: image pixel budget (default 224x224)")
+    add_pipeline_args(p)
     return p.parse_args(argv)
 
 
@@ -217,9 +220,11 @@ def _row(name: str, dtype: str, seconds: float, flops: int, peaks: dict[str, flo
 # Each section: (name, function(args, peaks)). The VLM owner appends ("vlm", bench_vlm).
 SECTIONS: list[tuple[str, Callable[[argparse.Namespace, dict[str, float]], None]]] = [("clip", bench_clip)]
 
-from predict_vlm import bench_vlm  # noqa: E402 - bench/ is on sys.path when run as a script
+from predict_pipeline import add_args as add_pipeline_args  # noqa: E402 - bench/ is on sys.path as a script
+from predict_pipeline import bench_pipeline  # noqa: E402
+from predict_vlm import bench_vlm  # noqa: E402
 
-SECTIONS.append(("vlm", bench_vlm))
+SECTIONS += [("vlm", bench_vlm), ("pipeline", bench_pipeline)]
 
 
 def main(argv: list[str] | None = None) -> int:

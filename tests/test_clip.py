@@ -323,3 +323,35 @@ def test_a_siglip_checkpoint_works_the_same_way() -> None:
     outs = _predictor(path, dtype="float32").predict(_inputs(2, ["", LONG_TEXT]))
     assert all(o.error is None and 0 <= o.prob_toxic <= 1 for o in outs)
     assert outs[1].extra["ocr_truncated"] is True
+
+
+@pytest.mark.parametrize("size", [(96, 80), (512, 300)], ids=["as-is", "box-reduced"])
+def test_scores_equal_transformers_zero_shot_pipeline(tiny_clip: Path, size: tuple[int, int]) -> None:
+    """One prompt per class and no OCR text: the predictor's prob_toxic is the zero-shot
+    pipeline's score of the toxic prompt, on the image the model is given (a large meme is
+    box-reduced first, and the pipeline gets that same fitted image)."""
+    from transformers import pipeline
+
+    predictor = _predictor(tiny_clip, dtype="float32", prompt_set="notebook", use_ocr=False)
+    meme = render_meme("мем про понедельник", seed=4, size=size)
+    out = predictor.predict([PredictInput(1, meme, "")])[0]
+    fitted, fit = predictor.prepare_image(meme)
+    assert (fit == {}) == (size == (96, 80)) and out.extra.get("image_fit", {}) == fit
+    classify = pipeline("zero-shot-image-classification", model=str(tiny_clip), device="cpu")
+    scores = {r["label"]: r["score"] for r in classify(fitted, candidate_labels=["токсичный мем", "нейтральный мем"],
+                                                       hypothesis_template="{}")}
+    assert out.prob_toxic == pytest.approx(scores["токсичный мем"], abs=1e-5)
+
+
+def test_pixels_made_one_image_at_a_time_equal_one_call_on_the_batch(tiny_clip: Path) -> None:
+    """The prefetch threads preprocess images one by one; joined, that is the batched call."""
+    import torch
+
+    from workbench.models.clip import concat_pixels, image_pixels, load_clip
+
+    _, processor = load_clip(str(tiny_clip), "cpu", "float32")
+    images = [render_meme("a", size=(64, 64)), render_meme("b", seed=1, size=(50, 90)), render_meme("c", size=(90, 40))]
+    one_by_one = concat_pixels([image_pixels(processor, [im]) for im in images])
+    batched = image_pixels(processor, images)
+    assert one_by_one.keys() == batched.keys()
+    assert all(torch.equal(one_by_one[k], batched[k]) for k in batched)

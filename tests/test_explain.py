@@ -214,3 +214,16 @@ def test_explain_page_names_an_unavailable_model(settings, session, clear_stream
     at.button(key="exp_compute").click().run()
     assert not at.exception
     assert "/no/such/clip" in at.error[0].value and "cannot be loaded" in at.error[0].value
+
+
+def test_a_banner_is_explained_whole_and_the_padding_cut_off(tmp_path, clip_dir):
+    """Past 2:1 the meme is letterboxed for the square vision tower (not squashed flat); the map
+    comes back in the meme's own size, the padding cut off."""
+    path = tmp_path / "banner.png"
+    PILImage.new("RGB", (1000, 50), "white").save(path)
+    request = explain.CamRequest.for_class(clip_dir, "eigencam", dtype="float32")
+    clip, processor = load_clip(clip_dir, "cpu", "float32")
+    fitted, fit = explain.fit_for_cam(clip, processor, load_rgb(path))
+    assert fit["reduce"] == 5 and fitted.size == (200, 100) and fit["pad"] == [0, 45, 0, 45]  # 1000×50 → 200×10 → 2:1
+    result = explain.explain(tmp_path / "art", path, request)
+    assert result.cam.shape == (50, 1000) and np.isfinite(result.cam).all()

@@ -195,3 +195,15 @@ def test_a_second_job_is_refused_naming_the_holder_until_the_holder_dies(setting
     with heavy_job_lock(lock_dir), pytest.raises(JobBusy, match=rf"\(pid {os.getpid()} since "):
         _run(settings, fast_step(), ids)
     assert _run(settings, fast_step(), ids).done == 1  # released on exit
+
+
+def test_a_step_without_prefetch_runs_as_before_whatever_prefetch_says(settings) -> None:
+    """OCR does its own decoding (and its own process pool): the prefetch threads are only for
+    steps that ask for them, and the job records what was asked."""
+    ids = _ingest(settings, 3)
+    step = fast_step()
+    assert not step.prefetches
+    summary = _run(settings, step, ids, prefetch=4)
+    assert summary.done == 3
+    with session_scope(settings.db_url) as session:
+        assert session.get(Job, summary.job_id).params["prefetch"] == 4

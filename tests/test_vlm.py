@@ -78,6 +78,19 @@ def test_left_padded_batch_matches_one_by_one(tiny_qwen) -> None:
         assert b.prob_toxic == pytest.approx(a.prob_toxic, abs=1e-4)
 
 
+@pytest.mark.parametrize("size", [(10000, 40), (40, 10000)])
+def test_an_extreme_meme_is_letterboxed_before_the_processor_sees_it(tiny_qwen, size) -> None:
+    """Qwen's processor refuses aspect ratios above 200:1 ("absolute aspect ratio must be smaller
+    than 200"); predict() fits the image first, batched or one by one, and says what it did."""
+    predictor = make_predictor("vlm", model=tiny_qwen, mode="label", **SMALL)
+    items = [PredictInput(1, render_meme("баннер", size=size), ""), PredictInput(2, render_meme("мем"), "")]
+    for outs in (predictor.predict(items), predictor.predict_one_by_one(items)):
+        assert [o.error for o in outs] == [None, None]
+        fit = outs[0].extra["image_fit"]
+        assert fit["aspect"] == 250.0 and max(fit["size"]) / min(fit["size"]) <= 16  # 112² budget: ≤ 16:1
+        assert "image_fit" not in outs[1].extra  # an ordinary meme goes as it is
+
+
 def test_ocr_text_goes_into_the_prompt(tiny_qwen) -> None:
     predictor = make_predictor("vlm", model=tiny_qwen, **SMALL)
     with_text = predictor.prompt_for(PredictInput(1, render_meme("x"), "Когда пятница"))

@@ -1,6 +1,12 @@
-"""The endpoint backend against a real local HTTP server speaking the chat-completions
-schema (the one stand-in: vLLM cannot run here). Checks request shape, retries,
-timeouts stored as errors, logprobs -> prob_toxic, and graceful fallbacks."""
+"""The endpoint backend against a hand-written chat-completions stub, for what the real server
+we can run here (transformers serve, test_vlm_server.py) cannot be made to do:
+- send token logprobs (-> prob_toxic) and let us see the request and its headers;
+- fail transiently (503 then 200, 429 with Retry-After, a server slower than the timeout);
+- answer 200 with malformed JSON, or a vLLM-style 500 naming a validation error;
+- behave like other servers: an older vLLM taking `guided_choice` but not `structured_outputs`,
+  one refusing logprobs.
+Everything a real server does (answers, its 4xx/500 messages, extreme shapes, going away
+mid-run) is tested against the real one."""
 
 from __future__ import annotations
 
@@ -19,9 +25,10 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from workbench.predictors import make_predictor
-from workbench.predictors.base import PredictorStep
+from workbench.predictors.base import PredictInput, PredictorStep
 from workbench.predictors.vlm_endpoint import VlmEndpointPredictor, class_probs_from_logprobs
 from workbench.runs.runner import run_step
+from workbench.store.demo_memes import render_meme
 from workbench.store.schema import ModelRun, Prediction
 
 MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -45,9 +52,12 @@ def completion(content: str = ANSWER, logprobs: bool = True) -> dict[str, Any]:
     return body
 
 
+RAW_BODY = b"raw:"  # a reply payload starting with it is sent as the bytes after it (malformed JSON)
+
+
 class ChatServer:
-    """A chat-completions server on 127.0.0.1; `reply(body, n)` -> (status, json, delay_s)
-    decides each POST's answer (n counts POSTs from 1). Requests are recorded."""
+    """A chat-completions server on 127.0.0.1; `reply(body, n)` -> (status, json, delay_s[,
+    headers]) decides each POST's answer (n counts POSTs from 1). Requests are recorded."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -61,11 +71,14 @@ class ChatServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload, ensure_ascii=False).encode()
+            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+                data = payload[len(RAW_BODY):] if isinstance(payload, bytes) else json.dumps(
+                    payload, ensure_ascii=False).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 try:
                     self.wfile.write(data)
@@ -87,9 +100,9 @@ class ChatServer:
                 if self.path != "/v1/chat/completions":
                     self._send(404, {"error": {"message": "not found"}})
                     return
-                status, payload, delay = server.reply(body, n)
+                status, payload, delay, *headers = server.reply(body, n)
                 time.sleep(delay)
-                self._send(status, payload)
+                self._send(status, payload, *headers)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -114,6 +127,24 @@ def server() -> Iterator[ChatServer]:
 @pytest.fixture
 def memes(make_memes) -> list[int]:
     return make_memes(n=4, seed=5, size=(200, 150))
+
+
+def one_item() -> PredictInput:
+    return PredictInput(1, render_meme("мем", size=(64, 64)), "")
+
+
+def record_sleeps(monkeypatch) -> list[float]:
+    """Waits between attempts (tenacity sleeps through time.sleep), recorded and still slept."""
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if seconds:  # the server's reply delay is 0
+            waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return waits
 
 
 def endpoint_predictor(server: ChatServer, **options: Any) -> VlmEndpointPredictor:
@@ -169,32 +200,61 @@ def test_retries_5xx_then_succeeds(settings, session, memes, server) -> None:
     assert stored(session, summary.run_id)[0].extra["attempts"] == 3
 
 
-def test_persistent_5xx_becomes_a_stored_error(settings, session, memes, server) -> None:
-    server.reply = lambda body, n: (500, {"error": {"message": "CUDA out of memory"}}, 0.0)
+def test_persistent_503_is_retried_then_stored_as_an_error(settings, session, memes, server) -> None:
+    server.reply = lambda body, n: (503, {"error": {"message": "overloaded"}}, 0.0)
     summary = run(settings, endpoint_predictor(server, retries=2), memes[:2])
     assert (summary.status, summary.done, summary.failed) == ("done", 0, 2)
     assert len(server.requests) == 6  # 1 + 2 retries each
     rows = stored(session, summary.run_id)
-    assert all(r.label == "unknown" and "HTTP 500: CUDA out of memory (3 attempts" in r.error for r in rows)
+    assert all(r.label == "unknown" and "HTTP 503: overloaded (3 attempts" in r.error for r in rows)
+
+
+@pytest.mark.parametrize(("message", "attempts", "needle"), [
+    # vLLM-style: the 500's body names a validation error -> it will fail the same way: not retried
+    ("ValueError: absolute aspect ratio must be smaller than 200, got 250.0", 1, "not retried"),
+    # no hint in the body: retried once; the same answer again ends it
+    ("CUDA error: an illegal memory access was encountered", 2, "the same answer twice"),
+])
+def test_a_500_that_will_repeat_is_not_retried_four_times(server, message, attempts, needle) -> None:
+    server.reply = lambda body, n: (500, {"error": {"message": message}}, 0.0)
+    out = endpoint_predictor(server, retries=3).predict([one_item()])[0]
+    assert len(server.requests) == attempts
+    assert out.error.startswith(f"HTTP 500: {message}") and needle in out.error
+
+
+def test_a_500_that_changes_is_retried_to_the_end(server) -> None:
+    server.reply = lambda body, n: (500, {"error": {"message": f"worker {n} crashed"}}, 0.0)
+    out = endpoint_predictor(server, retries=2).predict([one_item()])[0]
+    assert len(server.requests) == 3 and out.error.startswith("HTTP 500: worker 3 crashed (3 attempts")
+
+
+def test_retry_after_is_honoured(server, monkeypatch) -> None:
+    replies = [(429, {"error": {"message": "slow down"}}, 0.0, {"Retry-After": "0.3"}),
+               (503, {"error": {"message": "busy"}}, 0.0, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})]
+    server.reply = lambda body, n: replies[n - 1] if n <= len(replies) else (200, completion(), 0.0)
+    waits = record_sleeps(monkeypatch)
+    out = endpoint_predictor(server, concurrency=1, retries=3, backoff_s=0.01).predict([one_item()])[0]
+    assert out.error is None and out.extra["attempts"] == 3
+    assert waits == pytest.approx([0.3, 0.02])  # Retry-After when longer than the backoff; a past date: the backoff
+
+
+def test_malformed_json_is_retried_then_stored(server) -> None:
+    server.reply = lambda body, n: (200, RAW_BODY + b"{not json", 0.0)
+    out = endpoint_predictor(server, retries=1).predict([one_item()])[0]
+    assert len(server.requests) == 2 and out.label == "unknown"
+    assert out.error.startswith("the endpoint answered 200 with invalid JSON (2 attempts")
+    server.requests.clear()
+    server.reply = lambda body, n: (200, RAW_BODY + b"{not json", 0.0) if n == 1 else (200, completion(), 0.0)
+    out = endpoint_predictor(server, retries=1).predict([one_item()])[0]
+    assert out.error is None and out.extra["attempts"] == 2
 
 
 def test_backoff_doubles_from_backoff_s_and_429_is_retried(server, monkeypatch) -> None:
-    from workbench.predictors.base import PredictInput
-    from workbench.store.demo_memes import render_meme
-
     replies = [(429, {"error": {"message": "slow down"}}, 0.0), (503, {"error": {"message": "busy"}}, 0.0),
                (502, {"error": {"message": "bad gateway"}}, 0.0)]
     server.reply = lambda body, n: replies[n - 1] if n <= len(replies) else (200, completion(), 0.0)
-    waits: list[float] = []
-    real_sleep = time.sleep
-
-    def sleep(seconds: float) -> None:
-        if seconds:  # the server's reply delay is 0
-            waits.append(seconds)
-        real_sleep(seconds)
-
-    monkeypatch.setattr(time, "sleep", sleep)
-    item = PredictInput(1, render_meme("мем", size=(64, 64)), "")
+    waits = record_sleeps(monkeypatch)
+    item = one_item()
     out = endpoint_predictor(server, concurrency=1, retries=3, backoff_s=0.05).predict([item])[0]
     assert out.error is None and out.extra["attempts"] == 4
     assert waits == pytest.approx([0.05, 0.1, 0.2])
@@ -216,13 +276,6 @@ def test_timeouts_are_stored_errors_and_retried_on_the_next_run(settings, sessio
     again = run(settings, endpoint_predictor(server, timeout_s=0.3, retries=1), memes)
     assert (again.run_id, again.done, again.skipped) == (summary.run_id, 4, 0)
     assert all(r.error is None and r.label == "toxic" for r in stored(session, again.run_id))
-
-
-def test_client_error_is_not_retried(settings, session, memes, server) -> None:
-    server.reply = lambda body, n: (404, {"error": {"message": "The model does not exist."}}, 0.0)
-    summary = run(settings, endpoint_predictor(server, retries=3), memes[:1])
-    assert summary.failed == 1 and len(server.requests) == 1
-    assert "HTTP 404" in stored(session, summary.run_id)[0].error
 
 
 def test_label_mode_constrained_choice_falls_back_to_what_the_server_takes(settings, session, memes, server) -> None:
@@ -248,18 +301,15 @@ def test_logprobs_rejected_are_dropped(settings, session, memes, server) -> None
     assert [bool(b.get("logprobs")) for b in server.requests] == [True, False, False]
 
 
-def test_unreachable_endpoint_or_unknown_model_fails_clearly_and_stores_nothing(settings, session, memes, server) -> None:
-    server.models = ["some-other-model"]
-    summary = run(settings, endpoint_predictor(server), memes)
-    assert summary.status == "failed" and "serves some-other-model" in summary.error
+def test_unreachable_endpoint_fails_clearly_and_stores_nothing(settings, session, memes) -> None:
     dead = make_predictor("vlm", endpoint="http://127.0.0.1:9/v1", model=MODEL, timeout_s=1)
     summary = run(settings, dead, memes)
     assert summary.status == "failed" and "does not answer" in summary.error and MODEL in summary.error
-    assert session.scalar(select(func.count()).select_from(Prediction)) == 0 and server.requests == []
+    assert session.scalar(select(func.count()).select_from(Prediction)) == 0
 
 
-def test_endpoint_from_env_and_bad_url(monkeypatch, server) -> None:
-    monkeypatch.setenv("WORKBENCH_VLM_ENDPOINT", server.url)
+def test_endpoint_from_env_and_bad_url(monkeypatch) -> None:
+    monkeypatch.setenv("WORKBENCH_VLM_ENDPOINT", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("WORKBENCH_VLM_ENDPOINT_MODEL", "served-name")
     predictor = make_predictor("vlm")
     assert isinstance(predictor, VlmEndpointPredictor) and predictor.config()["model"] == "served-name"
@@ -268,6 +318,25 @@ def test_endpoint_from_env_and_bad_url(monkeypatch, server) -> None:
     assert isinstance(make_predictor("vlm", endpoint="local"), LocalVlmPredictor)  # forced local despite the env
     with pytest.raises(ValueError, match="http"):
         make_predictor("vlm", endpoint="gpu-box:8000")
+
+
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (500, {"error": {"message": "CUDA out of memory", "type": "InternalServerError"}}, "CUDA out of memory"),
+    (400, {"error": "model not loaded"}, "model not loaded"),
+    (400, {"detail": "Server is pinned to 'a'; requested 'b'."}, "Server is pinned to 'a'; requested 'b'."),
+    (422, {"detail": [{"loc": ["body", "messages"], "msg": "Field required", "type": "missing"}]},
+     "messages: Field required"),
+    (503, {"message": "try later"}, "try later"),
+    (500, "Internal Server Error", "Internal Server Error"),
+    (502, "", "Bad Gateway"),
+])
+def test_error_detail_is_the_servers_own_message(status, body, expected) -> None:
+    import httpx
+
+    from workbench.predictors.vlm_endpoint import error_detail
+
+    response = httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)
+    assert error_detail(response) == expected
 
 
 @pytest.mark.parametrize(("logprobs", "expected"), [
@@ -280,3 +349,13 @@ def test_endpoint_from_env_and_bad_url(monkeypatch, server) -> None:
 def test_class_probs_from_logprobs(logprobs, expected) -> None:
     got = class_probs_from_logprobs(logprobs, "токсичный", "нейтральный")
     assert got == pytest.approx(expected)
+
+
+def test_a_400_naming_no_extra_is_this_memes_error_and_nothing_is_unlearned(server) -> None:
+    message = "This model's maximum context length is 32768 tokens"
+    server.reply = lambda body, n: (400, {"error": {"message": message}}, 0.0)
+    predictor = endpoint_predictor(server, retries=3)
+    out = predictor.predict([one_item()])[0]
+    # asked once more without extras (is it them or the request?), then stored; logprobs stay on
+    assert [bool(b.get("logprobs")) for b in server.requests] == [True, False]
+    assert out.error == f"HTTP 400: {message}" and predictor._logprobs_ok

@@ -18,7 +18,9 @@ tensor; ViT activations are (batch, tokens, channels), so `vit_reshape` drops th
 without it); numpy has no bfloat16, so everything handed to grad-cam is cast to float32.
 
 The model sees the whole meme squashed to its input size (no centre crop), so captions at
-the top and bottom are explained too; the map is resized back to the image's size.
+the top and bottom are explained too; the map is resized back to the image's size. A meme
+longer than 2:1 is letterboxed first (workbench.models.image_limits) so it is not squashed
+flat, and the padding is cut off the map again; huge images are box-reduced first.
 
 Maps are cached as 8-bit grayscale PNGs at `<artefacts>/cam/<sha[:2]>/<sha256>/<request>.png`
 (image content + fingerprint of model, dtype, method and prompts), with the request written
@@ -41,13 +43,14 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.models.image_limits import content_box, fit_image
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint, prefetch_image
 from workbench.store.db import in_batches
 from workbench.store.files import atomic_write
 from workbench.store.images import load_rgb, sha256_file
 from workbench.store.schema import Image
 
-CAM_VERSION = 1  # bump when the meaning of a stored map changes
+CAM_VERSION = 2  # bump when the meaning of a stored map changes (2: extreme shapes letterboxed)
 METHODS = ("eigencam", "gradcam", "layercam")
 CLASS_METHODS = ("gradcam", "layercam")
 METHOD_TITLES = {
@@ -249,13 +252,25 @@ def text_embeddings(clip: Any, processor: Any, prompts: Sequence[str]) -> Any:
     return per_model[key]
 
 
-def compute_cam(clip: Any, processor: Any, image: PILImage.Image, request: CamRequest) -> np.ndarray:
-    """The map for one image, float32 in [0, 1], shape (image height, image width)."""
+def fit_for_cam(clip: Any, processor: Any, image: PILImage.Image) -> tuple[PILImage.Image, dict[str, Any]]:
+    """The image fitted to the vision tower's square input (letterbox beyond 2:1, box-reduce
+    when huge) and what was done: `compute_cam`'s first step, shared by the batch step."""
+    from workbench.models.image_limits import fixed_limits
+
+    ip = getattr(processor, "image_processor", processor)
+    mean = tuple(getattr(ip, "image_mean", None) or OPENAI_CLIP_MEAN)
+    return fit_image(image, fixed_limits(int(clip.config.vision_config.image_size), mean))
+
+
+def compute_cam(clip: Any, processor: Any, image: PILImage.Image, request: CamRequest,
+                fitted: tuple[PILImage.Image, dict[str, Any]] | None = None) -> np.ndarray:
+    """The map for one image, float32 in [0, 1], shape (image height, image width).
+    `fitted`: `fit_for_cam`'s result when already made (the batch step's prefetch threads)."""
     torch = _torch()
     from pytorch_grad_cam import EigenCAM, GradCAM, LayerCAM
 
-    x = pixel_values(clip, processor, image)
-    layers = [target_layer(clip)]
+    model_image, fit = fitted or fit_for_cam(clip, processor, image)
+    x = pixel_values(clip, processor, model_image)
     if request.class_specific:
         tower = _make_tower(clip, text_embeddings(clip, processor, request.prompts))
         method = GradCAM if request.method == "gradcam" else LayerCAM
@@ -264,16 +279,30 @@ def compute_cam(clip: Any, processor: Any, image: PILImage.Image, request: CamRe
         def target(output: Any) -> Any:
             return torch.log_softmax(output, dim=-1)[index] if contrast else output[index]
 
-        with torch.enable_grad():
-            x.requires_grad_(True)  # activations need a graph even when the weights are frozen
-            with method(model=tower, target_layers=layers, reshape_transform=vit_reshape) as cam:
-                grayscale = cam(input_tensor=x, targets=[target])
+        def class_map(model: Any, pixels: Any) -> np.ndarray:
+            with torch.enable_grad():
+                pixels.requires_grad_(True)  # activations need a graph even when the weights are frozen
+                with method(model=model, target_layers=[target_layer(model.clip)],
+                            reshape_transform=vit_reshape) as cam:
+                    return cam(input_tensor=pixels, targets=[target])
+
+        grayscale = class_map(tower, x)
+        if x.dtype != torch.float32 and not np.isfinite(grayscale).all():
+            # bf16/fp16 gradients can overflow grad-cam's float32 grads × activations into inf/NaN
+            # (seen with LayerCAM): redo this one map on a float32 copy rather than store a blank map.
+            import copy
+
+            grayscale = class_map(copy.deepcopy(tower).float(), x.detach().float())
     else:
         tower = _make_tower(clip, None)
-        with torch.no_grad(), EigenCAM(model=tower, target_layers=layers, reshape_transform=vit_reshape) as cam:
+        with torch.no_grad(), EigenCAM(model=tower, target_layers=[target_layer(clip)],
+                                       reshape_transform=vit_reshape) as cam:
             grayscale = cam(input_tensor=x, targets=None)
     grid = np.nan_to_num(np.asarray(grayscale[0], dtype=np.float32))
-    resized = np.asarray(PILImage.fromarray(grid, mode="F").resize(image.size, PILImage.Resampling.BILINEAR))
+    cam_map = PILImage.fromarray(grid, mode="F")
+    if fit.get("pad"):  # back onto the letterboxed image, then the padding cut off
+        cam_map = cam_map.resize(model_image.size, PILImage.Resampling.BILINEAR).crop(content_box(fit, model_image.size))
+    resized = np.asarray(cam_map.resize(image.size, PILImage.Resampling.BILINEAR))
     return np.clip(resized, 0.0, 1.0).astype(np.float32)
 
 
@@ -352,16 +381,18 @@ def explain(
     sha256: str | None = None,
     loader: ModelLoader = load_clip_for,
     force: bool = False,
+    prepared: tuple[PILImage.Image, tuple[PILImage.Image, dict[str, Any]]] | None = None,
 ) -> CamResult:
-    """The map of one image: read from the cache, or computed (model loaded on demand) and cached."""
+    """The map of one image: read from the cache, or computed (model loaded on demand) and cached.
+    `prepared`: the decoded image and its `fit_for_cam` result when already made."""
     sha256 = sha256 or sha256_file(image_path)
     path = cam_path(artefacts_dir, sha256, request)
     if path.exists() and not force:
         return CamResult(read_cam(path), path, computed=False)
-    image = load_rgb(image_path)
+    image, fitted = prepared if prepared is not None else (load_rgb(image_path), None)
     clip, processor = loader(request)
     t0 = time.perf_counter()
-    cam = compute_cam(clip, processor, image, request)
+    cam = compute_cam(clip, processor, image, request, fitted)
     seconds = time.perf_counter() - t0
     write_cam(path, cam, request)
     return CamResult(read_cam(path), path, computed=True, seconds=seconds)
@@ -421,6 +452,7 @@ class CamStep(Step):
     artefacts_dir: Path
     loader: ModelLoader = load_clip_for
     kind = "cam"  # type: ignore[misc]
+    prefetches = True  # type: ignore[misc]
     _model: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -441,14 +473,25 @@ class CamStep(Step):
         if self._model is None:
             self._model = self.loader(self.request)
 
+    def prefetch(self, item: WorkItem) -> Any:
+        """The decoded image and its fit to the vision tower (prefetch threads), or the item's error."""
+        self.load()
+        clip, processor = self._model  # type: ignore[misc]
+        return prefetch_image(item, lambda image: (image, fit_for_cam(clip, processor, image)))
+
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
         self.load()
         loaded = self._model
         results = []
         for item in items:
             t0 = time.perf_counter()
+            prepared = item.prepared if item.prepared is not None else self.prefetch(item)
+            if isinstance(prepared, ItemResult):
+                results.append(prepared)
+                continue
             try:
-                result = explain(self.artefacts_dir, item.path, self.request, loader=lambda _r: loaded, force=True)
+                result = explain(self.artefacts_dir, item.path, self.request, loader=lambda _r: loaded, force=True,
+                                 prepared=prepared)
                 results.append(ItemResult(item.image_id, value=str(result.path), duration_ms=(time.perf_counter() - t0) * 1000))
             except Exception as exc:  # noqa: BLE001 - one unreadable meme must not stop the batch
                 results.append(ItemResult(item.image_id, error=f"{type(exc).__name__}: {exc}"))

@@ -10,7 +10,9 @@ Embedding kinds:
 A text-dependent embedding is stored under "<fingerprint>:t<hash of the text>", so a
 corrected OCR text makes it stale and the next run recomputes it. Precision (device,
 dtype) is not part of the identity: a head trained on GPU embeddings works on CPU ones.
-Extraction runs through the job runner (`EmbedStep`): batched, resumable, per-item errors.
+Extraction runs through the job runner (`EmbedStep`): batched, resumable, per-item errors;
+images are decoded and fitted to the model's limits (workbench.models.image_limits) in the
+runner's prefetch threads.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
-from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.models.image_limits import IMAGE_FIT_VERSION, fit_image
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint, prefetch_image
 from workbench.store.db import in_batches
-from workbench.store.images import load_rgb
 from workbench.store.schema import Embedding
 
 EMBEDDING_VERSION = 1  # bump when the meaning of stored vectors changes
@@ -76,8 +78,12 @@ class Embedder:
     def load(self) -> None:
         """Load the model once per process; raise ModelUnavailable if impossible."""
 
+    def prepare_image(self, image: Any) -> Any:
+        """The image fitted to the model's input limits (thread-safe; after `load`)."""
+        return image
+
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
-        """[n, dim] float32 vectors for aligned images and OCR texts."""
+        """[n, dim] float32 vectors for aligned images (as `prepare_image` returns them) and OCR texts."""
         raise NotImplementedError
 
 
@@ -88,7 +94,7 @@ class ClipImageEmbedder(Embedder):
         self.model_name, self.device, self.dtype = (model or DEFAULT_CLIP_MODEL).strip(), device, dtype
 
     def config(self) -> dict[str, Any]:
-        return {"model": self.model_name}
+        return {"model": self.model_name, "image_fit": IMAGE_FIT_VERSION}
 
     def _loaded(self) -> tuple[Any, Any]:
         from workbench.models.clip import load_clip
@@ -97,6 +103,11 @@ class ClipImageEmbedder(Embedder):
 
     def load(self) -> None:
         self._loaded()
+
+    def prepare_image(self, image: Any) -> Any:
+        from workbench.models.clip import limits
+
+        return fit_image(image, limits(self._loaded()[1]))[0]
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         from workbench.models.clip import encode_images
@@ -108,6 +119,12 @@ class ClipImageEmbedder(Embedder):
 class ClipTextEmbedder(ClipImageEmbedder):
     kind = "clip-text"
     uses_text = True
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.model_name}
+
+    def prepare_image(self, image: Any) -> Any:
+        return image  # not used
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         from workbench.models.clip import encode_texts
@@ -135,7 +152,7 @@ class VlmPooledEmbedder(Embedder):
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_name, "prompt": self.prompt, "use_ocr_text": self.use_ocr_text,
-                "max_pixels": self.max_pixels, "min_pixels": self.min_pixels}
+                "max_pixels": self.max_pixels, "min_pixels": self.min_pixels, "image_fit": IMAGE_FIT_VERSION}
 
     def _loaded(self) -> tuple[Any, Any]:
         # The VLM predictor's per-process cache: a moderation run and embeddings hold one copy.
@@ -148,6 +165,11 @@ class VlmPooledEmbedder(Embedder):
 
         devices.set_threads()
         self._loaded()
+
+    def prepare_image(self, image: Any) -> Any:
+        from workbench.models.vlm import image_limits
+
+        return fit_image(image, image_limits(self._loaded()[1], self.max_pixels))[0]
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         import torch
@@ -255,6 +277,7 @@ class EmbedStep(Step):
     """Extract one embedder's vectors through the job runner (skips current ones; resumes)."""
 
     kind = "embed"
+    prefetches = True
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
@@ -270,16 +293,21 @@ class EmbedStep(Step):
     def load(self) -> None:
         self.embedder.load()
 
+    def prefetch(self, item: WorkItem) -> Any:
+        """The decoded image fitted to the model's limits, or this item's error (prefetch threads)."""
+        return prefetch_image(item, self.embedder.prepare_image)
+
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
         import time
 
         results: list[ItemResult] = []
         ready: list[tuple[WorkItem, Any]] = []
         for item in items:
-            try:
-                ready.append((item, load_rgb(item.path)))
-            except Exception as exc:  # noqa: BLE001 - unreadable file: this item fails, the batch goes on
-                results.append(ItemResult(item.image_id, error=f"cannot read image: {type(exc).__name__}: {exc}"))
+            prepared = item.prepared if item.prepared is not None else self.prefetch(item)
+            if isinstance(prepared, ItemResult):
+                results.append(prepared)
+            else:
+                ready.append((item, prepared))
         groups = [ready] if ready else []
         while groups:
             group = groups.pop()

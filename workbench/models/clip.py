@@ -1,6 +1,7 @@
 """CLIP / SigLIP checkpoints: the cached loader and the two encoders (L2-normalised image
 and text embeddings). The zero-shot predictor, the embeddings cache and the CAM explainers
-all load through `load_clip`, so one process holds one copy per (id, device, dtype, cache)."""
+all load through `load_clip`, so one process holds one copy per (id, device, dtype, cache).
+`limits(processor)` is what images must fit before they reach it (workbench.models.image_limits)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ def _load(model_id: str, placement: Any, cache_dir: str | None) -> tuple[Any, An
     return model, processor
 
 
+def limits(processor: Any) -> Any:
+    """The image limits of a CLIP/SigLIP processor (shortest edge or fixed size, aspect ratio)."""
+    from workbench.models.image_limits import limits_for
+
+    return limits_for(processor)
+
+
 def clear_cache() -> None:
     """Forget loaded models (tests, or freeing memory)."""
     _cache.clear()
@@ -90,13 +98,31 @@ def encode_texts(model: Any, processor: Any, texts: list[str]) -> Any:
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
-def encode_images(model: Any, processor: Any, images: list[Any]) -> Any:
-    """L2-normalised image embeddings (float32, on CPU)."""
+def image_pixels(processor: Any, images: list[Any]) -> dict[str, Any]:
+    """The processor's tensors of `images` (pixel_values [n, 3, H, W], plus e.g. SigLIP2's
+    attention mask), on CPU: the model-free half of `encode_images`, which the job runner's
+    prefetch threads run one image at a time."""
+    return dict(processor.image_processor(images=images, return_tensors="pt"))
+
+
+def concat_pixels(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image `image_pixels` results joined into one batch (what one call on all gives)."""
     import torch
 
-    pixel = processor.image_processor(images=images, return_tensors="pt")
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+def embed_pixels(model: Any, pixels: dict[str, Any]) -> Any:
+    """L2-normalised image embeddings (float32, on CPU) of tensors from `image_pixels`."""
+    import torch
+
     inputs = {k: (v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device))
-              for k, v in pixel.items()}
+              for k, v in pixels.items()}
     with torch.inference_mode():
         emb = _features(model.get_image_features(**inputs)).float().cpu()
     return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def encode_images(model: Any, processor: Any, images: list[Any]) -> Any:
+    """L2-normalised image embeddings (float32, on CPU)."""
+    return embed_pixels(model, image_pixels(processor, images))

@@ -68,6 +68,14 @@ def is_loaded(model_id: str, device: str, dtype: str, quantization: str) -> bool
     return (model_id, device, dtype, quantization) in _cache
 
 
+def image_limits(processor: Any, max_pixels: int) -> Any:
+    """What images must fit before they reach this VLM's processor at a `max_pixels` budget
+    (aspect ratio ≤ 200:1 and ≤ max_pixels / factor², workbench.models.image_limits)."""
+    from workbench.models.image_limits import limits_for
+
+    return limits_for(processor, max_pixels=max_pixels)
+
+
 def register_loaded(predictor: Any, model: Any, processor: Any) -> None:
     """Put an already built (model, processor) into the cache under `predictor`'s config:
     for benchmarks that build the exact architecture in memory instead of from a folder."""

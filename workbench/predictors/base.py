@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from PIL import Image as PILImage
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint, prefetch_image
 from workbench.store.db import in_batches
-from workbench.store.images import load_rgb
 from workbench.store.schema import ModelRun, Prediction, utcnow
 
 PREDICTION_SCHEMA_VERSION = 1  # bump when the meaning of stored predictions changes
@@ -30,6 +29,10 @@ class PredictInput:
     image_id: int
     image: PILImage.Image  # RGB, EXIF-oriented, first frame (workbench.store.images.load_rgb)
     ocr_text: str = ""
+    # Set by `prepare_input`: what fitting the image to the model's limits did ({} = nothing;
+    # None = not prepared yet), and the model-ready inputs `Predictor.preprocess_image` made.
+    fit: dict[str, Any] | None = None
+    pixels: Any = None
 
 
 @dataclass
@@ -78,14 +81,47 @@ class Predictor:
         """Load weights once (cached per config in the process); raise ModelUnavailable if impossible."""
 
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
-        """One output per input, in order. Per-item problems go into PredictOutput.error."""
+        """One output per input, in order. Per-item problems go into PredictOutput.error.
+        Image models call `prepare_inputs(self, batch)` first (a no-op for prepared items)."""
         raise NotImplementedError
+
+    def prepare_image(self, image: PILImage.Image) -> tuple[PILImage.Image, dict[str, Any]]:
+        """The image fitted to the model's input limits (workbench.models.image_limits) and a
+        record of what was done ({} = nothing). Runs in the job runner's prefetch threads, after
+        `load()`: no model calls, no shared mutable state."""
+        return image, {}
+
+    def preprocess_image(self, image: PILImage.Image) -> Any:
+        """Model-ready inputs of one prepared image (e.g. pixel tensors), made in the prefetch
+        threads so the model thread only runs the model; None = `predict` does it itself."""
+        return None
 
     def fingerprint(self) -> str:
         return fingerprint({"kind": self.kind, "config": self.config(), "v": PREDICTION_SCHEMA_VERSION})
 
     def run_name(self) -> str:
         return f"{self.kind}:{self.model_id()}"
+
+
+def prepare_input(predictor: Predictor, item: PredictInput) -> PredictInput:
+    """Fit `item`'s image to the predictor's limits and preprocess it, once (in place)."""
+    if item.fit is None:
+        item.image, item.fit = predictor.prepare_image(item.image)
+        item.pixels = predictor.preprocess_image(item.image)
+    return item
+
+
+def prepare_inputs(predictor: Predictor, batch: list[PredictInput]) -> list[PredictInput]:
+    """`prepare_input` for every item of a batch (already prepared ones are left as they are)."""
+    return [prepare_input(predictor, item) for item in batch]
+
+
+def note_fits(batch: Sequence[PredictInput], outputs: Sequence[PredictOutput]) -> list[PredictOutput]:
+    """Record in each output's `extra["image_fit"]` what fitting did to its image (when anything)."""
+    for item, out in zip(batch, outputs, strict=True):
+        if item.fit:
+            out.extra["image_fit"] = item.fit
+    return list(outputs)
 
 
 def get_or_create_run(session: Session, predictor: Predictor) -> ModelRun:
@@ -101,22 +137,27 @@ def get_or_create_run(session: Session, predictor: Predictor) -> ModelRun:
 
 
 def upsert_predictions(session: Session, run_id: int, rows: Sequence[tuple[int, PredictOutput]]) -> None:
-    """Store outputs for (image_id, output) pairs, replacing an earlier row of the same run+image."""
+    """Store outputs for (image_id, output) pairs, replacing an earlier row of the same run+image
+    (one DELETE and one bulk INSERT per batch)."""
     ids = [image_id for image_id, _ in rows]
-    if ids:
-        session.execute(delete(Prediction).where(Prediction.run_id == run_id, Prediction.image_id.in_(ids)))
-    for image_id, out in rows:
-        session.add(Prediction(
-            run_id=run_id, image_id=image_id, label=out.label, prob_toxic=out.prob_toxic,
-            explanation=out.explanation, raw_output=out.raw_output, latency_ms=out.latency_ms,
-            error=out.error, extra=out.extra or {},
-        ))
+    if not ids:
+        return
+    session.execute(delete(Prediction).where(Prediction.run_id == run_id, Prediction.image_id.in_(ids)))
+    session.execute(insert(Prediction), [
+        {"run_id": run_id, "image_id": image_id, "label": out.label, "prob_toxic": out.prob_toxic,
+         "explanation": out.explanation, "raw_output": out.raw_output, "latency_ms": out.latency_ms,
+         "error": out.error, "extra": out.extra or {}}
+        for image_id, out in rows
+    ])
 
 
 class PredictorStep(Step):
-    """Adapter: drives a Predictor through the job runner."""
+    """Adapter: drives a Predictor through the job runner. Each image is decoded, fitted to
+    the model's limits and preprocessed in `prefetch` (the runner's prefetch threads), then
+    `process` hands prepared batches to `predict`."""
 
     kind = "predict"
+    prefetches = True
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
@@ -146,14 +187,21 @@ class PredictorStep(Step):
     def load(self) -> None:
         self.predictor.load()
 
+    def prefetch(self, item: WorkItem) -> PredictInput | ItemResult:
+        """Decode (load_rgb), fit to the model's limits and preprocess one image; an unreadable
+        file becomes this item's error. The runner calls it in its prefetch threads."""
+        return prefetch_image(item, lambda image: prepare_input(self.predictor,
+                                                                PredictInput(item.image_id, image, item.ocr_text)))
+
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
         results: list[ItemResult] = []
         inputs: list[PredictInput] = []
         for item in items:
-            try:
-                inputs.append(PredictInput(item.image_id, load_rgb(item.path), item.ocr_text))
-            except Exception as exc:  # noqa: BLE001 - unreadable file: this item fails, the batch goes on
-                results.append(ItemResult(item.image_id, error=f"cannot read image: {type(exc).__name__}: {exc}"))
+            ready = item.prepared if item.prepared is not None else self.prefetch(item)
+            if isinstance(ready, ItemResult):
+                results.append(ready)
+            else:
+                inputs.append(ready)
         if inputs:
             t0 = time.perf_counter()
             outputs = self.predictor.predict(inputs)

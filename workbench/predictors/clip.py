@@ -8,6 +8,9 @@ prompts, softmax over the two classes -> prob_toxic, label by a threshold.
   token boundary so the prompt fits the model's text context (77 tokens for CLIP).
 - Class prompts without OCR text are encoded once per (model, prompts) and cached.
 - Models load through `workbench.models.clip.load_clip`, shared with embeddings and CAM.
+- Images are fitted to the processor's limits first (`prepare_image`: banners letterboxed to
+  2:1 so the centre crop keeps half of them, huge images box-reduced), and turned into pixel
+  tensors (`preprocess_image`) in the job runner's prefetch threads.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import time
 from typing import Any
 
 from workbench.config import DEFAULT_CLIP_MODEL
-from workbench.models.clip import encode_images, encode_texts, load_clip, text_context
-from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
+from workbench.models.clip import concat_pixels, embed_pixels, encode_texts, image_pixels, limits, load_clip, text_context
+from workbench.models.image_limits import IMAGE_FIT_VERSION, fit_image
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput, note_fits, prepare_inputs
 
 CLASSES = ("toxic", "non_toxic")
 
@@ -142,7 +146,7 @@ class ClipPredictor(Predictor):
         return {
             "model": self.model_name, "device": self.placement.device, "dtype": self.placement.dtype,
             "prompt_set": self.prompt_set, "prompts": self.prompts, "use_ocr": self.use_ocr,
-            "ocr_template": self.ocr_template, "threshold": self.threshold,
+            "ocr_template": self.ocr_template, "threshold": self.threshold, "image_fit": IMAGE_FIT_VERSION,
         }
 
     def template_for(self, prompt: str) -> str:
@@ -155,6 +159,14 @@ class ClipPredictor(Predictor):
     def load(self) -> None:
         self.model, self.processor = load_clip(self.model_name, self.placement.device, self.placement.dtype,
                                                self.cache_dir)
+        self.limits = limits(self.processor)
+
+    def prepare_image(self, image: Any) -> tuple[Any, dict[str, Any]]:
+        self._loaded()
+        return fit_image(image, self.limits)
+
+    def preprocess_image(self, image: Any) -> Any:
+        return image_pixels(self._loaded()[1], [image])
 
     def _loaded(self) -> tuple[Any, Any]:
         if not hasattr(self, "model"):
@@ -208,14 +220,15 @@ class ClipPredictor(Predictor):
 
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
         try:
-            return self._predict(batch)
+            batch = prepare_inputs(self, batch)
+            return note_fits(batch, self._predict(batch))
         except Exception:  # noqa: BLE001 - isolate the bad item: retry one by one
             if len(batch) == 1:
                 raise
             outputs = []
             for item in batch:
                 try:
-                    outputs.extend(self._predict([item]))
+                    outputs.extend(note_fits([item], self._predict(prepare_inputs(self, [item]))))
                 except Exception as exc:  # noqa: BLE001
                     outputs.append(PredictOutput(label="unknown", error=f"{type(exc).__name__}: {exc}"))
             return outputs
@@ -225,7 +238,8 @@ class ClipPredictor(Predictor):
 
         model, processor = self._loaded()
         t0 = time.perf_counter()
-        image_emb = encode_images(model, processor, [item.image for item in batch])
+        pixels = [item.pixels if item.pixels is not None else image_pixels(processor, [item.image]) for item in batch]
+        image_emb = embed_pixels(model, concat_pixels(pixels))
         scale = float(model.logit_scale.detach().float().exp()) if hasattr(model, "logit_scale") else 100.0
         outputs = []
         for row, item in enumerate(batch):

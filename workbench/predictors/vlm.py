@@ -10,6 +10,11 @@ Local backend, two modes:
 - "label": the same prefill, no generation: the class-word probabilities of the next token
   give `prob_toxic` and the label (threshold). One forward pass per batch.
 
+Images are fitted to the processor's limits before they reach it (`prepare_image`, in the
+job runner's prefetch threads): Qwen's resize refuses aspect ratios above 200:1 and cannot
+keep images beyond max_pixels/28²:1 inside the pixel budget, so such memes are letterboxed;
+huge ones are box-reduced first. `extra["image_fit"]` records what was done.
+
 Models load lazily, once per process per (model, device, dtype, quantization).
 """
 
@@ -19,8 +24,9 @@ import time
 from typing import Any
 
 from workbench.config import DEFAULT_VLM_MODEL
-from workbench.models.vlm import is_loaded, load_vlm
-from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
+from workbench.models.image_limits import IMAGE_FIT_VERSION, fit_image
+from workbench.models.vlm import image_limits, is_loaded, load_vlm
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput, note_fits, prepare_inputs
 from workbench.predictors.vlm_parse import parse_answer
 from workbench.predictors.vlm_prompt import (
     COMMON_OPTIONS,
@@ -92,6 +98,7 @@ class LocalVlmPredictor(Predictor):
             "answer_prefix": self.answer_prefix, "use_ocr_text": self.use_ocr_text,
             "device": self.placement.device, "dtype": self.placement.dtype, "quantization": self.quantization,
             "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "threshold": self.threshold,
+            "image_fit": IMAGE_FIT_VERSION,
         }
         if self.mode != MODE_LABEL:  # label mode generates nothing: the cap does not change its output
             config["max_new_tokens"] = self.max_new_tokens
@@ -106,18 +113,27 @@ class LocalVlmPredictor(Predictor):
         from workbench.models import devices
 
         devices.set_threads()
-        load_vlm(self.model_name, self.placement.device, self.placement.dtype, self.quantization)
+        _, processor = load_vlm(self.model_name, self.placement.device, self.placement.dtype, self.quantization)
+        self._limits = image_limits(processor, self.max_pixels)
         self._class_ids = None
 
     def _loaded(self) -> tuple[Any, Any]:
-        if not is_loaded(*self._cache_key()):
+        if not is_loaded(*self._cache_key()) or not hasattr(self, "_limits"):
             self.load()
         return load_vlm(*self._cache_key())
+
+    def prepare_image(self, image: Any) -> tuple[Any, dict[str, Any]]:
+        self._loaded()
+        return fit_image(image, self._limits)
 
     # ----------------------------------------------------------------- predicting
 
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
         outputs: list[PredictOutput] = []
+        try:
+            batch = prepare_inputs(self, batch)
+        except Exception:  # noqa: BLE001 - fitted one by one below, so one bad image fails alone
+            return self.predict_one_by_one(batch)
         for chunk in in_batches(batch, self.batch_size):
             try:
                 outputs.extend(self._predict_chunk(chunk))
@@ -126,14 +142,14 @@ class LocalVlmPredictor(Predictor):
                     outputs.append(PredictOutput("unknown", error=f"{type(exc).__name__}: {exc}"))
                 else:
                     outputs.extend(self.predict_one_by_one(chunk))
-        return outputs
+        return note_fits(batch, outputs)
 
     def predict_one_by_one(self, batch: list[PredictInput]) -> list[PredictOutput]:
         """Each image alone (no padding): the notebook's way, and the fallback of a failed batch."""
         outputs = []
         for item in batch:
             try:
-                outputs.extend(self._predict_chunk([item]))
+                outputs.extend(note_fits([item], self._predict_chunk(prepare_inputs(self, [item]))))
             except Exception as exc:  # noqa: BLE001 - per-item error, the run goes on
                 outputs.append(PredictOutput("unknown", error=f"{type(exc).__name__}: {exc}"))
         return outputs

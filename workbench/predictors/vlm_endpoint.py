@@ -1,12 +1,22 @@
 """The VLM moderator on an OpenAI-compatible chat-completions server (vLLM, Ollama, ...).
 
-`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` on a GPU box, then point the workbench at
-`http://host:8000/v1`. Each meme is one request: the image as a base64 JPEG data URL plus
-the moderation prompt. Requests run `concurrency` at a time; 5xx / 429 / connection errors
-and timeouts are retried with exponential backoff; what still fails becomes that meme's
-stored error. Where the server takes them, the request asks for
+`vllm serve Qwen/Qwen2.5-VL-3B-Instruct` on a GPU box (or `transformers serve`), then point
+the workbench at `http://host:8000/v1`. Each meme is one request: the image as a base64 JPEG
+data URL plus the moderation prompt. The image is first fitted to what a Qwen2-VL-style
+server's processor takes (`prepare_image`: longest side `image_max_side`, aspect ratio
+letterboxed to ≤ 200:1, which the processor refuses above) and encoded in the job runner's
+prefetch threads.
+
+Requests run `concurrency` at a time. Failures that may pass (429, 502/503/504, timeouts,
+connection errors, a bare 500) are retried with exponential backoff, or after the server's
+`Retry-After` when it sends a longer one (up to a minute); failures that will
+repeat are not: a 4xx, a 500 whose body names a validation error, and a 500 that came back
+with the same message twice. What still fails becomes that meme's stored error, with the
+server's own message from the response body (`{"error": {"message"}}`, FastAPI's
+`{"detail"}`, or the text). Where the server takes them, the request asks for
 - a constrained answer in "label" mode (vLLM `structured_outputs: {choice: [...]}`, older
-  vLLM `guided_choice`); a server that rejects them is asked again without, and remembered;
+  vLLM `guided_choice`); a server that rejects one (HTTP 400/422, preferably naming it) is
+  asked again without it, and that is remembered;
 - token logprobs: the top alternatives at the class word give `prob_toxic`.
 The API key comes from the environment (WORKBENCH_VLM_API_KEY or OPENAI_API_KEY) and is
 never stored with the run.
@@ -17,13 +27,17 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from workbench.errors import ModelUnavailable
-from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput
+from workbench.models.image_limits import IMAGE_FIT_VERSION, endpoint_limits, fit_image
+from workbench.predictors.base import Option, PredictInput, Predictor, PredictOutput, note_fits, prepare_inputs
 from workbench.predictors.vlm_parse import parse_answer
 from workbench.predictors.vlm_prompt import (
     COMMON_OPTIONS,
@@ -39,10 +53,17 @@ TOP_LOGPROBS = 20  # OpenAI's maximum; vLLM's default --max-logprobs
 # Ways to ask for a constrained choice, newest vLLM first; None = plain request.
 CHOICE_STYLES = ("structured_outputs", "guided_choice", None)
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+REJECT_STATUS = {400, 422}  # the body was refused: maybe an extra the server does not know
+# A 500 whose message says the input itself is wrong fails the same way on every attempt.
+DETERMINISTIC_500 = re.compile(r"validation|invalid|valueerror|typeerror|must be|not supported|unsupported|"
+                               r"aspect ratio|too (?:long|large|many|small)|exceed", re.IGNORECASE)
+MAX_ERROR_CHARS = 1000
+MAX_RETRY_AFTER_S = 60.0  # a server's Retry-After is honoured up to this
 
 ENDPOINT_OPTIONS: tuple[Option, ...] = (
     Option("timeout_s", 120.0, "seconds per request before it counts as timed out", "float"),
-    Option("retries", 3, "retries of a request after 5xx / 429 / connection errors / timeouts", "int"),
+    Option("retries", 3, "retries of a request after 429 / 5xx / connection errors / timeouts (never for failures "
+           "that repeat: a 4xx, a 500 naming a validation error, the same 500 twice)", "int"),
     Option("backoff_s", 1.0, "wait before the first retry; doubles each time", "float"),
     Option("concurrency", 4, "requests in flight at once", "int"),
     Option("constrained", True, "label mode: ask the server to answer only with a class word (if supported)", "bool"),
@@ -95,7 +116,7 @@ class VlmEndpointPredictor(Predictor):
             "backend": "endpoint", "endpoint": self.endpoint, "model": self.model_name, "mode": self.mode,
             "prompt": self.prompt, "toxic_word": self.toxic_word, "non_toxic_word": self.non_toxic_word,
             "use_ocr_text": self.use_ocr_text, "threshold": self.threshold, "constrained": self.constrained,
-            "logprobs": self.want_logprobs, "image_max_side": self.image_max_side,
+            "logprobs": self.want_logprobs, "image_max_side": self.image_max_side, "image_fit": IMAGE_FIT_VERSION,
         }
         config["max_new_tokens"] = LABEL_MODE_MAX_TOKENS if self.mode == MODE_LABEL else self.max_new_tokens
         return config
@@ -131,11 +152,19 @@ class VlmEndpointPredictor(Predictor):
 
     # ----------------------------------------------------------------- predicting
 
+    def prepare_image(self, image: Any) -> tuple[Any, dict[str, Any]]:
+        return fit_image(image, endpoint_limits(self.image_max_side))
+
+    def preprocess_image(self, image: Any) -> str:
+        """The image as the request's data URL (JPEG encoding runs in the prefetch threads)."""
+        return image_data_url(image)
+
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
         if self._client is None:
             self.load()
+        batch = prepare_inputs(self, batch)
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batch)) or 1) as pool:
-            return list(pool.map(self._predict_one, batch))
+            return note_fits(batch, list(pool.map(self._predict_one, batch)))
 
     def prompt_for(self, item: PredictInput) -> str:
         ocr = item.ocr_text if self.use_ocr_text else ""
@@ -146,7 +175,8 @@ class VlmEndpointPredictor(Predictor):
         body: dict[str, Any] = {
             "model": self.model_name,
             "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": image_data_url(item.image, self.image_max_side)}},
+                {"type": "image_url", "image_url": {"url": item.pixels if isinstance(item.pixels, str)
+                                                     else image_data_url(item.image, self.image_max_side)}},
                 {"type": "text", "text": self.prompt_for(item)},
             ]}],
             "max_tokens": self.config()["max_new_tokens"],
@@ -186,35 +216,68 @@ class VlmEndpointPredictor(Predictor):
         return PredictOutput(label, prob, parsed.explanation, text, latency, extra=extra)
 
     def _post_learning(self, item: PredictInput) -> tuple[dict[str, Any], int]:
-        """POST with what the server accepts; a 400 while asking for extras drops them and retries."""
+        """POST with what the server accepts. A 400/422 naming an extra we asked for (a choice
+        style, logprobs) drops it for good; one naming none is asked once more without extras:
+        if that passes, the first extra is dropped for good, else it is this meme's error."""
         while True:
-            style = self._choice_styles[0]
-            logprobs = self._logprobs_ok
+            style, logprobs = self._choice_styles[0], self._logprobs_ok
             try:
                 return self._post_with_retries(self.request_body(item, style, logprobs))
             except _Rejected as exc:
-                with self._learn_lock:
-                    if style is not None and self._choice_styles and self._choice_styles[0] == style:
-                        self._choice_styles.pop(0)
-                    elif style is None and logprobs and self._logprobs_ok:
-                        self._logprobs_ok = False
-                    elif style is None and not logprobs:
-                        raise EndpointError(str(exc)) from None
+                message = str(exc)
+            if style is None and not logprobs:
+                raise EndpointError(message)
+            if not ((style is not None and style in message) or (logprobs and "logprob" in message)):
+                try:  # the message names no extra: is it them, or this request itself?
+                    answer = self._post_with_retries(self.request_body(item, None, False))
+                except _Rejected as again:
+                    raise EndpointError(str(again)) from None
+                self._drop_extra(style, style is None)
+                return answer
+            self._drop_extra(style, style is None or style not in message)
+
+    def _drop_extra(self, style: str | None, logprobs: bool) -> None:
+        """Stop asking for `style` (when it is still the first choice style), or for logprobs."""
+        with self._learn_lock:
+            if logprobs:
+                self._logprobs_ok = False
+            elif self._choice_styles and self._choice_styles[0] == style:
+                self._choice_styles.pop(0)
 
     def _post_with_retries(self, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """The answer JSON and the attempts it took; 5xx / 429 / connection errors / timeouts
-        are retried `retries` times, waiting `backoff_s`, then twice as long each time."""
+        """The answer JSON and the attempts it took. Failures that may pass are retried up to
+        `retries` times, waiting `backoff_s`, then twice as long each time; a 500 that comes
+        back with the same message as before is not tried again."""
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         url = f"{self.endpoint}/chat/completions"
-        retrying = Retrying(stop=stop_after_attempt(self.retries + 1), wait=wait_exponential(multiplier=self.backoff_s),
+        seen: set[str] = set()
+
+        def repeated(state: Any) -> bool:
+            key = getattr(state.outcome.exception(), "repeat_key", None)
+            if key is None:
+                return False
+            if key in seen:
+                return True
+            seen.add(key)
+            return False
+
+        backoff = wait_exponential(multiplier=self.backoff_s)
+
+        def wait(state: Any) -> float:  # the backoff, or the server's Retry-After when longer
+            asked = getattr(state.outcome.exception(), "retry_after", None) or 0.0
+            return max(backoff(state), min(asked, MAX_RETRY_AFTER_S))
+
+        retrying = Retrying(stop=stop_after_attempt(self.retries + 1) | repeated, wait=wait,
                             retry=retry_if_exception_type(_Retryable), reraise=True)
         try:
             for attempt in retrying:
                 with attempt:
                     data = self._post_once(url, body)
         except _Retryable as exc:
-            raise EndpointError(f"{exc} ({self.retries + 1} attempts to {url})") from None
+            n = attempt.retry_state.attempt_number
+            again = ", the same answer twice" if exc.repeat_key and n < self.retries + 1 else ""
+            raise EndpointError(f"{exc} ({n} attempts to {url}{again})") from None
         return data, attempt.retry_state.attempt_number
 
     def _post_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -232,12 +295,15 @@ class VlmEndpointPredictor(Predictor):
                 return response.json()
             except ValueError:
                 raise _Retryable("the endpoint answered 200 with invalid JSON") from None
-        detail = _error_detail(response)
-        if response.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {response.status_code}: {detail}")
-        if response.status_code in (400, 422):
-            raise _Rejected(f"HTTP {response.status_code}: {detail}")
-        raise EndpointError(f"HTTP {response.status_code} from {url}: {detail}")
+        status, detail = response.status_code, error_detail(response)
+        if status == 500 and DETERMINISTIC_500.search(detail):
+            raise EndpointError(f"HTTP 500: {detail} (not retried: the request itself is refused)")
+        if status in RETRY_STATUS:
+            raise _Retryable(f"HTTP {status}: {detail}", repeat_key=f"{status}:{detail}" if status == 500 else None,
+                             retry_after=retry_after_s(response.headers.get("retry-after")))
+        if status in REJECT_STATUS:
+            raise _Rejected(f"HTTP {status}: {detail}")
+        raise EndpointError(f"HTTP {status} from {url}: {detail}")
 
     def close(self) -> None:
         if self._client is not None:
@@ -250,8 +316,30 @@ class _Rejected(Exception):
 
 
 class _Retryable(Exception):
-    """A failure worth another attempt (5xx / 429 / connection error / timeout); the message
-    says what happened."""
+    """A failure worth another attempt (429 / 5xx / connection error / timeout); the message
+    says what happened. `repeat_key` (a 500's status + message): the same key twice means the
+    failure is not going away, so no more attempts."""
+
+    def __init__(self, message: str, repeat_key: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.repeat_key = repeat_key
+        self.retry_after = retry_after
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds()) if when.tzinfo else None
 
 
 def image_data_url(image: Any, max_side: int = 0, quality: int = 90) -> str:
@@ -288,12 +376,32 @@ def _content_text(content: Any) -> str:
     return str(content or "")
 
 
-def _error_detail(response: Any) -> str:
+def error_detail(response: Any) -> str:
+    """The server's own error message from a failed response: OpenAI/vLLM's
+    `{"error": {"message": ...}}`, FastAPI's `{"detail": ...}` (a validation error list becomes
+    "where: what" parts), `{"message": ...}`, else the body text, else the status phrase."""
     try:
         data = response.json()
-        message = data.get("error", data) if isinstance(data, dict) else data
-        if isinstance(message, dict):
-            message = message.get("message", message)
-        return str(message)[:300]
     except ValueError:
-        return response.text[:300]
+        data = None
+    message: Any = data
+    if isinstance(data, dict):
+        for key in ("error", "detail", "message"):
+            if key in data:
+                message = data[key]
+                break
+        if isinstance(message, dict):
+            message = message.get("message") or message.get("msg") or message
+    if isinstance(message, list):  # FastAPI/pydantic: [{"loc": [...], "msg": "..."}, ...]
+        message = "; ".join(_validation_part(part) for part in message)
+    text = " ".join(str(message if data is not None else response.text).split())
+    if not text:
+        text = getattr(response, "reason_phrase", "") or "(empty body)"
+    return text[:MAX_ERROR_CHARS] + ("…" if len(text) > MAX_ERROR_CHARS else "")
+
+
+def _validation_part(part: Any) -> str:
+    if not isinstance(part, dict):
+        return str(part)
+    where = ".".join(str(p) for p in part.get("loc", []) if p != "body")
+    return f"{where}: {part.get('msg', part)}" if where else str(part.get("msg", part))

@@ -8,7 +8,10 @@ Guarantees, for every step alike:
   items that failed before are retried;
 - a per-item failure is stored with its error and never stops the run;
 - one heavy job at a time per artefacts dir (a file lock), so runs never oversubscribe
-  the CPU; CPU-bound steps may use a process pool (`workers`).
+  the CPU; CPU-bound steps may use a process pool (`workers`);
+- steps that prefetch (predictors, embeddings, CAM) get their decoding and preprocessing
+  done in worker threads a few batches ahead of the model (pipeline.py), with the same
+  results as the sequential path (`prefetch=0`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.runs.lock import heavy_job_lock
+from workbench.runs.pipeline import default_threads, prefetched_batches
 from workbench.runs.step import ItemResult, JobSummary, Progress, Step, WorkItem
 from workbench.store.db import get_sessionmaker, in_batches
 from workbench.store.schema import Image, Job, utcnow
@@ -79,8 +84,12 @@ def run_step(
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    prefetch: int | None = None,
 ) -> JobSummary:
     """Run `step` over `image_ids`; see the module docstring for the guarantees.
+
+    `prefetch`: threads that prefetch a prefetching step's items (None = one per core,
+    0 = none: everything in this thread, one batch after another).
 
     `on_progress` is called after each committed batch; `should_stop` is polled between
     batches (Cancel). A model that cannot load ends the job as `failed` with its message;
@@ -99,7 +108,7 @@ def run_step(
                 return _failed_before_start(session, step, ids, exc, t0)
             job = Job(
                 step_kind=step.kind, step_name=step.name, fingerprint=step.fingerprint(), run_id=run_id,
-                params={"batch_size": batch_size, "workers": workers, "force": force},
+                params={"batch_size": batch_size, "workers": workers, "force": force, "prefetch": prefetch},
                 total=len(ids), pid=os.getpid(), heartbeat_at=utcnow(),
             )
             session.add(job)
@@ -129,7 +138,8 @@ def run_step(
             if on_progress:
                 on_progress(progress)
             if todo:
-                status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_stop)
+                status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_stop,
+                                       prefetch)
         except BaseException:
             _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
             raise
@@ -140,7 +150,8 @@ def run_step(
         return summary
 
 
-def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_stop) -> tuple[str, str | None]:  # noqa: ANN001
+def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_stop,  # noqa: ANN001
+           prefetch) -> tuple[str, str | None]:
     from workbench.errors import ModelUnavailable
 
     def items_for(batch_ids: list[int]) -> list[WorkItem]:
@@ -174,6 +185,14 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
             finally:
                 for fut in pending:
                     fut.cancel()
+        return "done", None
+    threads = default_threads() if prefetch is None else max(0, int(prefetch))
+    if step.prefetches and threads:
+        with closing(prefetched_batches(step, batches, items_for, threads)) as prepared:
+            for items in prepared:
+                record(safe_process(step, items))
+                if should_stop and should_stop():
+                    return "cancelled", "cancelled by user"
         return "done", None
     for batch_ids in batches:
         record(safe_process(step, items_for(batch_ids)))

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
+from workbench.store.images import load_rgb
+
 STALE_AFTER = timedelta(minutes=10)
 
 
@@ -26,11 +28,13 @@ def fingerprint(obj: Any, length: int = 16) -> str:
 
 @dataclass
 class WorkItem:
-    """One image handed to a step: its id, absolute path and best OCR text ('' if none)."""
+    """One image handed to a step: its id, absolute path and best OCR text ('' if none), and
+    what `Step.prefetch` made of it when the runner prefetched it (None: not prefetched)."""
 
     image_id: int
     path: Path
     ocr_text: str = ""
+    prepared: Any = None
 
 
 @dataclass
@@ -46,13 +50,20 @@ class ItemResult:
 class Step:
     """Base of every runnable step. Subclasses set kind/name and implement
     `fingerprint`, `done_ids`, `process` and `save`; `load` does heavy set-up once per
-    process; `begin`/`finish` bracket a job (e.g. create/close a model_runs row)."""
+    process; `begin`/`finish` bracket a job (e.g. create/close a model_runs row).
+
+    A step whose items need CPU work before the model (decode, resize, tensors) sets
+    `prefetches` and implements `prefetch(item)`; the runner then calls it in worker threads,
+    batches ahead, and `process` reads `item.prepared` (calling `prefetch` itself for items
+    without it, so the sequential path gives the same results)."""
 
     kind: ClassVar[str] = "step"
     name: str = "step"
     needs_ocr_text: bool = False
     # CPU-bound steps that are safe to run in worker processes set this.
     parallel_ok: bool = False
+    # Steps with a thread-safe `prefetch` set this: the runner overlaps it with `process`.
+    prefetches: bool = False
 
     def fingerprint(self) -> str:
         """Identity of this step's config: results are stored and skipped under it."""
@@ -69,6 +80,12 @@ class Step:
     def load(self) -> None:
         """Heavy initialisation (load a model). May raise workbench.errors.ModelUnavailable."""
 
+    def prefetch(self, item: WorkItem) -> Any:
+        """CPU work on one item that needs no model (decode, fit, preprocess), run in worker
+        threads after `load()`; the result lands in `item.prepared`. Must not raise: a
+        per-item failure is part of what it returns."""
+        return None
+
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
         """Compute results for a batch; must return one ItemResult per item, errors included."""
         raise NotImplementedError
@@ -79,6 +96,20 @@ class Step:
 
     def finish(self, session: Session, status: str) -> None:
         """Called once after work with the job's final status."""
+
+
+def prefetch_image(item: WorkItem, then: Any) -> Any:
+    """What most `Step.prefetch`es do: decode the item's image (the one loader, `load_rgb`)
+    and return `then(image)` (fit, preprocess); a failure of either becomes this item's
+    ItemResult error ("cannot read image: ..." / "cannot prepare image: ...")."""
+    try:
+        image = load_rgb(item.path)
+    except Exception as exc:  # noqa: BLE001 - unreadable file: this item fails, the batch goes on
+        return ItemResult(item.image_id, error=f"cannot read image: {type(exc).__name__}: {exc}")
+    try:
+        return then(image)
+    except Exception as exc:  # noqa: BLE001 - an image the model cannot take fails alone
+        return ItemResult(item.image_id, error=f"cannot prepare image: {type(exc).__name__}: {exc}")
 
 
 @dataclass

@@ -1,0 +1,68 @@
+"""Prefetching for the job runner: a step's per-item CPU work (`Step.prefetch`: decode, fit
+to the model's limits, preprocessing) runs in worker threads, up to `depth` batches ahead of
+the batch the model is working on, so decoding overlaps model compute and database commits.
+
+- Bounded: at most `depth + 1` batches are held at once (queued, being prefetched, or with
+  the model), however many images the job has, so memory stays flat on any selection.
+- In order: batches come out exactly as the sequential path makes them, each item carrying
+  its `prepared` value, so the results are the same.
+- Threads, not processes: Pillow's decoders and torch's kernels release the GIL, and the
+  threads share the step's loaded processor (nothing is pickled or loaded twice).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from workbench.runs.step import Step, WorkItem
+
+DEFAULT_DEPTH = 2  # batches prefetched ahead of the one with the model
+
+
+def default_threads() -> int:
+    """Prefetch threads when not told: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def prefetched_batches(step: Step, batches: Iterable[list[int]], items_for: Callable[[list[int]], list[WorkItem]],
+                       threads: int, depth: int = DEFAULT_DEPTH) -> Iterator[list[WorkItem]]:
+    """The work items of each batch of ids, in order, with `item.prepared` filled by
+    `step.prefetch` in `threads` worker threads, at most `depth` batches ahead.
+
+    Close the iterator (or leave the loop) to stop: queued prefetches are cancelled and the
+    threads end after the items they are on. A prefetch that raises leaves `prepared` None,
+    so `process` redoes it inline and reports the error the usual way."""
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="prefetch")
+    ahead: deque[list[tuple[WorkItem, Future]]] = deque()
+    pending = iter(batches)
+
+    def submit_next() -> None:
+        batch_ids = next(pending, None)
+        if batch_ids is not None:
+            ahead.append([(item, pool.submit(step.prefetch, item)) for item in items_for(batch_ids)])
+
+    try:
+        for _ in range(max(1, depth)):
+            submit_next()
+        while ahead:
+            batch = ahead.popleft()
+            submit_next()  # keep `depth` batches in the pool while this one is with the model
+            items = []
+            for item, future in batch:
+                try:
+                    item.prepared = future.result()
+                except Exception:  # noqa: BLE001 - process() prefetches it again inline and reports the error
+                    item.prepared = None
+                items.append(item)
+            yield items
+    finally:
+        for batch in ahead:
+            for _, future in batch:
+                future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
