@@ -174,9 +174,10 @@ with tab_pair:
 
 # --- suspected label issues ------------------------------------------------------------
 with tab_queue:
-    st.caption("Memes ranked by how confidently the runs contradict the human label: the mean over runs of their "
-               "confidence in the other class (p(toxic) when stored, else 1/0 from the label). Review them one by "
-               "one: relabel, or keep the human label (adds your confirming label).")
+    st.caption("Memes ranked by how confidently the runs contradict the human label: by cleanlab where a chosen "
+               "run has out-of-fold probabilities for every labeled meme (TF-IDF baseline, heads), else by the mean "
+               "over runs of their confidence in the other class (p(toxic) when stored, else 1/0 from the label). "
+               "Review them one by one: relabel, or keep the human label (adds your confirming label).")
     q = st.columns([3, 1, 1])
     queue_runs = q[0].multiselect("Runs to use", ids, default=list(dict.fromkeys([run_a, run_b])),
                                   format_func=titles.get, key="dis_queue_runs")
@@ -184,10 +185,11 @@ with tab_queue:
     hide_mine = q[2].checkbox("Hide memes I labeled", value=True, key="dis_hide_mine",
                               help="Skip memes that already carry your label (reviewed).", disabled=not ctx.annotator)
     with ctx.session() as session:
-        datas = outcomes.load_runs(session, queue_runs)
-        issues = review.suspected_label_issues(datas, min_score=min_score)
+        queue = review.label_issue_queue(session, queue_runs, min_score=min_score)
+        issues = queue.issues
         if hide_mine and ctx.annotator:
             issues = review.without_reviewed(session, issues, ctx.annotator)
+    st.caption(f"Ranking: {queue.method}. {queue.describe()}")
     if not issues:
         st.info("No suspected label issues for these runs at this score.")
     else:

@@ -71,6 +71,25 @@ def test_folds_are_stratified_and_shrink_to_the_smallest_class() -> None:
         head_training.stratified_folds(np.array([1, 0, 0, 0]), 5)
 
 
+def test_a_near_duplicate_group_never_spans_folds() -> None:
+    rng = np.random.default_rng(3)
+    y = np.array([i % 2 for i in range(40)])
+    groups = head_training.fold_groups(list(range(40)), {k: k // 4 for k in range(0, 24)})  # 6 groups of 4 copies
+    y[:24] = np.repeat(rng.integers(0, 2, 6), 4)  # copies share their original's label
+    for seed in range(5):
+        folds = head_training.stratified_folds(y, 5, seed=seed, groups=groups)
+        for g in range(6):
+            assert len(set(folds[g * 4:(g + 1) * 4])) == 1, (seed, g)
+        assert set(folds) == set(range(5))
+    cv = head_training.out_of_fold(y, 5, 0, lambda train, val, fold: set(groups[train].tolist()),
+                                   lambda seen, val: np.array([float(g in seen) for g in groups[val]]), groups)
+    assert not cv.prob.any()  # no held-out sample's group was ever in its fold model's training data
+    assert cv.metrics["grouping"] == {"method": "StratifiedGroupKFold", "by": "near-duplicate groups", "groups": 6,
+                                      "grouped_images": 24}
+    singletons = head_training.fold_groups(list(range(40)), {})
+    assert np.array_equal(head_training.stratified_folds(y, 5, 0, singletons), head_training.stratified_folds(y, 5, 0))
+
+
 def test_out_of_fold_matches_sklearn_cross_val_predict_with_the_same_splitter() -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -89,7 +108,8 @@ def test_out_of_fold_matches_sklearn_cross_val_predict_with_the_same_splitter() 
     ref = cross_val_predict(LogisticRegression(), x, y, cv=StratifiedKFold(4, shuffle=True, random_state=2),
                             method="predict_proba")[:, 1]
     assert np.allclose(cv.prob, ref)
-    assert cv.metrics == {**head_training.binary_metrics(y, cv.prob), "folds": 4}
+    assert cv.metrics == {**head_training.binary_metrics(y, cv.prob), "folds": 4,
+                          "grouping": {"method": "StratifiedKFold", "by": "none"}}
     assert len(cv.models) == len(cv.seconds) == 4
 
 
@@ -229,6 +249,37 @@ def test_head_run_is_out_of_fold_for_labeled_images_and_saves_a_loadable_head(se
     wrong = build_predictor("head", {"features": "image", "clip_model": tiny_clip, "head_path": str(saved)})
     refused = run_predictions(settings, wrong, ids)
     assert refused.status == "failed" and "trained on features" in refused.error and refused.done == 0
+
+
+def test_head_folds_are_split_by_near_duplicate_group(settings, tiny_clip: str, capsys) -> None:
+    from tests.support.variants import plant_reposts
+    from workbench.cli import main
+    from workbench.features.near_duplicates import active_groups
+
+    samples = write_sample_memes(settings.memes_dir, n=12, seed=21, size=(96, 96))
+    plant_reposts([s.path for s in samples[:4]])
+    plant_reposts([samples[0].path], kinds=("crop_watermark",))  # the first meme has two reposts
+    ids = _memes(settings, 0)
+    _embed(settings, tiny_clip, ids)
+    assert main(["duplicates", "--workers", "1"]) == 0
+    capsys.readouterr()
+    predictor = build_predictor("head", {"features": "image", "clip_model": tiny_clip, "head": "logreg", **FAST})
+    summary = run_predictions(settings, predictor, ids)
+    assert (summary.status, summary.failed) == ("done", 0)
+    with session_scope(settings.db_url) as session:
+        groups = active_groups(session)
+        folds = {p.image_id: p.extra["fold"] for p in session.scalars(select(Prediction).where(
+            Prediction.run_id == summary.run_id))}
+    assert sorted(len(m) for m in groups.values()) == [2, 2, 2, 3]
+    for members in groups.values():
+        assert len({folds[i] for i in members}) == 1  # a group never spans folds
+    report = read_training_report(predictor.fingerprint())
+    assert report["metrics"]["grouping"] == {"method": "StratifiedGroupKFold", "by": "near-duplicate groups",
+                                             "groups": 4, "grouped_images": 9}
+    assert "fold_groups" in report["config"]
+    ungrouped = build_predictor("head", {"features": "image", "clip_model": tiny_clip, "head": "logreg",
+                                         "group_duplicates": False, **FAST})
+    assert ungrouped.fingerprint() != predictor.fingerprint()
 
 
 def test_new_labels_make_a_new_run_and_missing_embeddings_are_per_image_errors(settings, tiny_clip: str) -> None:

@@ -213,3 +213,38 @@ def test_tfidf_out_of_fold_probabilities_equal_sklearn_cross_val_predict() -> No
                             cv=StratifiedKFold(4, shuffle=True, random_state=3), method="predict_proba")[:, 1]
     assert np.allclose(got, ref)
     assert fitted.metrics["folds"] == 4 and fitted.metrics["n"] == len(ids)
+
+
+def test_tfidf_folds_are_split_by_near_duplicate_group(settings, capsys) -> None:
+    """Reposts carry their original's caption: split by group, no caption is ever scored by a
+    model that trained on its copy; the report records the grouping."""
+    from tests.support.variants import plant_reposts
+    from workbench.cli import main
+    from workbench.features.near_duplicates import active_groups
+
+    samples = write_sample_memes(settings.memes_dir, n=16, seed=12, size=(256, 256))
+    reposts = plant_reposts([s.path for s in samples[:6]])
+    ids = _ingest(settings, settings.memes_dir)
+    caption = {s.path.name: s.caption for s in samples} | {r.name: dict((s.path.name, s.caption) for s in samples)[src.name]
+                                                          for r, src in reposts.items()}
+    with session_scope(settings.db_url) as session:
+        for image_id, path in session.execute(select(Image.id, Image.path)):
+            save_correction(session, image_id, caption[Path(path).name], "tester")
+    assert main(["duplicates", "--workers", "1"]) == 0
+    capsys.readouterr()
+    predictor = build_predictor("text-tfidf", {"folds": 4})
+    summary = run_predictions(settings, predictor, ids)
+    assert (summary.status, summary.failed) == ("done", 0)
+    preds = _predictions(settings, summary.run_id)
+    with session_scope(settings.db_url) as session:
+        groups = active_groups(session)
+    assert len(groups) == 6
+    for members in groups.values():
+        assert len({preds[i].extra["fold"] for i in members}) == 1
+    report = read_training_report(predictor.fingerprint())
+    assert report["metrics"]["grouping"]["method"] == "StratifiedGroupKFold"
+    assert report["metrics"]["grouping"]["grouped_images"] == 12
+    plain = build_predictor("text-tfidf", {"folds": 4, "group_duplicates": False})
+    unsplit = run_predictions(settings, plain, ids)
+    assert unsplit.run_id != summary.run_id
+    assert read_training_report(plain.fingerprint())["metrics"]["grouping"] == {"method": "StratifiedKFold", "by": "none"}

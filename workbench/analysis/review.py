@@ -8,13 +8,18 @@ Plain queries over the outcomes in workbench.analysis.outcomes:
   the human label;
 - the details a review card shows for one image.
 
-Suspected-label-issue score (our own, not cleanlab — it is not a dependency): for each
-run that gave the image a class, its confidence in the class *opposite* to the human
-label — 1 - p(human label), i.e. 1 minus cleanlab's "self-confidence" label-quality
-score — using prob_toxic when the run has one and 1/0 for a hard label without
-probability; the score is the mean over those runs. Cleanlab's confident-learning
-thresholds need out-of-sample probabilities from a model trained on these labels;
-our runs are zero-shot models, so the plain, explainable average is the honest choice.
+Suspected-label-issue ranking, two ways (`label_issue_queue` picks and says which):
+- **cleanlab**, where out-of-fold probabilities are complete: when the chosen runs include a
+  learned predictor (TF-IDF baseline, head) whose out-of-fold P(toxic) covers every labeled meme,
+  cleanlab's Datalab ranks by its label quality score (self-confidence, p(human label)) and flags
+  label issues by confident learning (per-class thresholds, so a model that is confident but
+  miscalibrated still flags). The score is 1 - label quality; the queue holds the flagged memes
+  plus those scoring at least `min_score`.
+- **mean confidence** (the fallback, e.g. zero-shot runs only): for each run that gave the image
+  a class, its confidence in the class *opposite* to the human label — 1 - p(human label) — using
+  prob_toxic when the run has one and 1/0 for a hard label without probability; the score is the
+  mean over those runs. Zero-shot models were never trained on these labels, but cleanlab's
+  confident-learning thresholds are meant for probabilities from models fitted to them.
 """
 
 from __future__ import annotations
@@ -90,10 +95,8 @@ class LabelIssue:
         return dict(self.__dict__)
 
 
-def suspected_label_issues(datas: Sequence[RunData], min_score: float = 0.5,
-                           limit: int | None = None) -> list[LabelIssue]:
-    """Labeled images ranked by how confidently the runs contradict the human label (the
-    score in the module docstring); only those scoring at least `min_score`."""
+def _run_votes(datas: Sequence[RunData]) -> tuple[dict[int, float], dict[int, int], dict[int, int], dict[int, int]]:
+    """Per labeled image: summed confidence in the other class, runs with a class, runs contradicting, human code."""
     sums: dict[int, float] = {}
     n_runs: dict[int, int] = {}
     n_contra: dict[int, int] = {}
@@ -108,6 +111,14 @@ def suspected_label_issues(datas: Sequence[RunData], min_score: float = 0.5,
             n_runs[image_id] = n_runs.get(image_id, 0) + 1
             n_contra[image_id] = n_contra.get(image_id, 0) + int(said != truth)
             human[image_id] = truth
+    return sums, n_runs, n_contra, human
+
+
+def suspected_label_issues(datas: Sequence[RunData], min_score: float = 0.5,
+                           limit: int | None = None) -> list[LabelIssue]:
+    """Labeled images ranked by how confidently the runs contradict the human label (the
+    mean-confidence score in the module docstring); only those scoring at least `min_score`."""
+    sums, n_runs, n_contra, human = _run_votes(datas)
     issues = [
         LabelIssue(i, "toxic" if human[i] == 1 else "non_toxic", sums[i] / n_runs[i], n_runs[i], n_contra[i])
         for i in sums
@@ -115,6 +126,60 @@ def suspected_label_issues(datas: Sequence[RunData], min_score: float = 0.5,
     issues = [x for x in issues if x.score >= min_score]
     issues.sort(key=lambda x: (-x.score, -x.n_contradicting, x.image_id))
     return issues[:limit] if limit else issues
+
+
+def cleanlab_label_issues(datas: Sequence[RunData], oof: dict[int, dict[int, float]], min_score: float = 0.5,
+                          limit: int | None = None) -> list[LabelIssue]:
+    """Labeled images ranked by cleanlab's label quality on the mean out-of-fold probabilities
+    `oof` (run_id -> {image_id: P(toxic)}, complete for every labeled image): the memes
+    cleanlab flags, plus those whose score (1 - label quality) is at least `min_score`."""
+    from workbench.analysis.data_audit import CLASSES, datalab_issues, mean_probabilities
+
+    truth = datas[0]
+    labeled = truth.true >= 0
+    ids = truth.image_ids[labeled].tolist()
+    given = [CLASSES[int(c)] for c in truth.true[labeled]]
+    lab = datalab_issues(given, None, mean_probabilities(oof, ids), ["label"])
+    found = lab.get_issues("label")
+    quality, flagged = found["label_score"].to_numpy(float), found["is_label_issue"].to_numpy(bool)
+    _, n_runs, n_contra, _ = _run_votes(datas)
+    issues = [LabelIssue(i, g, float(1.0 - q), n_runs.get(i, 0), n_contra.get(i, 0))
+              for i, g, q, f in zip(ids, given, quality, flagged) if f or 1.0 - q >= min_score]
+    issues.sort(key=lambda x: (-x.score, -x.n_contradicting, x.image_id))
+    return issues[:limit] if limit else issues
+
+
+@dataclass(frozen=True)
+class IssueQueue:
+    """The suspected-label-issue queue and how it was ranked."""
+
+    issues: list[LabelIssue]
+    method: str  # "cleanlab" | "mean confidence"
+    prob_runs: list[int]  # runs whose out-of-fold probabilities cleanlab ranked with
+
+    def describe(self) -> str:
+        if self.method == "cleanlab":
+            runs = ", ".join(f"#{r}" for r in self.prob_runs)
+            return (f"Ranked by cleanlab (label quality and confident-learning flags) on the out-of-fold "
+                    f"probabilities of run {runs}, which cover every labeled meme.")
+        return ("Ranked by the runs' mean confidence in the other class (no chosen run has out-of-fold "
+                "probabilities for every labeled meme: train the TF-IDF baseline or a head for cleanlab's ranking).")
+
+
+def label_issue_queue(session: Session, run_ids: Sequence[int] | None = None, min_score: float = 0.5,
+                      limit: int | None = None) -> IssueQueue:
+    """Suspected label issues over the runs given (default: all), ranked by cleanlab where their
+    out-of-fold probabilities are complete, else by mean confidence (module docstring)."""
+    from workbench.analysis.data_audit import out_of_fold_runs
+    from workbench.analysis.outcomes import list_runs, load_runs, load_truth
+
+    ids = list(run_ids) if run_ids is not None else sorted(r.id for r in list_runs(session))
+    truth = load_truth(session)
+    datas = load_runs(session, ids, truth)
+    oof = out_of_fold_runs(session, truth.labels, ids) if datas and len(set(truth.codes.tolist())) == 2 else {}
+    if oof:
+        return IssueQueue(cleanlab_label_issues(datas, oof, min_score, limit), "cleanlab", sorted(oof))
+    return IssueQueue(suspected_label_issues(datas, min_score, limit), "mean confidence", [])
 
 
 def without_reviewed(session: Session, issues: Sequence[LabelIssue], annotator: str) -> list[LabelIssue]:

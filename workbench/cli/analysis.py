@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_disagreements)
 
-    p = sub.add_parser("label-issues", help="images whose human label the runs contradict, most confident first")
+    p = sub.add_parser("label-issues", help="images whose human label the runs contradict, most confident first "
+                       "(cleanlab's ranking where out-of-fold probabilities cover every labeled meme)")
     p.add_argument("run_ids", nargs="*", type=int, metavar="RUN_ID", help="runs to use (default: all)")
     p.add_argument("--min-score", type=float, default=0.5)
     p.add_argument("--top", type=int, default=50)
@@ -115,16 +116,20 @@ def cmd_disagreements(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_label_issues(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+
     from sqlalchemy import select
 
-    from workbench.analysis.review import suspected_label_issues
+    from workbench.analysis.review import label_issue_queue
     from workbench.store.db import session_scope
     from workbench.store.schema import Image
 
     with session_scope(settings.db_url) as session:
-        issues = suspected_label_issues(_load(session, args.run_ids), min_score=args.min_score, limit=args.top)
-        paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_([x.image_id for x in issues]))).all())
-    rows = [{**x.to_dict(), "path": paths.get(x.image_id)} for x in issues]
+        known = [d.run.id for d in _load(session, args.run_ids)]
+        queue = label_issue_queue(session, known, min_score=args.min_score, limit=args.top)
+        paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_([x.image_id for x in queue.issues]))).all())
+    rows = [{**x.to_dict(), "path": paths.get(x.image_id)} for x in queue.issues]
+    print(queue.describe(), file=sys.stderr if args.json else sys.stdout)
     if args.json:
         return print_json(rows)
     for r in rows:

@@ -5,8 +5,10 @@ Two heads: logistic regression (Linear(d->2)) and a small MLP
 cross-entropy and Adam on standardised features. Evaluation is honest by construction:
 `cross_validate` gives every labeled sample a probability from a head that never saw it
 (stratified k-fold, out-of-fold), plus a final head trained on all labels for the
-unlabeled images. A head is saved as safetensors (weights) + JSON (config, feature model,
-out-of-fold results) — never pickle — and refuses to load against other features.
+unlabeled images. Given near-duplicate groups, folds are split by group
+(StratifiedGroupKFold), so a repost never sits in the training folds of its original.
+A head is saved as safetensors (weights) + JSON (config, feature model, out-of-fold
+results) — never pickle — and refuses to load against other features.
 """
 
 from __future__ import annotations
@@ -100,11 +102,14 @@ def labels_digest(pairs: Iterable[tuple[Any, str]]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+def stratified_folds(y: np.ndarray, folds: int, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
     """The validation fold (0..k-1) of every sample, stratified by class.
 
-    k shrinks to the smallest class size when there are fewer labels than folds."""
-    from sklearn.model_selection import StratifiedKFold
+    With `groups` (one id per sample; the members of a near-duplicate group share theirs) no
+    group spans folds (scikit-learn's StratifiedGroupKFold); without groups, or when every
+    group is a single sample, plain StratifiedKFold. k shrinks to the smallest class size
+    (counted in groups when grouping) when there are fewer than `folds`."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     counts = np.bincount(y, minlength=2)
     if counts.min() < 2:
@@ -112,10 +117,35 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
                         f"{int(counts[1])} toxic and {int(counts[0])} non_toxic")
     k = int(min(folds, counts.min()))
     assignment = np.empty(len(y), dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for fold, (_, val_idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
+    if groups is not None and len(np.unique(groups)) < len(groups):
+        per_class = min(len(np.unique(groups[y == c])) for c in (0, 1))
+        if per_class < 2:
+            raise HeadError("need near-duplicate groups with at least 2 different memes of each class to "
+                            "cross-validate by group")
+        k = min(k, per_class)
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y, groups)
+    else:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+    for fold, (_, val_idx) in enumerate(splits):
         assignment[val_idx] = fold
     return assignment
+
+
+def fold_groups(keys: Sequence[Any], group_of: dict[Any, int]) -> np.ndarray:
+    """Group id per sample for `stratified_folds`: its near-duplicate group, or its own singleton."""
+    own = {k: -(n + 1) for n, k in enumerate(keys)}  # negative: never equal to a stored group id
+    return np.array([group_of.get(k, own[k]) for k in keys], dtype=np.int64)
+
+
+def grouping_summary(groups: np.ndarray | None) -> dict[str, Any]:
+    """How folds were split, for the training report."""
+    if groups is None:
+        return {"method": "StratifiedKFold", "by": "none"}
+    _, counts = np.unique(groups, return_counts=True)
+    multi = counts[counts > 1]
+    return {"method": "StratifiedGroupKFold" if len(multi) else "StratifiedKFold", "by": "near-duplicate groups",
+            "groups": int(len(multi)), "grouped_images": int(multi.sum())}
 
 
 def binary_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
@@ -141,14 +171,14 @@ class OutOfFold:
 
 def out_of_fold(
     y: np.ndarray, folds: int, seed: int, fit: Callable[[np.ndarray, np.ndarray, int], Any],
-    predict: Callable[[Any, np.ndarray], np.ndarray],
+    predict: Callable[[Any, np.ndarray], np.ndarray], groups: np.ndarray | None = None,
 ) -> OutOfFold:
     """Stratified k-fold cross-validation of any model: the one fold loop of heads and TF-IDF.
 
     For each fold, `fit(train_idx, val_idx, fold)` returns a model trained on the samples
     (row indices, ascending) outside the fold and `predict(model, val_idx)` gives P(toxic)
-    of the held-out samples."""
-    assignment = stratified_folds(y, folds, seed)
+    of the held-out samples. With `groups`, no group spans folds (`stratified_folds`)."""
+    assignment = stratified_folds(y, folds, seed, groups)
     prob = np.full(len(y), np.nan)
     models: list[Any] = []
     seconds: list[float] = []
@@ -159,9 +189,11 @@ def out_of_fold(
         model = fit(train, val, fold)
         seconds.append(time.perf_counter() - t0)
         models.append(model)
-        prob[val] = predict(model, val)
+        if len(val):  # StratifiedGroupKFold may leave a fold empty when groups are large
+            prob[val] = predict(model, val)
     metrics = binary_metrics(y, prob)
     metrics["folds"] = k
+    metrics["grouping"] = grouping_summary(groups)
     return OutOfFold(assignment, prob, models, seconds, metrics)
 
 
@@ -296,9 +328,11 @@ class CrossValResult:
 
 def cross_validate(
     x: np.ndarray, y: np.ndarray, keys: Sequence[str], config: HeadConfig, feature_model: dict[str, Any] | None = None,
+    groups: np.ndarray | None = None,
 ) -> CrossValResult:
-    """Stratified k-fold: each sample's probability comes from the head of the fold that
-    held it out; then a final head is trained on everything (for unlabeled images)."""
+    """Stratified k-fold (by `groups` when given: see `stratified_folds`): each sample's
+    probability comes from the head of the fold that held it out; then a final head is
+    trained on everything (for unlabeled images)."""
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int64)
     if len(keys) != len(y) or len(x) != len(y):
@@ -311,7 +345,7 @@ def cross_validate(
         curves.extend({"fold": fold, **point} for point in curve)
         return head
 
-    cv = out_of_fold(y, config.folds, config.seed, fit, lambda head, val: head.predict_proba(x[val]))
+    cv = out_of_fold(y, config.folds, config.seed, fit, lambda head, val: head.predict_proba(x[val]), groups)
     final, _ = train_head(x, y, config, feature_model)
     final.meta.update({
         "cv_metrics": cv.metrics,

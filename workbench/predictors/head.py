@@ -1,6 +1,6 @@
 """The `head` predictor: a logistic-regression or MLP head on cached frozen-model
 embeddings (CLIP image / text / both / image×text interaction, or VLM pooled states),
-trained from the current labels with stratified k-fold.
+trained from the current labels with stratified k-fold, split by near-duplicate group.
 
 Labeled images get out-of-fold predictions (the fold is in extra), others the head trained
 on all labels. The trained head (safetensors + JSON, with its curves and out-of-fold
@@ -39,7 +39,7 @@ from workbench.features.head_training import (
     save_head,
 )
 from workbench.predictors.base import Option, PredictInput
-from workbench.predictors.out_of_fold import Fitted, OutOfFoldPredictor, labeled_arrays
+from workbench.predictors.out_of_fold import GROUP_OPTION_HELP, Fitted, OutOfFoldPredictor, labeled_arrays
 from workbench.runs.step import fingerprint
 from workbench.store.schema import Image
 
@@ -102,12 +102,13 @@ class HeadPredictor(OutOfFoldPredictor):
         Option("weight_decay", 1e-4, "Adam weight decay", "float"),
         Option("folds", 5, "stratified cross-validation folds", "int"),
         Option("seed", 0, "seed of folds and initialisation", "int"),
+        Option("group_duplicates", True, GROUP_OPTION_HELP, "bool"),
         Option("head_path", "", "folder of a saved head to predict with instead of training (empty = train)"),
     )
 
     def __init__(self, features: str = "both", head: str = "mlp", clip_model: str = DEFAULT_CLIP_MODEL,
                  vlm_model: str = DEFAULT_VLM_MODEL, epochs: int = 60, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 folds: int = 5, seed: int = 0, head_path: str = "") -> None:
+                 folds: int = 5, seed: int = 0, group_duplicates: bool = True, head_path: str = "") -> None:
         super().__init__()
         self.features = features
         self.embedders = feature_embedders(features, (clip_model or DEFAULT_CLIP_MODEL).strip(),
@@ -119,6 +120,7 @@ class HeadPredictor(OutOfFoldPredictor):
         except HeadError as exc:
             raise ValueError(str(exc)) from None
         self.folds, self.seed = self.head_config.folds, self.head_config.seed
+        self.group_duplicates = bool(group_duplicates)
         self.head_path = Path(head_path).expanduser() if str(head_path or "").strip() else None
         self.x: dict[int, np.ndarray] = {}
         self.sha: dict[int, str] = {}
@@ -169,7 +171,8 @@ class HeadPredictor(OutOfFoldPredictor):
                             f"{self.missing_hint.split(': ', 1)[1]}")
         y = labeled_arrays(self.labels, ids)
         x = np.stack([self.x[i] for i in ids])
-        result = cross_validate(x, y, [self.sha[i] for i in ids], self.head_config, self.feature_model)
+        result = cross_validate(x, y, [self.sha[i] for i in ids], self.head_config, self.feature_model,
+                                self.fold_groups(ids))
         save_head(result.final, heads_dir() / self.fingerprint(), result.curves)
         metrics = dict(result.metrics, n_labeled_without_features=sum(1 for i in self.labels if i not in self.x))
         return Fitted(fold_of={i: int(f) for i, f in zip(ids, result.folds)}, fold_models=result.fold_heads,

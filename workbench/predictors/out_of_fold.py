@@ -4,7 +4,9 @@ The contract that keeps their numbers honest:
 - `prepare(session)` reads the current consensus labels and the training inputs; a hash
   of them goes into the config, so new labels make a new run (a new fingerprint);
 - `load()` fits one model per stratified fold plus a final model on all labels (cached
-  per fingerprint in the process, so a resumed run does not retrain);
+  per fingerprint in the process, so a resumed run does not retrain); folds are split by
+  near-duplicate group (`group_duplicates`, on by default), so a repost never sits in the
+  training folds of its original, and the grouping is part of the config and the report;
 - `predict()` answers a labeled image with the model of the fold that held it out
   (out-of-fold, never its own training data) and any other image with the final model;
   the fold goes into Prediction.extra.
@@ -60,16 +62,21 @@ def read_training_report(fingerprint: str) -> dict[str, Any] | None:
         return None
 
 
+GROUP_OPTION_HELP = "split folds by near-duplicate group (a repost never trains the model that scores its original)"
+
+
 class OutOfFoldPredictor(Predictor):
     """Base of predictors trained by stratified k-fold on the current labels."""
 
     folds: int = 5
     seed: int = 0
+    group_duplicates: bool = True
 
     def __init__(self) -> None:
         self.labels: dict[int, str] = {}
         self.digest = "unprepared"
         self.fitted: Fitted | None = None
+        self.dup_groups: dict[int, int] = {}  # labeled image_id -> its near-duplicate group (shared by 2+ labeled)
 
     # -- subclass hooks ------------------------------------------------------------
     def training_config(self) -> dict[str, Any]:
@@ -94,13 +101,28 @@ class OutOfFoldPredictor(Predictor):
 
     # -- Predictor -------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {**self.training_config(), "labels": self.digest, "n_labels": len(self.labels)}
+        config = {**self.training_config(), "labels": self.digest, "n_labels": len(self.labels)}
+        if self.dup_groups:  # only where grouping changes the folds, so earlier runs keep their fingerprint
+            config["fold_groups"] = labels_digest_of_groups(self.dup_groups) if self.group_duplicates else "off"
+        return config
+
+    def fold_groups(self, ids: Sequence[int]) -> np.ndarray | None:
+        """Group id per labeled image in `ids` for the fold split (None: plain stratified folds)."""
+        from workbench.features.head_training import fold_groups
+
+        return fold_groups(list(ids), self.dup_groups) if self.group_duplicates and self.dup_groups else None
 
     def prepare(self, session: Session) -> None:
         from workbench.features.head_training import labels_digest
+        from workbench.features.near_duplicates import group_of_images
         from workbench.store.labels import consensus_labels
 
         self.labels = consensus_labels(session)
+        members: dict[int, list[int]] = {}
+        for image_id, group in group_of_images(session, sorted(self.labels)).items():
+            members.setdefault(group, []).append(image_id)
+        # A group is named by its smallest labeled member: the same partition gives the same config.
+        self.dup_groups = {i: min(m) for m in members.values() if len(m) > 1 for i in m}
         inputs_digest = self.collect(session, self.labels)
         self.digest = labels_digest([*self.labels.items(), ("inputs", inputs_digest)])
         self.fitted = None
@@ -167,6 +189,13 @@ def _output(prob: float, explanation: str | None, fold: int | None, latency_ms: 
         label="toxic" if prob >= 0.5 else "non_toxic", prob_toxic=float(prob), explanation=explanation,
         latency_ms=latency_ms, extra={"fold": fold, "out_of_fold": fold is not None},
     )
+
+
+def labels_digest_of_groups(groups: dict[int, int]) -> str:
+    """A short hash of which labeled images share a near-duplicate group (image_id -> group name)."""
+    from workbench.features.head_training import labels_digest
+
+    return labels_digest((i, str(g)) for i, g in groups.items())
 
 
 def labeled_arrays(labels: dict[int, str], ids: Sequence[int]) -> np.ndarray:

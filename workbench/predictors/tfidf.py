@@ -1,6 +1,7 @@
 """Offline text baseline: TF-IDF character n-grams of the OCR text + logistic regression,
-trained from the current labels with stratified k-fold (out-of-fold predictions for
-labeled images). Needs no weights: the first learned predictor a new user can run."""
+trained from the current labels with stratified k-fold, split by near-duplicate group
+(out-of-fold predictions for labeled images). Needs no weights: the first learned predictor
+a new user can run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from workbench.predictors.base import Option, PredictInput
-from workbench.predictors.out_of_fold import Fitted, OutOfFoldPredictor, labeled_arrays
+from workbench.predictors.out_of_fold import GROUP_OPTION_HELP, Fitted, OutOfFoldPredictor, labeled_arrays
 
 
 def _text_hash(text: str) -> str:
@@ -29,10 +30,11 @@ class TfidfPredictor(OutOfFoldPredictor):
         Option("folds", 5, "stratified cross-validation folds", "int"),
         Option("seed", 0, "fold shuffling seed", "int"),
         Option("max_features", 50000, "vocabulary cap", "int"),
+        Option("group_duplicates", True, GROUP_OPTION_HELP, "bool"),
     )
 
     def __init__(self, ngram_min: int = 2, ngram_max: int = 5, C: float = 1.0, folds: int = 5, seed: int = 0,  # noqa: N803
-                 max_features: int = 50000) -> None:
+                 max_features: int = 50000, group_duplicates: bool = True) -> None:
         super().__init__()
         if not 1 <= int(ngram_min) <= int(ngram_max) <= 10:
             raise ValueError("need 1 <= ngram_min <= ngram_max <= 10")
@@ -40,6 +42,7 @@ class TfidfPredictor(OutOfFoldPredictor):
             raise ValueError("folds must be >= 2")
         self.ngram = (int(ngram_min), int(ngram_max))
         self.C, self.folds, self.seed, self.max_features = float(C), int(folds), int(seed), int(max_features)
+        self.group_duplicates = bool(group_duplicates)
         self.texts: dict[int, str] = {}
 
     def training_config(self) -> dict[str, Any]:
@@ -75,7 +78,7 @@ class TfidfPredictor(OutOfFoldPredictor):
                             "(Run page, or `python -m workbench ocr`)")
         cv = out_of_fold(y, self.folds, self.seed,
                          lambda train, _val, _fold: self._pipeline().fit([texts[j] for j in train], y[train]),
-                         lambda model, val: _prob_toxic(model, [texts[j] for j in val]))
+                         lambda model, val: _prob_toxic(model, [texts[j] for j in val]), self.fold_groups(ids))
         final = self._pipeline().fit(texts, y)
         metrics = {**cv.metrics, "n_empty_text": sum(1 for t in texts if not t.strip())}
         return Fitted(fold_of={i: int(f) for i, f in zip(ids, cv.folds)}, fold_models=cv.models, final=final,

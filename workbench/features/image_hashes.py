@@ -1,0 +1,168 @@
+"""Perceptual hashes of every image, as a job-runner step, stored per image and hashing config.
+
+Per image and per inner-crop level (the whole image, then 3, 6, 9 and 12 % of each border cut
+away) the 256-bit pHash of the `imagehash` library (16x16 lowest DCT frequencies of a 64x64
+grey copy, each bit: above the median or not), kept twice:
+- `long`: all 256 bits — the finer check of each candidate pair;
+- `short`: its 64 lowest-frequency bits (the top-left 8x8) — the key of the candidate index
+  (workbench.features.near_duplicates). Deriving it costs nothing; a separate 64-bit pHash would
+  double the hashing time and found the same candidates (measured on the real memes).
+A repost cropped by ~6 % matches its original's 6 % level, so cropping does not break the match.
+
+Hashing is decode-bound by design: the image is decoded once by the one loader, reduced to
+~128 px on its short side by a box filter, and every crop is scaled from that small copy to the
+64x64 grid the pHash reads.
+Near-uniform images (almost no detail) are marked `flat`: their hashes are noise, so they
+never join a group. Image ids are content-addressed (a changed file is a new image), so a
+re-run only hashes images it has not hashed yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint, prefetch_image
+from workbench.store.db import in_batches
+from workbench.store.schema import ImageHash
+
+HASH_VERSION = 1
+CROP_LEVELS = (0.0, 0.03, 0.06, 0.09, 0.12)  # fraction of each border cut away
+SHORT_BITS, LONG_BITS = 64, 256
+WORK_SIDE = 128  # the short side of the reduced copy every crop is cut from
+PHASH_GRID = 64  # imagehash's pHash of 256 bits reads a 64x64 grey image (hash_size 16 x highfreq_factor 4)
+FLAT_STD = 2.0  # grey-level standard deviation below which an image is flat
+
+
+def hash_fingerprint() -> str:
+    """Identity of the hashing config: hashes are stored and skipped under it."""
+    return "phash:" + fingerprint({"levels": CROP_LEVELS, "bits": [SHORT_BITS, LONG_BITS], "work": WORK_SIDE,
+                                   "grid": [PHASH_GRID, "bilinear"], "v": HASH_VERSION})
+
+
+@dataclass(frozen=True)
+class ImageHashes:
+    """The hashes of one image: `short` uint64 [levels], `long` uint64 [levels, 4]."""
+
+    short: np.ndarray
+    long: np.ndarray
+    flat: bool
+
+    def to_blobs(self) -> tuple[bytes, bytes]:
+        return self.short.astype("<u8").tobytes(), self.long.astype("<u8").tobytes()
+
+    @classmethod
+    def from_blobs(cls, short: bytes, long: bytes, flat: bool) -> ImageHashes:
+        return cls(np.frombuffer(short, "<u8").astype(np.uint64),
+                   np.frombuffer(long, "<u8").astype(np.uint64).reshape(-1, LONG_BITS // 64), flat)
+
+
+def _bits_to_words(bits: np.ndarray) -> np.ndarray:
+    """A boolean hash as big-endian uint64 words."""
+    return np.packbits(bits.reshape(-1)).view(">u8").astype(np.uint64)
+
+
+def compute_hashes(image: PILImage.Image) -> ImageHashes:
+    """pHashes of one decoded image at every crop level (see the module docstring)."""
+    import imagehash
+
+    factor = max(1, min(image.size) // WORK_SIDE)
+    grey = (image.reduce(factor) if factor > 1 else image).convert("L")  # box-reduce first: converting is cheaper
+    w, h = grey.size
+    short, long = [], []
+    for level in CROP_LEVELS:
+        dx, dy = round(w * level), round(h * level)
+        # Scaled here (bilinear, antialiased) to the 64x64 grid imagehash's pHash reads, so its own
+        # Lanczos resize has nothing left to do: the same hash at a third of the cost.
+        grid = grey.resize((PHASH_GRID, PHASH_GRID), PILImage.Resampling.BILINEAR, box=(dx, dy, w - dx, h - dy))
+        bits = imagehash.phash(grid, hash_size=16).hash
+        short.append(_bits_to_words(bits[:8, :8])[0])
+        long.append(_bits_to_words(bits))
+    flat = float(np.asarray(grey, np.float32).std()) < FLAT_STD
+    return ImageHashes(np.array(short, np.uint64), np.stack(long), flat)
+
+
+class HashStep(Step):
+    """Hash images through the job runner (process pool: CPU-bound, one image at a time)."""
+
+    kind = "hash"
+    name = "hash:phash"
+    parallel_ok = True
+
+    def fingerprint(self) -> str:
+        return hash_fingerprint()
+
+    def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
+        fp = self.fingerprint()
+        done: set[int] = set()
+        for chunk in in_batches(image_ids):
+            done.update(session.scalars(select(ImageHash.image_id).where(
+                ImageHash.fingerprint == fp, ImageHash.error.is_(None), ImageHash.image_id.in_(chunk))))
+        return done
+
+    def process(self, items: list[WorkItem]) -> list[ItemResult]:
+        results = []
+        for item in items:
+            started = time.perf_counter()
+            value = prefetch_image(item, compute_hashes)  # a corrupt or vanished file is this image's error only
+            result = value if isinstance(value, ItemResult) else ItemResult(item.image_id, value=value)
+            result.duration_ms = _ms(started)
+            results.append(result)
+        return results
+
+    def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
+        fp = self.fingerprint()
+        good = set(session.scalars(select(ImageHash.image_id).where(
+            ImageHash.fingerprint == fp, ImageHash.error.is_(None), ImageHash.image_id.in_([r.image_id for r in results]))))
+        # A file that vanished keeps the hashes it had (its group keeps its history): a failure never replaces them.
+        results = [r for r in results if r.error is None or r.image_id not in good]
+        session.execute(delete(ImageHash).where(ImageHash.fingerprint == fp,
+                                                ImageHash.image_id.in_([r.image_id for r in results])))
+        for result in results:
+            hashes: ImageHashes | None = result.value
+            short, long = hashes.to_blobs() if hashes else (None, None)
+            session.add(ImageHash(image_id=result.image_id, fingerprint=fp, short_hashes=short, long_hashes=long,
+                                  flat=bool(hashes and hashes.flat), error=result.error, duration_ms=result.duration_ms))
+        session.flush()
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 1)
+
+
+@dataclass(frozen=True)
+class HashTable:
+    """Every stored hash of one config as arrays aligned by row: what grouping reads."""
+
+    image_ids: np.ndarray  # int64 [n]
+    short: np.ndarray  # uint64 [n, levels]
+    long: np.ndarray  # uint64 [n, levels, 4]
+    flat: np.ndarray  # bool [n]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def load_hash_table(session: Session, fp: str | None = None) -> HashTable:
+    """The stored hashes (errors left out) of the config `fp` (default: the current one), by image id."""
+    fp = fp or hash_fingerprint()
+    rows = session.execute(select(ImageHash.image_id, ImageHash.short_hashes, ImageHash.long_hashes, ImageHash.flat)
+                           .where(ImageHash.fingerprint == fp, ImageHash.error.is_(None))
+                           .order_by(ImageHash.image_id)).all()
+    return table_from_hashes([r[0] for r in rows], [ImageHashes.from_blobs(r[1], r[2], r[3]) for r in rows])
+
+
+def table_from_hashes(image_ids: Sequence[int], hashes: Sequence[ImageHashes]) -> HashTable:
+    """A HashTable from aligned ids and ImageHashes (the benchmark builds one without a database)."""
+    levels, words = len(CROP_LEVELS), LONG_BITS // 64
+    if not hashes:
+        return HashTable(np.zeros(0, np.int64), np.zeros((0, levels), np.uint64), np.zeros((0, levels, words), np.uint64),
+                         np.zeros(0, bool))
+    return HashTable(np.asarray(image_ids, np.int64), np.stack([h.short for h in hashes]),
+                     np.stack([h.long for h in hashes]), np.array([h.flat for h in hashes], bool))
