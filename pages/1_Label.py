@@ -1,8 +1,11 @@
 """Labeling: one meme at a time. Toxic / Neutral / Skip / Back with the keys 1 / 0 / → / ←.
 
-Deep link: `/Label?image=ID` opens that meme (the gallery links here). The queue is
-computed once per (annotator, order, folder) and kept in the session, so labeling does
-not reshuffle it under the annotator's hands.
+Deep link: `/Label?image=ID` opens that meme (the gallery links here). The queue
+(workbench.analysis.queue_orders) is computed once per (annotator, order, runs, folder, k)
+and kept in the session, so labeling does not reshuffle it under the annotator's hands.
+With sign-in on or k > 1 it is the team queue: only memes that still need this annotator;
+the meme on screen is claimed so others get different ones, and a meme that others
+finished meanwhile is skipped.
 """
 
 from workbench import ui
@@ -11,16 +14,42 @@ ctx = ui.bootstrap("Label", "🏷️")
 
 import streamlit as st  # noqa: E402
 
-from workbench.store import catalog, labels, ocr_texts  # noqa: E402
+from workbench.analysis import outcomes, queue_orders  # noqa: E402
+from workbench.errors import PermissionDenied  # noqa: E402
+from workbench.store import catalog, labels, ocr_texts, overlap  # noqa: E402
+from workbench.ui.review import near_copies_panel  # noqa: E402
 
 LABEL_NAMES = {"toxic": "Toxic", "non_toxic": "Neutral"}
 ALL_FOLDERS = "(all folders)"
+LOOKAHEAD = 50  # ids re-checked at once when moving on in the team queue
 state = st.session_state
+annotator = ctx.annotator
 
 # ---- sidebar: queue settings -------------------------------------------------
 with ctx.session() as session:
     folder_names = catalog.folders(session)
-order = st.sidebar.selectbox("Queue order", labels.QUEUE_ORDERS, key="lbl_order")
+    k = overlap.labels_per_meme(session)
+    team = overlap.team_queue(k)
+order = st.sidebar.selectbox("Queue order", queue_orders.ORDERS, format_func=queue_orders.ORDER_TITLES.__getitem__,
+                             key="lbl_order")
+runs: tuple[int, ...] = ()
+if order in queue_orders.SCORED_ORDERS:
+    with ctx.session() as session:
+        run_infos = outcomes.list_runs(session)
+        default = queue_orders.default_runs(session, order)
+    titles = {r.id: r.title for r in run_infos}
+    if order == "disagree":
+        ids = list(titles)
+        pick_a = st.sidebar.selectbox("Run A", ids, format_func=titles.get, key="lbl_run_a",
+                                      index=ids.index(default[0]) if default else 0) if ids else None
+        pick_b = st.sidebar.selectbox("Run B", ids, format_func=titles.get, key="lbl_run_b",
+                                      index=ids.index(default[1]) if default else min(1, len(ids) - 1)) if ids else None
+        runs = (pick_a, pick_b) if pick_a is not None and pick_b is not None and pick_a != pick_b else ()
+    else:
+        runs = tuple(st.sidebar.multiselect("Runs", list(titles), default=default, format_func=titles.get,
+                                            key=f"lbl_runs_{order}"))
+    if not runs:
+        st.sidebar.caption("Choose the model runs this order uses (A and B must differ).")
 folder_choice = st.sidebar.selectbox(
     "Folder", [ALL_FOLDERS, *folder_names], key="lbl_folder", format_func=lambda f: f or "(memes root)")
 auto_advance = st.sidebar.checkbox("Auto-advance after labeling", value=True, key="lbl_auto")
@@ -28,23 +57,29 @@ if st.sidebar.button("New random order" if order == "random" else "Refresh queue
     state["lbl_seed"] = state.get("lbl_seed", 0) + 1
     state.pop("lbl_queue_key", None)
 st.sidebar.caption("Keys: **1** toxic · **0** neutral · **→** skip · **←** back (undo)")
-
 folder = None if folder_choice == ALL_FOLDERS else folder_choice
-annotator = ctx.annotator
 
 # ---- queue (kept in the session; recomputed when its settings change) ---------
 with ctx.session() as session:
     n_present = catalog.count_present(session)
-    queue_key = (annotator, order, folder, state.get("lbl_seed", 0), n_present)
+    queue_key = (annotator, order, runs, folder, state.get("lbl_seed", 0), n_present, k, team)
     if state.get("lbl_queue_key") != queue_key:
         if (state.get("lbl_queue_key") or (annotator,))[0] != annotator:
             state["lbl_trail"] = []  # Back must never undo another annotator's labels
         keep = state.get("lbl_current")
-        queue = labels.labeling_queue(session, annotator, order, seed=state.get("lbl_seed", 0), folder=folder)
-        state["lbl_queue"], state["lbl_queue_key"] = queue, queue_key
-        state["lbl_pos"] = queue.index(keep) if keep in queue and order != "unlabeled first" else 0
+        try:
+            ordering = queue_orders.build_queue(session, annotator, order, run_ids=list(runs) or None, folder=folder,
+                                                seed=state.get("lbl_seed", 0), k=k)
+        except ValueError as exc:  # e.g. the disagree order without two runs
+            st.sidebar.warning(ui.md_escape(str(exc)))
+            ordering = queue_orders.Ordering([])
+        state["lbl_ordering"], state["lbl_queue"], state["lbl_queue_key"] = ordering, ordering.ids, queue_key
+        queue_now = ordering.ids
+        # the meme on screen stays on screen in the plain orders; the others start at their top
+        state["lbl_pos"] = queue_now.index(keep) if keep in queue_now and order in ("random", "filename") else 0
         state.setdefault("lbl_trail", [])
 queue: list[int] = state["lbl_queue"]
+ordering: queue_orders.Ordering = state["lbl_ordering"]
 
 # Deep link ?image=ID: jump there once (afterwards the URL just follows the current meme).
 linked = st.query_params.get("image")
@@ -58,13 +93,28 @@ if linked and linked != state.get("lbl_linked"):
     if target is not None:
         if target in queue:
             state["lbl_pos"] = queue.index(target)
-        else:  # outside the queue's folder: show it now without losing the queue position
+        else:  # outside the queue: show it now without losing the queue position
             queue.insert(state["lbl_pos"], target)
+            state["lbl_pinned"] = target
 
 
 def _current() -> int | None:
     pos = state["lbl_pos"]
     return queue[pos] if 0 <= pos < len(queue) else None
+
+
+def _skip_finished() -> None:
+    """Team queue: move past memes that no longer need this annotator (others labeled or hold them)."""
+    if not team or not annotator:
+        return
+    with ctx.session() as s:
+        while state["lbl_pos"] < len(queue):
+            window = queue[state["lbl_pos"]:state["lbl_pos"] + LOOKAHEAD]
+            needed = overlap.still_needed(s, window, annotator, k)
+            if needed:
+                state["lbl_pos"] = queue.index(needed[0], state["lbl_pos"])
+                return
+            state["lbl_pos"] += len(window)
 
 
 # ---- actions (callbacks run before the page re-renders) ----------------------
@@ -73,21 +123,30 @@ def _label(label: str) -> None:
     if image_id is None or not annotator:
         return
     note = state.get(f"lbl_note_{image_id}", "").strip() or None
-    with ctx.session() as s:
-        labels.add_label(s, image_id, label, annotator, note)
+    try:
+        with ctx.session() as s:
+            labels.add_label(s, image_id, label, annotator, note)
+    except PermissionDenied as exc:
+        state["lbl_flash"] = str(exc)
+        return
     state["lbl_trail"].append((image_id, True))
     state["lbl_flash"] = f"Labeled #{image_id} as {LABEL_NAMES[label]}."
     if auto_advance:
         state["lbl_pos"] += 1
+        _skip_finished()
 
 
 def _skip() -> None:
     image_id = _current()
     if image_id is None:
         return
+    if team and annotator:
+        with ctx.session() as s:
+            overlap.release(s, image_id, annotator)
     state["lbl_trail"].append((image_id, False))
     state["lbl_pos"] += 1
     state["lbl_flash"] = None
+    _skip_finished()
 
 
 def _back() -> None:
@@ -98,8 +157,12 @@ def _back() -> None:
         return
     image_id, labeled = trail.pop()
     if labeled:
-        with ctx.session() as s:
-            undone = labels.undo_last(s, annotator, image_id)
+        try:
+            with ctx.session() as s:
+                undone = labels.undo_last(s, annotator, image_id)
+        except PermissionDenied as exc:
+            state["lbl_flash"] = str(exc)
+            return
         state["lbl_flash"] = f"Undid your label on #{image_id}." if undone else None
     else:
         state["lbl_flash"] = None
@@ -118,31 +181,44 @@ def _restart() -> None:
 st.title("Label memes")
 with ctx.session() as session:
     mine = labels.labeled_count(session, annotator) if annotator else 0
-    anyone = labels.labeled_count(session)
+    anyone = 0 if annotator else labels.labeled_count(session)  # a scan of every label: only when shown
+    team_progress = overlap.progress(session, k) if team else None
 if n_present == 0:
     st.info("No memes yet. Add some on the Data page (scan the folder, upload, or generate a demo set).")
     ui.page_link("pages/3_Data.py", label="Go to Data", icon=":material/upload_file:")
     st.stop()
 
+if team_progress is not None:
+    st.sidebar.markdown(f"**Team progress** — {k} label{'s' if k > 1 else ''} per meme")
+    st.sidebar.progress(min(1.0, team_progress["labels"] / (n_present * k)),
+                        text=f"{team_progress['labels']} of {n_present * k} labels given")
+    if team_progress["annotators"]:
+        st.sidebar.dataframe([{"annotator": r["annotator"], "labeled": r["labeled"],
+                               "share": f"{r['labeled'] / n_present:.0%}"} for r in team_progress["annotators"]],
+                             hide_index=True, key="lbl_team_progress")
 progress_text = (f"You ({ui.md_escape(annotator)}) labeled {mine} of {n_present}" if annotator
                  else f"{anyone} of {n_present} labeled by anyone")
 st.progress(min(1.0, (mine if annotator else anyone) / n_present), text=progress_text)
 if not annotator:
     st.warning("Enter your name in the sidebar (Annotator) to label. Labels are stored under that name.")
 if state.get("lbl_flash"):
-    st.caption(state["lbl_flash"])
+    st.caption(ui.md_escape(state["lbl_flash"]))
 
 image_id = _current()
 if image_id is None:
     st.query_params.pop("image", None)
-    st.success(f"End of the queue ({len(queue)} memes). You labeled {mine} of {n_present}.")
+    done_text = "No meme needs your label right now" if team else "End of the queue"
+    st.success(f"{done_text} ({len(queue)} memes in this queue). You labeled {mine} of {n_present}.")
     cols = st.columns(2)
-    cols[0].button("Back", key="lbl_back", shortcut="Left", on_click=_back, disabled=not queue)
+    cols[0].button("Back", key="lbl_back", shortcut="Left", on_click=_back, disabled=not state["lbl_trail"])
     cols[1].button("Start over", key="lbl_restart", on_click=_restart)
     st.stop()
 
 with ctx.session() as session:
     meme = catalog.meme_view(session, image_id)
+    if meme is not None and team and annotator and state.get("lbl_claimed") != image_id:
+        overlap.claim(session, image_id, annotator)  # others are given different memes while this one is open
+        state["lbl_claimed"] = image_id
 if meme is None:
     st.error(f"There is no meme with id {image_id}.")
     st.button("Skip", key="lbl_skip", shortcut="Right", on_click=_skip)
@@ -153,7 +229,9 @@ st.query_params["image"] = str(image_id)  # the URL always names the meme on scr
 state["lbl_linked"], state["lbl_current"] = str(image_id), image_id
 
 mine_now = meme.label_of(annotator)
-st.caption(f"Meme {state['lbl_pos'] + 1} of {len(queue)} in this queue · id {image_id}")
+reason = "" if image_id == state.get("lbl_pinned") else ordering.reason(image_id)  # a deep link is outside the order
+st.caption(f"Meme {state['lbl_pos'] + 1} of {len(queue)} in this queue · id {image_id}"
+           + (f" · {ui.md_escape(reason)}" if reason else ""))
 st.text(meme.path)
 b = st.columns(4)
 b[0].button("Toxic", key="lbl_toxic", shortcut="1", icon=":material/report:", type="primary" if mine_now == "toxic" else "secondary",
@@ -188,6 +266,7 @@ with right:
                        "at": h.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                        "undone": h.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if h.revoked_at else ""}
                       for h in history], hide_index=True)
+    near_copies_panel(ctx, image_id)
 
     st.subheader("Text on the meme")
     edited = st.text_area("OCR text (edit and save to correct it)", value=ocr_text, key=f"lbl_ocr_{image_id}",

@@ -9,7 +9,8 @@ ctx = ui.bootstrap("Data", "📥")
 
 import streamlit as st  # noqa: E402
 
-from workbench.store import annotations, demo_memes, ingest  # noqa: E402
+from workbench.errors import PermissionDenied  # noqa: E402
+from workbench.store import annotations, demo_memes, ingest, users  # noqa: E402
 
 UPLOAD_TARGETS = {"unlabeled (uploads/)": None, "toxic (Негативно/)": "toxic", "neutral (Нейтрально/)": "non_toxic"}
 IMPORT_MODES = {
@@ -31,18 +32,26 @@ def show_ingest_report(report: ingest.IngestReport, key: str) -> None:
 
 st.title("Data")
 st.caption(f"Memes folder: `{ctx.settings.memes_dir}` — files are stored relative to it.")
+admin = ctx.can(users.ADMIN)  # sign-in on: scanning, uploading, importing and the demo set are for admins
+if not admin:
+    st.info(f"You are signed in as {ui.md_escape(ctx.role or '')}: scanning, uploading and importing are for admins. "
+            "You can download annotations.csv below.")
 
 # ---- scan --------------------------------------------------------------------
 st.subheader("Scan the memes folder")
 st.caption("`Негативно`/`toxic` → toxic, `Нейтрально`/`neutral`/`non_toxic` → neutral, other folders → unlabeled. "
            "Re-scans only read new or changed files; moved files keep their labels.")
-if st.button("Scan folder", key="data_scan", type="primary"):
+if st.button("Scan folder", key="data_scan", type="primary", disabled=not admin):
     bar = st.progress(0.0, text="Scanning…")
-    with ctx.session() as session:
-        report = ingest.scan_folder(session, ctx.settings.memes_dir,
-                                    on_progress=lambda n, total: bar.progress(n / total, text=f"{n} / {total} files"))
+    try:
+        with ctx.session() as session:
+            report = ingest.scan_folder(session, ctx.settings.memes_dir, actor=ctx.actor,
+                                        on_progress=lambda n, total: bar.progress(n / total, text=f"{n} / {total} files"))
+    except PermissionDenied as exc:
+        st.error(ui.md_escape(str(exc)))
+    else:
+        show_ingest_report(report, "data_scan_report")
     bar.empty()
-    show_ingest_report(report, "data_scan_report")
 
 # ---- upload ------------------------------------------------------------------
 st.subheader("Upload memes")
@@ -53,12 +62,16 @@ uploaded = st.file_uploader("jpg / png / gif / webp, up to 25 MB each — drag a
 label = UPLOAD_TARGETS[target]
 if label and not ctx.annotator:
     st.caption("Without an annotator name the label is stored as coming from the folder ('folder').")
-if st.button(f"Store {len(uploaded or [])} files", key="data_store", disabled=not uploaded):
-    with ctx.session() as session:
-        report = ingest.store_uploads(session, ctx.settings.memes_dir, ((f.name, f.getvalue()) for f in uploaded),
-                                      label=label, annotator=ctx.annotator or None)
-    state["data_upload_round"] += 1  # a fresh uploader, so the same files are not stored twice by accident
-    state["data_upload_report"] = report
+if st.button(f"Store {len(uploaded or [])} files", key="data_store", disabled=not uploaded or not admin):
+    try:
+        with ctx.session() as session:
+            report = ingest.store_uploads(session, ctx.settings.memes_dir, ((f.name, f.getvalue()) for f in uploaded),
+                                          label=label, annotator=ctx.annotator or None, actor=ctx.actor)
+    except PermissionDenied as exc:
+        st.error(ui.md_escape(str(exc)))
+    else:
+        state["data_upload_round"] += 1  # a fresh uploader, so the same files are not stored twice by accident
+        state["data_upload_report"] = report
 if state.get("data_upload_report") is not None:
     show_ingest_report(state["data_upload_report"], "data_upload_report_table")
 
@@ -68,27 +81,33 @@ st.caption("The notebook's format: header `filename,label`, `filename` relative 
            "`label` toxic or non_toxic. Labels are stored by the annotator `import` (people's labels outrank it).")
 csv_file = st.file_uploader("annotations.csv", type=["csv", "txt"], key="data_import_file")
 mode = st.radio("When some rows have problems", list(IMPORT_MODES), key="data_import_mode")
-if st.button("Import", key="data_import", disabled=csv_file is None):
-    with ctx.session() as session:
-        result = annotations.import_annotations(session, ctx.settings.memes_dir, csv_file.getvalue(),
-                                                all_or_nothing=IMPORT_MODES[mode])
-    (st.success if result.applied and not result.issues else st.warning if result.applied else st.error)(
-        ui.md_escape(result.summary()))
-    if result.issues:
-        st.dataframe([{"line": i.line, "filename": i.filename, "problem": i.problem} for i in result.issues],
-                     hide_index=True, key="data_import_report")
+if st.button("Import", key="data_import", disabled=csv_file is None or not admin):
+    try:
+        with ctx.session() as session:
+            result = annotations.import_annotations(session, ctx.settings.memes_dir, csv_file.getvalue(),
+                                                    all_or_nothing=IMPORT_MODES[mode], actor=ctx.actor)
+    except PermissionDenied as exc:
+        st.error(ui.md_escape(str(exc)))
+    else:
+        (st.success if result.applied and not result.issues else st.warning if result.applied else st.error)(
+            ui.md_escape(result.summary()))
+        if result.issues:
+            st.dataframe([{"line": i.line, "filename": i.filename, "problem": i.problem} for i in result.issues],
+                         hide_index=True, key="data_import_report")
 
 # ---- demo --------------------------------------------------------------------
 st.subheader("Demo set")
 st.caption("Generated meme-like images with Russian captions, half toxic, half neutral, written into the label "
            "folders and ingested. Handy for trying the workbench without real data.")
 n_demo = st.number_input("How many", min_value=2, max_value=2000, value=40, step=10, key="data_demo_n")
-if st.button("Generate demo set", key="data_demo"):
+if st.button("Generate demo set", key="data_demo", disabled=not admin):
     with st.spinner("Drawing memes…"):
+        with ctx.session() as session:
+            users.require(session, ctx.actor, users.ADMIN)  # before any file is written
         seed = demo_memes.next_free_seed(ctx.settings.memes_dir)  # another click adds new memes
         written = demo_memes.write_sample_memes(ctx.settings.memes_dir, n=int(n_demo), seed=seed)
         with ctx.session() as session:
-            report = ingest.scan_folder(session, ctx.settings.memes_dir)
+            report = ingest.scan_folder(session, ctx.settings.memes_dir, actor=ctx.actor)
     st.success(ui.md_escape(f"Generated {len(written)} memes. Ingest: {report.summary()}"))
 
 # ---- export ------------------------------------------------------------------

@@ -16,7 +16,7 @@ import streamlit as st  # noqa: E402
 from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS, make_engine  # noqa: E402
 from workbench.ocr.step import PARALLEL_ENGINES, OcrStep  # noqa: E402
 from workbench.runs.listing import list_jobs  # noqa: E402
-from workbench.store import catalog  # noqa: E402
+from workbench.store import catalog, users  # noqa: E402
 
 SELECTIONS = {"all": "All memes", "unlabeled": "Unlabeled memes", "folder": "One folder"}
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -56,7 +56,10 @@ if engine_name == "easyocr":
         st.warning(f"EasyOCR cannot run here: {', '.join(missing)} missing.")
         st.text(how_to_supply(engine.model_dir))  # type: ignore[attr-defined]
 
-if st.button("Start OCR", type="primary", disabled=not ids, key="run_start"):
+admin = ctx.can(users.ADMIN)  # sign-in on: jobs are for admins (run_job_widget checks again)
+if not admin:
+    st.caption("Running OCR is for admins; you can see every job below.")
+if st.button("Start OCR", type="primary", disabled=not ids or not admin, key="run_start"):
     ui.run_job_widget(ctx, OcrStep(engine), ids, workers=workers if parallel else 1, force=force, key="run_job")
 
 st.subheader("All jobs")

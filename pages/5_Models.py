@@ -14,7 +14,7 @@ import streamlit as st  # noqa: E402
 from workbench.analysis import outcomes  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
 from workbench.predictors.run import build_predictor, predictor_specs  # noqa: E402
-from workbench.store import catalog  # noqa: E402
+from workbench.store import catalog, users  # noqa: E402
 
 st.title("Models")
 st.caption("Zero-shot CLIP, the VLM moderator and the other predictors. Models load when a run starts, once "
@@ -47,7 +47,10 @@ else:
                                 limit=limit or None)
     st.caption(f"{len(ids)} memes selected.")
 
-    if st.button("Run", type="primary", key="models_run", disabled=not ids):
+    admin = ctx.can(users.ADMIN)  # sign-in on: runs are for admins (run_job_widget checks again)
+    if not admin:
+        st.caption("Running models is for admins; you can see every run below.")
+    if st.button("Run", type="primary", key="models_run", disabled=not ids or not admin):
         try:
             predictor = build_predictor(kind, values)
         except ValueError as exc:

@@ -197,5 +197,12 @@ if st.toggle("Show annotator agreement", key="dash_agreement",
         st.dataframe(pd.DataFrame(agreement["annotators"]), hide_index=True, width="stretch")
     if agreement["pairs"]:
         st.dataframe(pd.DataFrame(agreement["pairs"]), hide_index=True, width="stretch")
+    alpha = agreement.get("alpha")  # people only: Krippendorff's alpha overall, per folder, per week
+    if alpha and alpha["overall"]["n_memes"]:
+        st.caption("Krippendorff's alpha (people only, memes two or more labeled): overall, per folder, per week.")
+        st.dataframe(pd.DataFrame([{"group": "overall", **alpha["overall"]}]
+                                  + [{"group": r.pop("folder"), **r} for r in map(dict, alpha["by_folder"])]
+                                  + [{"group": r.pop("week"), **r} for r in map(dict, alpha["by_week"])]),
+                     hide_index=True, width="stretch")
     if not agreement["annotators"]:
         st.caption("No labels yet.")

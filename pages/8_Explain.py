@@ -83,6 +83,7 @@ except Exception as exc:  # noqa: BLE001 - a broken file is shown as such
 maps = {r: explain.cached_cam(ctx.settings.artefacts_dir, card.sha256, r) for r in (eigen_request, class_request)}
 missing = [r for r, m in maps.items() if m is None]
 if missing and st.button("Compute explanation", type="primary", key="exp_compute",
+                         disabled=not ctx.can("admin"),  # sign-in on: running models is for admins
                          help="Loads the model on first use; the maps are cached for next time"):
     try:
         with st.spinner("Computing…"):

@@ -33,7 +33,7 @@ from workbench.store.demo_memes import write_sample_memes
 from workbench.store.ingest import scan_folder
 from workbench.store.labels import add_label, set_setting, undo_last
 from workbench.store.ocr_texts import save_correction
-from workbench.store.schema import Base, Embedding, Label, OcrResult
+from workbench.store.schema import Base, DistinctPair, DuplicateGroup, DuplicateMember, Embedding, Label, OcrResult
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOSTILE_NOTES = ["=HYPERLINK(\"http://x\")", "'quoted", "\\N", "line1\nline2, \"q\"", "😀 мем", "", "-1", "@x"]
@@ -60,7 +60,7 @@ class MeanPredictor(Predictor):
 def populate(settings, session) -> None:
     """A small DB that uses every table: folder labels, human labels with history and undo,
     OCR + a manual correction, a model run with predictions (via the job runner), an
-    embedding, a remembered setting."""
+    embedding, a remembered setting, a near-duplicate group and a "not duplicates" pair."""
     write_sample_memes(settings.memes_dir, n=12, seed=3, size=(64, 64))
     scan_folder(session, settings.memes_dir)
     ids = list(session.scalars(select(Label.image_id).distinct()))
@@ -74,6 +74,12 @@ def populate(settings, session) -> None:
     save_correction(session, ids[0], "<script>alert(1)</script>", "anna")
     session.add(Embedding(image_id=ids[1], fingerprint="emb:1", kind="clip-image", dim=4, vector=b"\x00\x01" * 4))
     set_setting(session, "last_annotator", "anna")
+    group = DuplicateGroup(status="active", params={"threshold": 0.25, "hash": "phash256"})
+    session.add(group)
+    session.flush()
+    session.add_all([DuplicateMember(group_id=group.id, image_id=ids[2], distance=0.0, cosine=None),
+                     DuplicateMember(group_id=group.id, image_id=ids[3], distance=0.12, cosine=0.97)])
+    session.add(DistinctPair(image_a=ids[4], image_b=ids[5], annotator="anna", group_id=None))
     session.commit()
     summary = run_step(settings.db_url, PredictorStep(MeanPredictor()), ids, memes_dir=settings.memes_dir,
                        lock_dir=settings.artefacts_dir, batch_size=5)

@@ -63,6 +63,8 @@ class Settings:
     vlm_api_key: str | None = None
     tessdata_dir: str | None = None
     easyocr_dir: Path = field(default_factory=lambda: Path.home() / ".EasyOCR")
+    auth: str = "off"  # off | oidc (WORKBENCH_AUTH): sign-in with roles, see auth_mode()
+    auth_max_age_hours: float = 24.0  # a sign-in older than this is signed out (WORKBENCH_AUTH_MAX_AGE_HOURS)
 
     @property
     def thumbnails_dir(self) -> Path:
@@ -90,4 +92,18 @@ def load_settings() -> Settings:
         vlm_api_key=os.environ.get("WORKBENCH_VLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
         tessdata_dir=os.environ.get("WORKBENCH_TESSDATA") or os.environ.get("TESSDATA_PREFIX") or None,
         easyocr_dir=Path(easyocr_root).expanduser() if easyocr_root else Path.home() / ".EasyOCR",
+        auth=auth_mode(),
+        auth_max_age_hours=float(os.environ.get("WORKBENCH_AUTH_MAX_AGE_HOURS") or 24),
     )
+
+
+AUTH_MODES = ("off", "oidc")
+
+
+def auth_mode() -> str:
+    """WORKBENCH_AUTH: 'off' (default: no sign-in, single-user local use) or 'oidc' (Streamlit's
+    native sign-in + workbench roles). Anything else is refused, so a typo never leaves the app open."""
+    value = (os.environ.get("WORKBENCH_AUTH") or "off").strip().lower()
+    if value not in AUTH_MODES:
+        raise ValueError(f"WORKBENCH_AUTH must be one of {', '.join(AUTH_MODES)}, not {value!r}")
+    return value

@@ -13,6 +13,11 @@ class ModelUnavailable(RuntimeError):
         super().__init__(f"Model '{model_id}' cannot be loaded: {reason}. {self.how_to_fix}")
 
 
+class PermissionDenied(PermissionError):
+    """Sign-in is on and the acting user's role does not allow this action; the message says
+    who, what was refused and which role it needs."""
+
+
 def default_fix(model_id: str) -> str:
     """How to supply Hugging Face weights for `model_id` on a machine without hub access."""
     return (

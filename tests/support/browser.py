@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -31,12 +31,13 @@ def chromium_path() -> str:
 
 
 @contextmanager
-def streamlit_server(env: dict[str, str], log: Path) -> Iterator[str]:
-    """`streamlit run streamlit_app.py` on 127.0.0.1:<free port>; yields its base URL; always stopped."""
-    port = free_port()
+def streamlit_server(env: dict[str, str], log: Path, port: int | None = None, args: Sequence[str] = ()) -> Iterator[str]:
+    """`streamlit run streamlit_app.py` on 127.0.0.1:<port, default a free one> with extra `args`;
+    yields its base URL; always stopped."""
+    port = port or free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
            "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+           "--server.fileWatcherType", "none", *args]
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -100,6 +100,20 @@ def temporary_postgres(dbname: str = "workbench") -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@contextmanager
+def postgres_or_skip(dbname: str = "workbench") -> Iterator[str]:
+    """temporary_postgres for a test or fixture: pytest.skip when no server binary is installed or it cannot start."""
+    import pytest
+
+    if find_pg_bin() is None:
+        pytest.skip("no PostgreSQL server binary (initdb/pg_ctl) installed; `bash .ci/install --test` installs it")
+    try:
+        with temporary_postgres(dbname) as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL could not start: {exc}")
+
+
 def create_database(url: str, dbname: str) -> str:
     """Create database `dbname` on the server of `url` (any database there); return its URL."""
     import psycopg

@@ -24,6 +24,7 @@ import numpy as np
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
+from workbench.analysis.agreement import agreement_report
 from workbench.analysis.metrics import (
     DEFAULT_N_BOOT,
     PRED_CODES,
@@ -366,7 +367,7 @@ def data_version(session: Session) -> tuple[int, ...]:
     return tuple(int(v or 0) for v in (*lab, *pred, *img))
 
 
-def annotator_agreement(session: Session) -> dict[str, list[dict[str, Any]]]:
+def annotator_agreement(session: Session) -> dict[str, Any]:
     """How each annotator agrees with the consensus, and annotators with each other.
 
     Per annotator: agreement and kappa with the consensus (which includes their own vote,
@@ -404,7 +405,8 @@ def annotator_agreement(session: Session) -> dict[str, list[dict[str, Any]]]:
             kappa, n = cohen_kappa(la, lb)
             pairs.append({"a": name_a, "b": name_b, "n": n, "agreement": _rate([p == q for p, q in zip(la, lb)]),
                           "kappa": kappa})
-    return {"annotators": rows, "pairs": pairs}
+    # alpha: people only (no folder/import labels), Krippendorff's alpha overall, per folder and per week
+    return {"annotators": rows, "pairs": pairs, "alpha": agreement_report(session)}
 
 
 def _rate(flags: Sequence[bool]) -> float | None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli import CliError, in_session, print_json
+from workbench.cli.team import actor_of, add_actor_option, run_as
 from workbench.config import Settings
 
 
@@ -21,12 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="scan a memes folder (default: WORKBENCH_MEMES_DIR) into the DB")
     p.add_argument("dir", nargs="?", type=Path, help="the memes dir (or a folder inside it; the whole memes dir is scanned)")
     p.add_argument("--verbose", "-v", action="store_true", help="print every file, not only problems")
+    add_actor_option(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("import-annotations", help="import labels from an annotations.csv")
     p.add_argument("csv", type=Path)
     p.add_argument("--annotator", default="import")
     p.add_argument("--partial", action="store_true", help="apply valid rows even if some rows have problems")
+    add_actor_option(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export data")
@@ -45,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate a demo set of memes into the memes dir and ingest it")
     p.add_argument("-n", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    add_actor_option(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -64,7 +68,6 @@ def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.store.db import session_scope
     from workbench.store.ingest import scan_folder
 
     memes_dir = settings.memes_dir
@@ -83,8 +86,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
             print(f"note: scanning the whole memes folder {memes_dir} (it contains {target})", file=sys.stderr)
     if not memes_dir.is_dir():
         raise CliError(f"memes folder {memes_dir} does not exist (set WORKBENCH_MEMES_DIR or pass DIR)")
-    with session_scope(settings.db_url) as session:
-        report = scan_folder(session, memes_dir)
+    report = run_as(settings, scan_folder, memes_dir, actor=actor_of(args))
     for f in report.files:
         if args.verbose or f.status in ("rejected", "duplicate", "moved"):
             print(f"{f.status:10} {f.name}" + (f"  — {f.reason}" if f.reason else ""))
@@ -94,13 +96,11 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.store.annotations import import_annotations
-    from workbench.store.db import session_scope
 
     if not args.csv.is_file():
         raise CliError(f"{args.csv} does not exist")
-    with session_scope(settings.db_url) as session:
-        report = import_annotations(session, settings.memes_dir, args.csv.read_bytes(), args.annotator,
-                                    all_or_nothing=not args.partial)
+    report = run_as(settings, import_annotations, settings.memes_dir, args.csv.read_bytes(), args.annotator,
+                    all_or_nothing=not args.partial, actor=actor_of(args))
     for issue in report.issues:
         print(f"line {issue.line}: {issue.filename!r}: {issue.problem}", file=sys.stderr)
     print(report.summary())
@@ -126,12 +126,13 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.store.db import session_scope
     from workbench.store.demo_memes import write_sample_memes
     from workbench.store.ingest import scan_folder
+    from workbench.store.users import ADMIN, require
 
+    actor = actor_of(args)
+    run_as(settings, require, actor, ADMIN)  # before any file is written
     written = write_sample_memes(settings.memes_dir, n=args.n, seed=args.seed)
-    with session_scope(settings.db_url) as session:
-        report = scan_folder(session, settings.memes_dir)
+    report = run_as(settings, scan_folder, settings.memes_dir, actor=actor)
     print(f"generated {len(written)} demo memes; ingest: {report.summary()}")
     return 0

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import LABELS
+from workbench.store import users
 from workbench.store.images import InvalidImage, validate_bytes
 from workbench.store.ingest import folder_of
 from workbench.store.labels import add_label, consensus_labels
@@ -116,13 +117,16 @@ def _safe_rel(raw: str) -> str | None:
 
 
 def import_annotations(
-    session: Session, memes_dir: Path, data: bytes, annotator: str = IMPORT_ANNOTATOR, all_or_nothing: bool = True
+    session: Session, memes_dir: Path, data: bytes, annotator: str = IMPORT_ANNOTATOR, all_or_nothing: bool = True,
+    actor: str | None = None,
 ) -> ImportReport:
     """Import labels from annotations.csv bytes. Each row problem is reported with its line.
 
     all_or_nothing=True (default): any problem -> nothing is changed. False: valid rows are
-    applied, problem rows skipped. Files on disk not yet ingested are ingested.
+    applied, problem rows skipped. Files on disk not yet ingested are ingested. Admins only
+    when sign-in is on (`actor`: workbench.store.users.require).
     """
+    users.authorize(session, actor, users.ADMIN, "import annotations", {"bytes": len(data), "annotator": annotator})
     from workbench.store.ingest import folder_lock
 
     with folder_lock(memes_dir):  # it may ingest files: never at the same time as a scan or upload

@@ -72,6 +72,12 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("embeddings", "jsonl"),
     ("jobs", "jsonl"),
     ("settings", "jsonl"),
+    ("duplicate_groups", "jsonl"),  # near-duplicate groups and "not duplicates" decisions (hashes are recomputed)
+    ("duplicate_members", "jsonl"),
+    ("distinct_pairs", "jsonl"),
+    ("users", "jsonl"),  # team labeling; a bundle from before it simply has none of these
+    ("adjudications", "csv"),
+    ("audit_log", "jsonl"),
 )
 OPTIONAL_TABLES = ("embeddings",)
 NULL = "\\N"

@@ -9,7 +9,14 @@ from pathlib import Path
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from workbench.store.labels import CurrentLabel, consensus_from, consensus_labels, current_labels, label_history
+from workbench.store.labels import (
+    CurrentLabel,
+    adjudicated_labels,
+    consensus_from,
+    consensus_labels,
+    current_labels,
+    label_history,
+)
 from workbench.store.ocr_texts import best_text
 from workbench.store.schema import Image, Label, ModelRun, OcrResult, Prediction
 
@@ -203,5 +210,6 @@ def meme_view(session: Session, image_id: int) -> MemeView | None:
     if image is None:
         return None
     current = sorted(current_labels(session, [image_id]), key=lambda c: c.label_id)
-    return MemeView(image.id, image.path, bool(image.missing), current, consensus_from(current),
+    decided = adjudicated_labels(session, [image_id]).get(image_id)  # a reviewer's decision outranks the labels
+    return MemeView(image.id, image.path, bool(image.missing), current, consensus_from(current, decided),
                     label_history(session, image_id), best_text(session, image_id), image_predictions(session, image_id))

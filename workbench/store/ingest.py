@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import FOLDER_LABELS, LABEL_FOLDERS, LABELS
+from workbench.store import users
 from workbench.store.files import atomic_write
 from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
 from workbench.store.labels import add_label, current_labels
@@ -107,12 +108,15 @@ def scan_folder(
     source: str = "folder",
     on_progress: Callable[[int, int], None] | None = None,
     commit_every: int = 200,
+    actor: str | None = None,
 ) -> IngestReport:
     """Ingest every image file under `memes_dir` that is new or changed; commits as it goes.
 
     Scans of one folder run one at a time (two tabs, or a tab and the CLI): a second scan
-    waits, then finds the first one's images already stored.
+    waits, then finds the first one's images already stored. Admins only when sign-in is on
+    (`actor`: workbench.store.users.require).
     """
+    users.authorize(session, actor, users.ADMIN, "scan", {"folder": str(memes_dir)})
     memes_dir = memes_dir.resolve()
     with folder_lock(memes_dir):
         return _scan_folder(session, memes_dir, source, on_progress, commit_every)
@@ -276,9 +280,11 @@ def store_upload(
 
 def store_uploads(
     session: Session, memes_dir: Path, files: Iterable[tuple[str, bytes]], label: str | None = None,
-    annotator: str | None = None,
+    annotator: str | None = None, actor: str | None = None,
 ) -> IngestReport:
-    """store_upload for many files; each is committed on its own so one bad file costs nothing."""
+    """store_upload for many files; each is committed on its own so one bad file costs nothing.
+    Admins only when sign-in is on (`actor`: workbench.store.users.require)."""
+    users.authorize(session, actor, users.ADMIN, "upload", {"label": label})
     report = IngestReport()
     with folder_lock(memes_dir):
         _store_each(session, memes_dir, files, label, annotator, report)

@@ -1,8 +1,15 @@
 """Labels: add, undo, current label per annotator, consensus, and the labeling queue.
 
-Consensus rule (used by exports and metrics): human annotators outrank the system
-annotators ('folder', 'import'). Among the current labels of the outranking group the
-majority wins; a tie goes to the most recent of the tied labels.
+Consensus rule (used by exports, metrics, the gallery and the report):
+1. a current adjudication (a reviewer's latest decision on the meme, not undone; see
+   workbench.store.adjudication) decides;
+2. otherwise human annotators outrank the system annotators ('folder', 'import'), and among
+   the current labels of the outranking group the majority wins; a tie goes to the most
+   recent of the tied labels.
+
+When sign-in is on (workbench.store.users), a label's annotator is the signed-in user and
+must hold a role; the system annotators are written only by scans and imports, which are
+admin actions themselves.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from workbench.config import LABELS, SYSTEM_ANNOTATORS
+from workbench.store import users
 from workbench.store.db import in_batches
-from workbench.store.schema import Image, Label, Setting, utcnow
+from workbench.store.schema import Adjudication, Image, Label, Setting, utcnow
 
 
 class LabelError(ValueError):
@@ -34,15 +42,23 @@ class CurrentLabel:
     label_id: int
 
 
-def add_label(session: Session, image_id: int, label: str, annotator: str, note: str | None = None) -> Label:
-    """Record `annotator`'s label for an image (a new row; history is kept)."""
+def checked_input(session: Session, image_id: int, label: str, person: str, role: str = "annotator") -> str:
+    """LabelError unless `label` is a label, `person` a name and `image_id` an image; the name, trimmed."""
     if label not in LABELS:
         raise LabelError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
-    annotator = (annotator or "").strip()
-    if not annotator:
-        raise LabelError("annotator name is required")
+    person = (person or "").strip()
+    if not person:
+        raise LabelError(f"{role} name is required")
     if session.get(Image, image_id) is None:
         raise LabelError(f"no image with id {image_id}")
+    return person
+
+
+def add_label(session: Session, image_id: int, label: str, annotator: str, note: str | None = None) -> Label:
+    """Record `annotator`'s label for an image (a new row; history is kept)."""
+    annotator = checked_input(session, image_id, label, annotator)
+    if annotator not in SYSTEM_ANNOTATORS:
+        users.require(session, annotator, users.LABEL)  # sign-in on: the annotator is a user with a role
     row = Label(image_id=image_id, label=label, annotator=annotator[:128], note=(note or None))
     session.add(row)
     session.flush()
@@ -51,6 +67,8 @@ def add_label(session: Session, image_id: int, label: str, annotator: str, note:
 
 def undo_last(session: Session, annotator: str, image_id: int | None = None) -> Label | None:
     """Revoke the annotator's latest label (on one image, or overall); returns it, or None."""
+    if annotator not in SYSTEM_ANNOTATORS:
+        users.require(session, annotator, users.LABEL)
     query = select(Label).where(Label.annotator == annotator, Label.revoked_at.is_(None))
     if image_id is not None:
         query = query.where(Label.image_id == image_id)
@@ -76,8 +94,10 @@ def current_labels(session: Session, image_ids: Sequence[int] | None = None) -> 
     return [CurrentLabel(*r) for r in rows]
 
 
-def _decide(group: Sequence[tuple[str, str, int]]) -> str | None:
+def _decide(group: Sequence[tuple[str, str, int]], adjudicated: str | None = None) -> str | None:
     """The consensus rule over (annotator, label, label_id) current labels of one image."""
+    if adjudicated is not None:
+        return adjudicated
     if not group:
         return None
     human = [g for g in group if g[0] not in SYSTEM_ANNOTATORS]
@@ -90,9 +110,19 @@ def _decide(group: Sequence[tuple[str, str, int]]) -> str | None:
     return max((g for g in voters if g[1] in tied), key=lambda g: g[2])[1]  # tie: the most recent label
 
 
-def consensus_from(labels: Sequence[CurrentLabel]) -> str | None:
-    """Apply the consensus rule to one image's current labels."""
-    return _decide([(c.annotator, c.label, c.label_id) for c in labels])
+def consensus_from(labels: Sequence[CurrentLabel], adjudicated: str | None = None) -> str | None:
+    """Apply the consensus rule to one image's current labels (and its adjudicated label, if any)."""
+    return _decide([(c.annotator, c.label, c.label_id) for c in labels], adjudicated)
+
+
+def adjudicated_labels(session: Session, image_ids: Sequence[int] | None = None) -> dict[int, str]:
+    """image_id -> the label of its current adjudication (latest, not undone), where it has one."""
+    latest = select(func.max(Adjudication.id)).where(Adjudication.revoked_at.is_(None)).group_by(Adjudication.image_id)
+    if image_ids is not None:
+        latest = latest.where(Adjudication.image_id.in_(list(image_ids)))
+    rows = session.execute(select(Adjudication.image_id, Adjudication.label)
+                           .where(Adjudication.id.in_(latest.scalar_subquery()))).all()
+    return {i: lab for i, lab in rows}
 
 
 def _consensus_query(session: Session, image_ids: Sequence[int] | None) -> dict[int, str]:
@@ -108,7 +138,10 @@ def _consensus_query(session: Session, image_ids: Sequence[int] | None) -> dict[
     per_image: dict[int, list[tuple[str, str, int]]] = {}
     for (image_id, annotator), (label, label_id) in latest.items():
         per_image.setdefault(image_id, []).append((annotator, label, label_id))
-    return {i: lab for i, group in per_image.items() if (lab := _decide(group)) is not None}
+    decided = adjudicated_labels(session, image_ids)
+    out = {i: lab for i, group in per_image.items() if (lab := _decide(group, decided.get(i))) is not None}
+    out.update(decided)  # an adjudication decides even where every label has since been undone
+    return out
 
 
 # Full consensus maps by DB URL, valid while the labels table's fingerprint is unchanged.
@@ -118,9 +151,12 @@ _CONSENSUS_CACHE: dict[str, tuple[tuple, dict[int, str]]] = {}
 
 
 def _labels_fingerprint(session: Session) -> tuple:
-    return tuple(session.execute(select(
+    labels = session.execute(select(
         func.max(Label.id), func.count(), func.count(Label.revoked_at), func.max(Label.created_at),
-        func.max(Label.revoked_at))).one())
+        func.max(Label.revoked_at))).one()
+    decisions = session.execute(select(func.max(Adjudication.id), func.count(), func.count(Adjudication.revoked_at),
+                                       func.max(Adjudication.revoked_at))).one()
+    return (*labels, *decisions)
 
 
 def consensus_labels(session: Session, image_ids: Sequence[int] | None = None) -> dict[int, str]:
@@ -154,23 +190,47 @@ QUEUE_ORDERS = ("unlabeled first", "random", "by file name")
 
 def labeling_queue(session: Session, annotator: str, order: str = "unlabeled first", seed: int = 0,
                    folder: str | None = None) -> list[int]:
-    """Image ids in the order the labeling page walks them.
+    """Image ids in the order the labeling page walks them (one person, no overlap setting;
+    workbench.store.overlap builds the team queue).
 
     'unlabeled first': images this annotator has not labeled (by file name), then the rest.
     """
-    query = select(Image.id, Image.path).where(Image.missing.is_(False))
-    if folder is not None:
-        query = query.where(Image.folder == folder)
-    rows = session.execute(query.order_by(Image.path, Image.id)).all()
-    ids = [r[0] for r in rows]
+    ids = present_ids(session, folder)
     if order == "random":
         random.Random(seed).shuffle(ids)
         return ids
     if order == "unlabeled first":
-        mine = set(session.scalars(
-            select(Label.image_id).where(Label.annotator == annotator, Label.revoked_at.is_(None)).distinct()))
+        mine = labeled_by(session, annotator)
         return [i for i in ids if i not in mine] + [i for i in ids if i in mine]
     return ids
+
+
+def raw_column(session: Session, sql: str, params: Sequence[object] = ()) -> list:
+    """The first column of a plain SQL query with `?` placeholders, read straight from the DB-API
+    cursor: no per-row objects, ~2-3x faster at 100,000 rows (the Label page's queue)."""
+    conn = session.connection()
+    if conn.dialect.paramstyle in ("format", "pyformat"):
+        sql = sql.replace("?", "%s")
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, tuple(params))
+        return [row[0] for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def present_ids(session: Session, folder: str | None = None) -> list[int]:
+    """Ids of present images (in one folder when given), by file name: one covering index scan."""
+    if folder is None:
+        return raw_column(session, "SELECT id FROM images WHERE missing = ? ORDER BY path, id", (False,))
+    return raw_column(session, "SELECT id FROM images WHERE missing = ? AND folder = ? ORDER BY path, id",
+                      (False, folder))
+
+
+def labeled_by(session: Session, annotator: str) -> set[int]:
+    """Ids of the images that carry a current label by `annotator`."""
+    return set(raw_column(session, "SELECT DISTINCT image_id FROM labels WHERE annotator = ? AND revoked_at IS NULL",
+                          (annotator,)))
 
 
 def labeled_count(session: Session, annotator: str | None = None) -> int:

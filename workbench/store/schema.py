@@ -182,3 +182,124 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+# ---- near-duplicates (migration 0002) -------------------------------------------------
+
+
+class ImageHash(Base):
+    """Perceptual hashes of one image under one hashing config (workbench.features.image_hashes):
+    per inner-crop level a 64-bit pHash (the candidate index) and a 256-bit pHash (the check)."""
+
+    __tablename__ = "image_hashes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    short_hashes: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # uint64 per level
+    long_hashes: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # 32 bytes per level
+    flat: Mapped[bool] = mapped_column(Boolean, default=False)  # too little detail to compare
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("image_id", "fingerprint", name="uq_image_hash_image_fingerprint"),)
+
+
+class DuplicateGroup(Base):
+    """A near-duplicate group and the parameters that made it. Never deleted: a later grouping
+    that no longer finds it marks it superseded; people can dismiss it ("not duplicates")."""
+
+    __tablename__ = "duplicate_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)  # active | superseded | dismissed
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # last grouping that found it
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class DuplicateMember(Base):
+    """One image of a near-duplicate group, with its closest link into the group."""
+
+    __tablename__ = "duplicate_members"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("duplicate_groups.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
+    distance: Mapped[float | None] = mapped_column(Float, nullable=True)  # fraction of differing hash bits
+    cosine: Mapped[float | None] = mapped_column(Float, nullable=True)  # CLIP image cosine, when cached
+
+
+class DistinctPair(Base):
+    """Two images a person said are not duplicates: grouping never joins them again."""
+
+    __tablename__ = "distinct_pairs"
+
+    image_a: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    image_b: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)  # > image_a
+    annotator: Mapped[str] = mapped_column(String(128))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("duplicate_groups.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# ---- team labeling (migration 0003) ---------------------------------------------------
+
+
+class User(Base):
+    """Someone allowed in when sign-in is on: an email (lower case) and its role."""
+
+    __tablename__ = "users"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # annotator | reviewer | admin
+    added_by: Mapped[str] = mapped_column(String(320), default="")
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Adjudication(Base):
+    """A reviewer's decision on a meme whose labels disagree. The latest non-revoked one per
+    image outranks every label in the consensus (workbench.store.labels)."""
+
+    __tablename__ = "adjudications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # undone
+
+    __table_args__ = (Index("ix_adjudications_image", "image_id", "id"),)
+
+
+class LabelClaim(Base):
+    """A meme on an annotator's screen (a short lease), so people labeling at the same time
+    are given different memes until each has its k labels (workbench.store.overlap)."""
+
+    __tablename__ = "label_claims"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    annotator: Mapped[str] = mapped_column(String(128), primary_key=True)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class AuditEntry(Base):
+    """Who changed what: users and roles, settings, scans, uploads, imports, jobs, adjudications."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(320))  # an email, or os:<login> for the shell / local use
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+# The Label page's queue at 100,000 memes: present images in (path, id) order from one covering
+# index (missing last, so the folder index still serves folder lookups), and each annotator's
+# labels without touching the table.
+Index("ix_images_path_id_missing", Image.path, Image.id, Image.missing)
+Index("ix_labels_annotator_image", Label.annotator, Label.image_id, Label.revoked_at)

@@ -22,6 +22,7 @@ from workbench.runs.lock import JobBusy
 from workbench.runs.runner import run_step
 from workbench.runs.step import JobSummary, Progress, Step
 from workbench.store import db
+from workbench.ui import auth
 
 APP_TITLE = "VLMemes Workbench"
 
@@ -39,10 +40,23 @@ class Ctx:
 
     settings: Settings
     annotator: str
+    user: str | None = None  # the signed-in email (sign-in on), else None
+    role: str | None = None  # their role, read at this page load
 
     @property
     def db_url(self) -> str:
         return self.settings.db_url
+
+    @property
+    def actor(self) -> str | None:
+        """Whom library functions check and record (workbench.store.users): the signed-in user, or None."""
+        return self.user
+
+    def can(self, permission: str) -> bool:
+        """Whether this page's user may do `permission` (always, with sign-in off)."""
+        from workbench.store.users import has_permission
+
+        return self.user is None or has_permission(self.role, permission)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -64,6 +78,9 @@ NAV = (
     ("pages/8_Explain.py", "Explain", ":material/visibility:"),
     ("pages/9_Export.py", "Export", ":material/download:"),
     ("pages/10_Train.py", "Train", ":material/school:"),
+    ("pages/11_Duplicates.py", "Duplicates", ":material/content_copy:"),
+    ("pages/12_Map.py", "Map", ":material/scatter_plot:"),
+    ("pages/13_Adjudication.py", "Adjudication", ":material/gavel:"),
 )
 
 
@@ -72,7 +89,11 @@ def bootstrap(title: str, icon: str = "🧪", layout: str = "wide") -> Ctx:
     st.set_page_config(page_title=f"{title} · {APP_TITLE}", page_icon=icon, layout=layout)
     settings = load_settings()
     _migrated(settings.db_url)
+    signed_in = auth.gate(settings)  # sign-in on: stops here unless signed in with a role
     _navigation()
+    if signed_in is not None:  # the annotator is the signed-in user: no name field
+        st.sidebar.caption(f"DB: `{_short_url(settings.db_url)}`  \nMemes: `{settings.memes_dir}`")
+        return Ctx(settings=settings, annotator=signed_in.email, user=signed_in.email, role=signed_in.role)
     annotator = _annotator_sidebar(settings)
     return Ctx(settings=settings, annotator=annotator)
 
@@ -187,6 +208,16 @@ def run_job_widget(
 ) -> JobSummary | None:
     """Run a step with a progress bar, rate and ETA. The Cancel button reruns the page,
     which stops the job after the batch in flight (that batch is already committed)."""
+    if ctx.actor is not None:  # sign-in on: running jobs is for admins, checked and recorded here
+        from workbench.errors import PermissionDenied
+        from workbench.store.users import ADMIN, authorize
+
+        try:
+            with ctx.session() as session:
+                authorize(session, ctx.actor, ADMIN, "job", {"step": step.name, "images": len(image_ids)})
+        except PermissionDenied as exc:
+            st.error(md_escape(str(exc)))
+            return None
     bar = st.progress(0.0, text=f"{step.name}: starting…")
     st.button("Cancel", key=f"{key}_cancel", help="Stops after the current batch; finished batches are kept.")
 

@@ -1,0 +1,29 @@
+"""The audit log: who changed what, when (users and roles, settings, scans, uploads, imports,
+jobs, adjudications).
+
+An actor is the signed-in user's email, or `os:<login>` for the command line without
+`--as` and for local use without sign-in (see workbench.store.users.actor_name).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from workbench.store.schema import AuditEntry
+
+
+def record(session: Session, actor: str, action: str, detail: dict[str, Any] | None = None) -> None:
+    """Add one audit entry (committed with the session's transaction)."""
+    session.add(AuditEntry(actor=actor[:320], action=action[:64], detail=dict(detail or {})))
+
+
+def recent(session: Session, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+    """The newest entries first, as plain dicts (at as ISO text)."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if action:
+        query = query.where(AuditEntry.action == action)
+    return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "detail": e.detail}
+            for e in session.scalars(query)]
