@@ -362,3 +362,26 @@ def test_team_queue_adjudication_and_agreement_on_postgres(pg_server, monkeypatc
         assert labels.consensus_labels(s)[b] == "toxic" and adjudication.conflicts(s, 2) == []
         assert agreement.agreement_report(s)["pairs"][0]["n"] == 1
         assert [e["actor"] for e in audit.recent(s)][0] == REVIEWER
+
+
+def test_job_commands_check_the_role_and_record_who_ran_them(settings, session, monkeypatch, capsys) -> None:
+    """ocr / predict / embed / cam take --as like the other data-changing commands: with sign-in on
+    the role applies (only admins run jobs), and every start is in the audit log."""
+    write_sample_memes(settings.memes_dir, n=2, seed=4, size=(96, 64))
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+    assert main(["users", "add", "boss@example.org", "--role", "admin"]) == 0
+    assert main(["users", "add", "ann@example.org", "--role", "annotator"]) == 0
+    capsys.readouterr()
+
+    assert main(["ocr", "--engine", "tesseract", "--quiet", "--as", "ann@example.org"]) == 2
+    assert "may not" in capsys.readouterr().err
+    assert main(["predict", "nudenet", "--as", "stranger@example.org"]) == 2
+    assert "not allowed" in capsys.readouterr().err
+    assert main(["ocr", "--engine", "tesseract", "--quiet", "--as", "boss@example.org"]) == 0
+
+    with db.session_scope(settings.db_url) as s:
+        jobs = audit.recent(s, action="job")
+    assert [(e["actor"], e["detail"]["images"]) for e in jobs] == [("boss@example.org", 2)]
+    assert "tesseract" in jobs[0]["detail"]["step"]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli import CliError, print_json, report_job
+from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 
 
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="at most N memes")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--force", action="store_true", help="recompute embeddings that are already cached")
+    add_actor_option(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("head", help="saved classification heads (list, show, copy)")
@@ -67,6 +69,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
     if not ids:
         print("no memes in this selection (ingest some first: python -m workbench ingest)", file=sys.stderr)
         return 1
+    authorize_job(args, settings, f"embed {args.source}", len(ids))
     code = 0
     for embedder in embedders:
         try:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from workbench.cli import CliError
+from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folder", default=None, help="only images in this top-level folder of the memes dir")
     p.add_argument("--limit", type=int, default=None, help="at most N images")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_actor_option(p)
     p.set_defaults(func=cmd_ocr)
 
 
@@ -55,6 +57,7 @@ def cmd_ocr(args: argparse.Namespace, settings: Settings) -> int:
         print("no memes in this selection (ingest some first: python -m workbench ingest)", file=sys.stderr)
         return 1
     step = OcrStep(make_engine(args.engine, settings, lang=args.lang))
+    authorize_job(args, settings, step.name, len(ids))
     workers = args.workers if args.workers is not None else default_workers()
     bar = tqdm(total=len(ids), unit="img", desc=step.name, disable=args.quiet)
 

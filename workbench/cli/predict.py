@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from workbench.cli import CliError, report_job
+from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 from workbench.predictors import REGISTRY
 
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="memes per committed batch (default 8)")
     p.add_argument("--force", action="store_true", help="predict again images this config already did")
     p.add_argument("--list-options", action="store_true", help="print the predictor's options and exit")
+    add_actor_option(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -91,6 +93,7 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
               + " (ingest some first: python -m workbench ingest)", file=sys.stderr)
         return 1
 
+    authorize_job(args, settings, predictor.run_name(), len(ids))
     summary = _run_with_progress(settings, predictor, ids, args)
     run = f" (run {summary.run_id})" if summary.status != "failed" else ""  # a failed start keeps no run
     return report_job(f"{predictor.run_name()}{run}", summary)

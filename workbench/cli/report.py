@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli import CliError
+from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import DEFAULT_CLIP_MODEL, Settings
 from workbench.explain.cam import METHODS
 from workbench.store.catalog import SELECTIONS
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neutral-prompt", help="prompt of the non_toxic class (default: the CLIP predictor's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--force", action="store_true", help="recompute maps that are already cached")
+    add_actor_option(p)
     p.set_defaults(func=cmd_cam)
 
 
@@ -142,6 +144,7 @@ def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
     if not ids:
         raise CliError("no images to explain (ingest memes first, or check --selection / --image)")
     step = CamStep(request, settings.artefacts_dir)
+    authorize_job(args, settings, step.name, len(ids))
 
     def progress(p) -> None:  # noqa: ANN001
         print(f"\r{step.name}: {p.describe()}", end="", file=sys.stderr, flush=True)

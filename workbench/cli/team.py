@@ -42,6 +42,15 @@ def run_as(settings: Settings, fn, *args, **kwargs):  # noqa: ANN001, ANN002, AN
         raise CliError(str(exc)) from exc
 
 
+def authorize_job(args: argparse.Namespace, settings: Settings, step: str, n_images: int) -> None:
+    """Before a job command (ocr, predict, embed, cam) runs: the caller (`--as`, else the OS
+    user) must be allowed to run jobs, and the start is recorded in the audit log, as the
+    Run and Models pages record theirs."""
+    from workbench.store.users import ADMIN, authorize
+
+    run_as(settings, authorize, actor_of(args), ADMIN, "job", {"step": step, "images": n_images})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from workbench.analysis.queue_orders import ORDERS
     from workbench.store.users import ROLES
