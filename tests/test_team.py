@@ -19,7 +19,7 @@ from sqlalchemy import insert, select
 from streamlit.testing.v1 import AppTest
 
 from tests.support.synthetic_runs import Pred, add_images, add_run
-from workbench.analysis import agreement, queue_orders
+from workbench.analysis import agreement, queue_orders, review
 from workbench.analysis.outcomes import load_runs, load_truth
 from workbench.cli import main
 from workbench.errors import PermissionDenied
@@ -160,6 +160,7 @@ def test_adjudication_outranks_every_label_and_the_exports_follow(settings, sess
     consensus = labels.consensus_labels(session)
     assert consensus[x] == "toxic" and consensus[z] == "non_toxic"
     assert meme_view(session, x).consensus == "toxic"
+    assert [c.consensus for c in review.cards(session, [x, z], [run])] == ["toxic", "non_toxic"]  # review cards too
     truth = load_truth(session).labels
     assert truth[x] == "toxic" and truth[z] == "non_toxic"
     (after,) = load_runs(session, [run])

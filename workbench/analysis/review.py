@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from workbench.analysis.metrics import McNemar, mcnemar_from_table
 from workbench.analysis.outcomes import RunData, paired_arrays
 from workbench.store.db import in_batches
-from workbench.store.labels import consensus_from, current_labels
+from workbench.store.labels import adjudicated_labels, consensus_from, current_labels
 from workbench.store.ocr_texts import best_texts
 from workbench.store.schema import Image, Prediction
 
@@ -225,6 +225,7 @@ def cards(session: Session, image_ids: Sequence[int], run_ids: Sequence[int]) ->
     preds = {(p.run_id, p.image_id): p for p in session.scalars(
         select(Prediction).where(Prediction.image_id.in_(ids), Prediction.run_id.in_(list(run_ids))))}
     texts = best_texts(session, ids)
+    decided = adjudicated_labels(session, ids)  # a reviewer's decision outranks the vote, as everywhere
     out = []
     for i in ids:
         img = images.get(i)
@@ -236,6 +237,6 @@ def cards(session: Session, image_ids: Sequence[int], run_ids: Sequence[int]) ->
             p = preds.get((run_id, i))
             predictions.append(CardPrediction(run_id, p.label if p else None, p.prob_toxic if p else None,
                                               p.explanation if p else None, p.error if p else None))
-        out.append(Card(i, img.path, img.sha256, img.folder, consensus_from(current),
+        out.append(Card(i, img.path, img.sha256, img.folder, consensus_from(current, decided.get(i)),
                         [(c.annotator, c.label) for c in current], predictions, texts.get(i, "")))
     return out
