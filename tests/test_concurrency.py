@@ -71,9 +71,21 @@ def annotate(url: str, annotator: str, n: int, go_file: str) -> None:
         ids = list(session.scalars(select(Image.id).order_by(Image.id)))
     _wait_at_barrier(go_file, annotator)
     for i in range(n):
+        if i == n // 2:
+            _wait_for_a_prediction(url)  # the job's start-up can outlast 500 quick clicks: overlap for sure
         with db.session_scope(url) as session:  # one click = one transaction
             add_label(session, ids[i % len(ids)], "toxic" if (i + len(annotator)) % 2 else "non_toxic", annotator,
                       note=f"{annotator}-{i}")
+
+
+def _wait_for_a_prediction(url: str, timeout_s: float = 120) -> None:
+    """Until the job beside this annotator has committed its first batch (gives up after timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with db.session_scope(url) as session:
+            if session.scalar(select(func.count()).select_from(Prediction)) or 0:
+                return
+        time.sleep(0.01)
 
 
 def predict_job(url: str, memes_dir: str, lock_dir: str, delay_s: float, hang_on_batch: int | None,
