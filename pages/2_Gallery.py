@@ -10,6 +10,7 @@ ctx = ui.bootstrap("Gallery", "🖼️")
 import streamlit as st  # noqa: E402
 
 from workbench.store import catalog, labels  # noqa: E402
+from workbench.store.db import in_batches  # noqa: E402
 from workbench.store.ocr_texts import best_texts, save_correction  # noqa: E402
 
 LABEL_FILTERS = {"any label": None, "toxic": "toxic", "neutral": "non_toxic", "unlabeled": "unlabeled"}
@@ -64,8 +65,8 @@ if not cards:
 # While editing, the grid is one form: typing does not rerun the page, one Save stores all changes.
 grid = st.form("gal_texts", border=False) if editing and cards else st.container()
 with grid:
-    for start in range(0, len(cards), COLUMNS):
-        for col, card in zip(st.columns(COLUMNS), cards[start : start + COLUMNS]):
+    for row in in_batches(cards, COLUMNS):
+        for col, card in zip(st.columns(COLUMNS), row):
             with col:
                 thumb = ui.thumbnail(ctx, card.sha256, card.path)
                 if thumb is not None:

@@ -10,6 +10,7 @@ import streamlit as st
 
 from workbench.analysis.duplicates import Member, near_copies
 from workbench.errors import PermissionDenied
+from workbench.store.db import in_batches
 from workbench.store.labels import LabelError, add_label
 from workbench.ui import Ctx, md_escape, page_link, thumbnail
 
@@ -55,9 +56,8 @@ def member_tile(ctx: Ctx, member: Member, *, show_link: bool = True) -> None:
 
 def meme_grid(ctx: Ctx, members: Sequence[Member], key: str, columns: int = 6) -> None:
     """Memes as a grid of tiles, each with relabel buttons (keys `{key}_{image_id}_{label}`)."""
-    for start in range(0, len(members), columns):
-        cols = st.columns(columns)
-        for col, member in zip(cols, members[start:start + columns]):
+    for row in in_batches(members, columns):
+        for col, member in zip(st.columns(columns), row):
             with col:
                 member_tile(ctx, member, show_link=False)
                 for label, text in LABEL_BUTTONS.items():
