@@ -189,7 +189,9 @@ def test_team_labeling_with_sign_in_overlap_and_adjudication(tmp_path: Path) -> 
                     page.goto(base + "/Data")
                     page.wait_for_function("() => !document.cookie.includes('_streamlit_user')", timeout=web.TIMEOUT_MS)
                     assert not [c for c in old.cookies() if c["name"] == "_streamlit_user"]
-                    web.goto_after_redirects(page, base + "/Data")  # the sign-out still redirects via the provider
+                    page = old.new_page()  # the first tab may still be redirecting through the provider's sign-out
+                    page.set_default_timeout(web.TIMEOUT_MS)
+                    page.goto(base + "/Data")
                     web.settle(page)
                     expect(page.get_by_text("Sign in to continue")).to_be_visible()
                     assert web.button(page, "data_scan").count() == 0

@@ -98,19 +98,3 @@ def wait_for_image_change(page, before: int) -> int:  # noqa: ANN001
         page.wait_for_timeout(100)
     settle(page)
     return now
-
-
-def goto_after_redirects(page, url: str, attempts: int = 5) -> None:  # noqa: ANN001
-    """`page.goto(url)` once redirects the app started itself (a sign-out through the OIDC
-    provider's end_session) have finished: Chromium interrupts a navigation that overlaps them."""
-    from playwright.sync_api import Error as PlaywrightError
-
-    for attempt in range(attempts):
-        try:
-            page.goto(url)
-            return
-        except PlaywrightError as exc:
-            if "interrupted by another navigation" not in str(exc) or attempt == attempts - 1:
-                raise
-            page.wait_for_load_state("load")
-
