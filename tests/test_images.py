@@ -169,6 +169,29 @@ def test_load_rgb_table(case: str, build: Callable[[], bytes], size: tuple[int, 
         assert near(im.getpixel(xy), colour, tol=12 if "16-bit" in case else 40), (case, xy, im.getpixel(xy))
 
 
+def test_loaded_image_outlives_its_file(tmp_path) -> None:
+    """load_rgb hands back the decoded image without copying it: it must not depend on the file."""
+    for name, data in (("a.png", encode(halves(), "PNG")), ("b.jpg", exif_rotated_jpeg()), ("c.gif", animated_gif())):
+        path = tmp_path / name
+        path.write_bytes(data)
+        im = load_rgb(path)
+        path.unlink()
+        assert im.copy().resize((8, 8)).mode == "RGB"
+        assert im.getpixel((1, 1)) is not None
+
+
+def test_min_side_decodes_a_jpeg_smaller_but_never_below_it() -> None:
+    data = encode(halves((800, 400)), "JPEG", quality=90)
+    full, reduced = load_rgb(data), load_rgb(data, min_side=128)
+    assert full.size == (800, 400)
+    assert min(reduced.size) >= 128 and reduced.size == (400, 200)  # DCT scaling by 1/2: 1/4 would go below 128
+    assert near(reduced.getpixel((10, 50)), RED) and near(reduced.getpixel((reduced.width - 10, 50)), BLUE)
+    rotated = load_rgb(exif_rotated_jpeg(), min_side=8)  # orientation still applied after a reduced decode
+    assert rotated.size[1] > rotated.size[0]
+    png = encode(halves((800, 400)), "PNG")
+    assert load_rgb(png, min_side=128).size == (800, 400)  # only JPEG can be decoded smaller
+
+
 def test_thumbnail_is_made_once(tmp_path) -> None:
     source = tmp_path / "meme.jpg"
     source.write_bytes(exif_rotated_jpeg())

@@ -145,14 +145,33 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def load_rgb(source: Path | str | bytes) -> Image.Image:
-    """Decode an image for models and display: first frame, EXIF-oriented, RGB."""
+def load_rgb(source: Path | str | bytes, min_side: int = 0) -> Image.Image:
+    """Decode an image for models and display: first frame, EXIF-oriented, RGB.
+
+    `min_side`: the caller only needs the short side at least this long (hashing), so a JPEG
+    may be decoded at 1/2, 1/4 or 1/8 scale in the DCT (Pillow's `draft`), which skips most of
+    the inverse DCT and colour work; other formats, and 0, decode at full size.
+
+    No copies: the decoded image is handed back as it is (a file's single frame is detached
+    from the file once loaded); EXIF orientation is applied in place and RGB conversion only
+    makes a new image when the mode is not RGB already."""
     fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
-    with fp, Image.open(fp) as im:
-        im.seek(0)
-        im.load()
-        oriented = ImageOps.exif_transpose(im)
-        return to_rgb(oriented).copy()
+    with fp:
+        im = Image.open(fp)
+        try:
+            if min_side > 0 and im.format == "JPEG":
+                im.draft("RGB", (min_side, min_side))  # keeps both sides >= min_side
+            im.seek(0)
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            rgb = to_rgb(im)
+        except BaseException:
+            im.close()
+            raise
+        if rgb is im and getattr(im, "n_frames", 1) > 1:  # other frames still read from the file
+            rgb = im.copy()
+            im.close()
+        return rgb
 
 
 def sha256_file(path: Path) -> str:
