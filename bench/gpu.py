@@ -191,11 +191,11 @@ def vlm_model(cfg: Config) -> tuple[Any, Any, str]:
 
 def vlm_inputs(predictor: Any, processor: Any, model: Any, batch: int) -> Any:
     """A batch exactly as the predictor builds it (prompt, pixel budget, left padding) on the device."""
-    from workbench.predictors.base import PredictInput, prepare_input
+    from workbench.predictors.base import PredictInput, prepare_inputs
     from workbench.store.demo_memes import render_meme
 
-    items = [prepare_input(predictor, PredictInput(i, render_meme(f"мем {i}", seed=i, size=(512, 512)), ""))
-             for i in range(batch)]
+    items = prepare_inputs(predictor, [PredictInput(i, render_meme(f"мем {i}", seed=i, size=(512, 512)), "")
+                                       for i in range(batch)])
     inputs = processor(text=[predictor._chat_text(processor, it) for it in items], images=[it.image for it in items],
                        padding=True, return_tensors="pt",
                        size={"shortest_edge": predictor.min_pixels, "longest_edge": predictor.max_pixels}).to(model.device)

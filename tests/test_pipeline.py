@@ -94,10 +94,10 @@ class CountingStep(PredictorStep):
         self.prefetched = self.processed = self.most_waiting = 0
         self.threads: set[str] = set()
 
-    def prefetch(self, item: WorkItem) -> Any:
-        out = super().prefetch(item)
+    def prefetch_batch(self, items: list[WorkItem]) -> list[Any]:
+        out = super().prefetch_batch(items)
         with self.lock:
-            self.prefetched += 1
+            self.prefetched += len(items)
             self.most_waiting = max(self.most_waiting, self.prefetched - self.processed)
             self.threads.add(threading.current_thread().name)
         return out

@@ -29,8 +29,8 @@ class PredictInput:
     image_id: int
     image: PILImage.Image  # RGB, EXIF-oriented, first frame (workbench.store.images.load_rgb)
     ocr_text: str = ""
-    # Set by `prepare_input`: what fitting the image to the model's limits did ({} = nothing;
-    # None = not prepared yet), and the model-ready inputs `Predictor.preprocess_image` made.
+    # Set by `prepare_inputs`: what fitting the image to the model's limits did ({} = nothing;
+    # None = not prepared yet), and the model-ready inputs `Predictor.preprocess_images` made.
     fit: dict[str, Any] | None = None
     pixels: Any = None
 
@@ -91,10 +91,12 @@ class Predictor:
         `load()`: no model calls, no shared mutable state."""
         return image, {}
 
-    def preprocess_image(self, image: PILImage.Image) -> Any:
-        """Model-ready inputs of one prepared image (e.g. pixel tensors), made in the prefetch
-        threads so the model thread only runs the model; None = `predict` does it itself."""
-        return None
+    def preprocess_images(self, images: list[PILImage.Image]) -> list[Any]:
+        """Model-ready inputs of each prepared image (e.g. pixel tensors), in one call for the
+        batch (a processor's per-call overhead is paid once), made in the prefetch threads so
+        the model thread only runs the model; None = `predict` does it itself. May raise for
+        the batch: `prepare_inputs` then redoes the images one by one, so one bad image fails alone."""
+        return [None] * len(images)
 
     def fingerprint(self) -> str:
         return fingerprint({"kind": self.kind, "config": self.config(), "v": PREDICTION_SCHEMA_VERSION})
@@ -103,17 +105,33 @@ class Predictor:
         return f"{self.kind}:{self.model_id()}"
 
 
-def prepare_input(predictor: Predictor, item: PredictInput) -> PredictInput:
-    """Fit `item`'s image to the predictor's limits and preprocess it, once (in place)."""
-    if item.fit is None:
-        item.image, item.fit = predictor.prepare_image(item.image)
-        item.pixels = predictor.preprocess_image(item.image)
-    return item
-
-
 def prepare_inputs(predictor: Predictor, batch: list[PredictInput]) -> list[PredictInput]:
-    """`prepare_input` for every item of a batch (already prepared ones are left as they are)."""
-    return [prepare_input(predictor, item) for item in batch]
+    """Fit each item's image to the predictor's limits and preprocess them together, once
+    (in place; already prepared items are left as they are). Raises if an image cannot be
+    prepared; `prepare_each` is the per-item-error version."""
+    todo = [item for item in batch if item.fit is None]
+    fitted = [predictor.prepare_image(item.image) for item in todo]
+    try:
+        pixels = predictor.preprocess_images([image for image, _ in fitted])
+    except Exception:  # noqa: BLE001 - one image spoils a batch call: find it, one by one
+        pixels = [predictor.preprocess_images([image])[0] for image, _ in fitted]
+    for item, (image, fit), prepared in zip(todo, fitted, pixels, strict=True):
+        item.image, item.fit, item.pixels = image, fit, prepared
+    return batch
+
+
+def prepare_each(predictor: Predictor, batch: list[PredictInput]) -> list[PredictInput | Exception]:
+    """`prepare_inputs` with every item's own failure in its place instead of raised."""
+    try:
+        return list(prepare_inputs(predictor, batch))
+    except Exception:  # noqa: BLE001 - isolate the image that fails
+        out: list[PredictInput | Exception] = []
+        for item in batch:
+            try:
+                out.extend(prepare_inputs(predictor, [item]))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
 
 
 def note_fits(batch: Sequence[PredictInput], outputs: Sequence[PredictOutput]) -> list[PredictOutput]:
@@ -152,9 +170,9 @@ def upsert_predictions(session: Session, run_id: int, rows: Sequence[tuple[int, 
 
 
 class PredictorStep(Step):
-    """Adapter: drives a Predictor through the job runner. Each image is decoded, fitted to
-    the model's limits and preprocessed in `prefetch` (the runner's prefetch threads), then
-    `process` hands prepared batches to `predict`."""
+    """Adapter: drives a Predictor through the job runner. A batch's images are decoded, fitted
+    to the model's limits and preprocessed in `prefetch_batch` (in the runner's prefetch
+    threads), then `process` hands the prepared batch to `predict`."""
 
     kind = "predict"
     prefetches = True
@@ -187,21 +205,33 @@ class PredictorStep(Step):
     def load(self) -> None:
         self.predictor.load()
 
-    def prefetch(self, item: WorkItem) -> PredictInput | ItemResult:
-        """Decode (load_rgb), fit to the model's limits and preprocess one image; an unreadable
-        file becomes this item's error. The runner calls it in its prefetch threads."""
-        return prefetch_image(item, lambda image: prepare_input(self.predictor,
-                                                                PredictInput(item.image_id, image, item.ocr_text)))
+    def prefetch_batch(self, items: list[WorkItem]) -> list[PredictInput | ItemResult]:
+        """Decode each image (load_rgb), fit them to the model's limits and preprocess them in
+        one call; an unreadable file, or an image the model cannot take, becomes that item's
+        error. The runner calls it in its prefetch threads; `process` for what it did not."""
+        decoded = [prefetch_image(item, lambda image, item=item: PredictInput(item.image_id, image, item.ocr_text))
+                   for item in items]
+        prepared = iter(prepare_each(self.predictor, [d for d in decoded if isinstance(d, PredictInput)]))
+        out: list[PredictInput | ItemResult] = []
+        for item, ready in zip(items, decoded, strict=True):
+            if isinstance(ready, PredictInput):
+                ready = next(prepared)
+                if isinstance(ready, Exception):
+                    ready = ItemResult(item.image_id, error=f"cannot prepare image: {type(ready).__name__}: {ready}")
+            out.append(ready)
+        return out
 
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
+        todo = [item for item in items if item.prepared is None]
+        for item, ready in zip(todo, self.prefetch_batch(todo) if todo else [], strict=True):
+            item.prepared = ready
         results: list[ItemResult] = []
         inputs: list[PredictInput] = []
         for item in items:
-            ready = item.prepared if item.prepared is not None else self.prefetch(item)
-            if isinstance(ready, ItemResult):
-                results.append(ready)
+            if isinstance(item.prepared, ItemResult):
+                results.append(item.prepared)
             else:
-                inputs.append(ready)
+                inputs.append(item.prepared)
         if inputs:
             t0 = time.perf_counter()
             outputs = self.predictor.predict(inputs)

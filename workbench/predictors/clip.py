@@ -10,7 +10,7 @@ prompts, softmax over the two classes -> prob_toxic, label by a threshold.
 - Models load through `workbench.models.clip.load_clip`, shared with embeddings and CAM.
 - Images are fitted to the processor's limits first (`prepare_image`: banners letterboxed to
   2:1 so the centre crop keeps half of them, huge images box-reduced), and turned into pixel
-  tensors (`preprocess_image`) in the job runner's prefetch threads.
+  tensors (`preprocess_images`, one processor call per batch) in the job runner's prefetch threads.
 """
 
 from __future__ import annotations
@@ -165,8 +165,12 @@ class ClipPredictor(Predictor):
         self._loaded()
         return fit_image(image, self.limits)
 
-    def preprocess_image(self, image: Any) -> Any:
-        return image_pixels(self._loaded()[1], [image])
+    def preprocess_images(self, images: list[Any]) -> list[Any]:
+        """One processor call for the batch, split into per-image tensors (views, no copies)."""
+        if not images:
+            return []
+        batch = image_pixels(self._loaded()[1], images)
+        return [{key: value[i : i + 1] for key, value in batch.items()} for i in range(len(images))]
 
     def _loaded(self) -> tuple[Any, Any]:
         if not hasattr(self, "model"):
@@ -241,26 +245,25 @@ class ClipPredictor(Predictor):
         pixels = [item.pixels if item.pixels is not None else image_pixels(processor, [item.image]) for item in batch]
         image_emb = embed_pixels(model, concat_pixels(pixels))
         scale = float(model.logit_scale.detach().float().exp()) if hasattr(model, "logit_scale") else 100.0
-        outputs = []
-        for row, item in enumerate(batch):
+        rows = []  # (text, prompts, truncated, class embeddings) per item
+        for item in batch:
             text = " ".join((item.ocr_text or "").split()) if self.use_ocr else ""
-            truncated = False
             if text:
                 prompts, truncated = self.ocr_prompts(text)
-                class_emb = self._ensemble([prompts[c] for c in CLASSES])
+                rows.append((text, prompts, truncated, self._ensemble([prompts[c] for c in CLASSES])))
             else:
-                prompts = {c: self.prompts[c] for c in CLASSES}
-                class_emb = self.class_embeddings()
-            sims = image_emb[row] @ class_emb.T  # cosine similarity per class
-            probs = torch.softmax(scale * sims, dim=-1)
-            prob_toxic = float(probs[CLASSES.index("toxic")])
-            label = "toxic" if prob_toxic >= self.threshold else "non_toxic"
+                rows.append((text, {c: self.prompts[c] for c in CLASSES}, False, self.class_embeddings()))
+        # cosine similarity of each image to its classes, and the softmax, for the whole batch at once
+        sims = torch.einsum("nd,ncd->nc", image_emb, torch.stack([row[3] for row in rows]))
+        probs = torch.softmax(scale * sims, dim=-1)[:, CLASSES.index("toxic")].tolist()
+        outputs = []
+        for (text, prompts, truncated, _), row_sims, prob_toxic in zip(rows, sims.tolist(), probs, strict=True):
+            similarity = dict(zip(CLASSES, row_sims, strict=True))
             outputs.append(PredictOutput(
-                label=label, prob_toxic=prob_toxic,
-                raw_output=json.dumps({c: round(float(s), 6) for c, s in zip(CLASSES, sims)}),
-                extra={"similarity": {c: float(s) for c, s in zip(CLASSES, sims)}, "logit_scale": scale,
-                       "ocr_in_prompt": bool(text), "ocr_truncated": truncated,
-                       "prompt_example": prompts["toxic"][0]},
+                label="toxic" if prob_toxic >= self.threshold else "non_toxic", prob_toxic=prob_toxic,
+                raw_output=json.dumps({c: round(v, 6) for c, v in similarity.items()}),
+                extra={"similarity": similarity, "logit_scale": scale, "ocr_in_prompt": bool(text),
+                       "ocr_truncated": truncated, "prompt_example": prompts["toxic"][0]},
             ))
         per_item_ms = (time.perf_counter() - t0) * 1000 / max(1, len(batch))
         for out in outputs:

@@ -155,9 +155,9 @@ class VlmEndpointPredictor(Predictor):
     def prepare_image(self, image: Any) -> tuple[Any, dict[str, Any]]:
         return fit_image(image, endpoint_limits(self.image_max_side))
 
-    def preprocess_image(self, image: Any) -> str:
-        """The image as the request's data URL (JPEG encoding runs in the prefetch threads)."""
-        return image_data_url(image)
+    def preprocess_images(self, images: list[Any]) -> list[str]:
+        """Each image as the request's data URL (JPEG encoding runs in the prefetch threads)."""
+        return [image_data_url(image) for image in images]
 
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
         if self._client is None:

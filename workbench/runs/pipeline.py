@@ -1,7 +1,11 @@
-"""Prefetching for the job runner: a step's per-item CPU work (`Step.prefetch`: decode, fit
-to the model's limits, preprocessing) runs in worker threads, up to `depth` batches ahead of
-the batch the model is working on, so decoding overlaps model compute and database commits.
+"""Prefetching for the job runner: a step's per-batch CPU work (`Step.prefetch_batch`: decode,
+fit to the model's limits, preprocessing) runs in worker threads, each thread on a batch of its
+own, up to `depth` batches ahead of the batch the model is working on, so decoding overlaps
+model compute and database commits.
 
+- One task per share of a batch (the batch split in as many parts as there are threads), not
+  per image: per-call overheads (a processor call, a future) are paid a few times a batch, and
+  yet all threads work on the next batch, so the first batch and the last are ready as soon.
 - Bounded: at most `depth + 1` batches are held at once (queued, being prefetched, or with
   the model), however many images the job has, so memory stays flat on any selection.
 - In order: batches come out exactly as the sequential path makes them, each item carrying
@@ -33,36 +37,43 @@ def default_threads() -> int:
 def prefetched_batches(step: Step, batches: Iterable[list[int]], items_for: Callable[[list[int]], list[WorkItem]],
                        threads: int, depth: int = DEFAULT_DEPTH) -> Iterator[list[WorkItem]]:
     """The work items of each batch of ids, in order, with `item.prepared` filled by
-    `step.prefetch` in `threads` worker threads, at most `depth` batches ahead.
+    `step.prefetch_batch` in `threads` worker threads (each batch split in `threads` parts),
+    at most `depth` batches ahead.
 
     Close the iterator (or leave the loop) to stop: queued prefetches are cancelled and the
-    threads end after the items they are on. A prefetch that raises leaves `prepared` None,
+    threads end after the parts they are on. A prefetch that raises leaves `prepared` None,
     so `process` redoes it inline and reports the error the usual way."""
-    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="prefetch")
-    ahead: deque[list[tuple[WorkItem, Future]]] = deque()
+    threads = max(1, threads)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="prefetch")
+    ahead: deque[list[tuple[list[WorkItem], Future]]] = deque()
     pending = iter(batches)
 
     def submit_next() -> None:
         batch_ids = next(pending, None)
         if batch_ids is not None:
-            ahead.append([(item, pool.submit(step.prefetch, item)) for item in items_for(batch_ids)])
+            items = items_for(batch_ids)
+            size = max(1, -(-len(items) // threads))
+            parts = [items[i : i + size] for i in range(0, len(items), size)]
+            ahead.append([(part, pool.submit(step.prefetch_batch, part)) for part in parts])
 
     try:
         for _ in range(max(1, depth)):
             submit_next()
         while ahead:
-            batch = ahead.popleft()
+            parts = ahead.popleft()
             submit_next()  # keep `depth` batches in the pool while this one is with the model
             items = []
-            for item, future in batch:
+            for part, future in parts:
                 try:
-                    item.prepared = future.result()
-                except Exception:  # noqa: BLE001 - process() prefetches it again inline and reports the error
-                    item.prepared = None
-                items.append(item)
+                    prepared = future.result()
+                except Exception:  # noqa: BLE001 - process() prepares these again inline and reports the error
+                    prepared = [None] * len(part)
+                for item, ready in zip(part, prepared, strict=True):
+                    item.prepared = ready
+                items.extend(part)
             yield items
     finally:
-        for batch in ahead:
-            for _, future in batch:
+        for parts in ahead:
+            for _, future in parts:
                 future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -53,9 +53,10 @@ class Step:
     process; `begin`/`finish` bracket a job (e.g. create/close a model_runs row).
 
     A step whose items need CPU work before the model (decode, resize, tensors) sets
-    `prefetches` and implements `prefetch(item)`; the runner then calls it in worker threads,
-    batches ahead, and `process` reads `item.prepared` (calling `prefetch` itself for items
-    without it, so the sequential path gives the same results)."""
+    `prefetches` and implements `prefetch(item)` (or `prefetch_batch(items)` when the work is
+    cheaper for a whole batch at once); the runner then calls `prefetch_batch` in worker
+    threads, batches ahead, and `process` reads `item.prepared` (preparing items without it
+    itself, the same way, so the sequential path gives the same results)."""
 
     kind: ClassVar[str] = "step"
     name: str = "step"
@@ -85,6 +86,11 @@ class Step:
         threads after `load()`; the result lands in `item.prepared`. Must not raise: a
         per-item failure is part of what it returns."""
         return None
+
+    def prefetch_batch(self, items: list[WorkItem]) -> list[Any]:
+        """`prefetch` of each item of a batch, in order: what the runner calls, one batch per
+        task in a prefetch thread. Override when a batch is cheaper to prepare in one go."""
+        return [self.prefetch(item) for item in items]
 
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
         """Compute results for a batch; must return one ItemResult per item, errors included."""
