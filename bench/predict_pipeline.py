@@ -78,19 +78,17 @@ def decode_rates(paths: list[Path]) -> tuple[float, float]:
     return raw, len(paths) / (time.perf_counter() - t0)
 
 
-def runner_rate(settings: Any, predictor: Any, ids: list[int], prefetch: int | None, passes: int) -> tuple[float, float, int]:
-    """(img/s, CPU cores used on average, run id) of `passes` forced runs over `ids`."""
+def runner_rate(settings: Any, predictor: Any, ids: list[int], prefetch: int | None) -> tuple[float, float, int]:
+    """(img/s, CPU cores used on average, run id) of one forced run over `ids`."""
     from workbench.predictors.base import PredictorStep
     from workbench.runs.runner import run_step
 
-    done, t0, c0 = 0, time.perf_counter(), time.process_time()
-    for _ in range(passes):
-        summary = run_step(settings.db_url, PredictorStep(predictor), ids, memes_dir=settings.memes_dir,
-                           lock_dir=settings.artefacts_dir, batch_size=32, force=True, prefetch=prefetch)
-        assert summary.failed == 0, summary.errors
-        done += summary.done
+    t0, c0 = time.perf_counter(), time.process_time()
+    summary = run_step(settings.db_url, PredictorStep(predictor), ids, memes_dir=settings.memes_dir,
+                       lock_dir=settings.artefacts_dir, batch_size=32, force=True, prefetch=prefetch)
     wall = time.perf_counter() - t0
-    return done / wall, (time.process_time() - c0) / wall, summary.run_id
+    assert summary.failed == 0, summary.errors
+    return summary.done / wall, (time.process_time() - c0) / wall, summary.run_id
 
 
 def stored(settings: Any, run_id: int) -> list[tuple[Any, ...]]:
@@ -105,19 +103,19 @@ def stored(settings: Any, run_id: int) -> list[tuple[Any, ...]]:
             .where(Prediction.run_id == run_id).order_by(Prediction.image_id))]
 
 
-def measure(title: str, settings: Any, predictor: Any, ids: list[int], paths: list[Path], reps: int,
-            passes: int) -> list[dict[str, Any]]:
+def measure(title: str, settings: Any, predictor: Any, ids: list[int], paths: list[Path],
+            reps: int) -> list[dict[str, Any]]:
     """Interleaved repetitions of the four measurements; medians."""
     rates: dict[str, list[float]] = {}
     cores: dict[str, list[float]] = {}
     identical = True
-    runner_rate(settings, predictor, ids[:32], 0, 1)  # warm-up (first batches, page cache)
+    runner_rate(settings, predictor, ids[:32], 0)  # warm-up (first batches, page cache)
     for _ in range(reps):
-        raw, loader = decode_rates(paths * passes)
+        raw, loader = decode_rates(paths)
         rates.setdefault("raw", []).append(raw)
         rates.setdefault("load_rgb", []).append(loader)
         for name, prefetch in (("sequential", 0), ("pipelined", None)):
-            rate, used, run_id = runner_rate(settings, predictor, ids, prefetch, passes)
+            rate, used, run_id = runner_rate(settings, predictor, ids, prefetch)
             rates.setdefault(name, []).append(rate)
             cores.setdefault(name, []).append(used)
             result = stored(settings, run_id)
@@ -169,10 +167,11 @@ def flat_memory(settings: Any, predictor: Any, paths: list[Path], n: int) -> lis
              "max RSS MB": max(m for _, m in samples[1:])}]
 
 
-def real_workspace(root: Path) -> tuple[Any, list[int], list[Path]]:
+def real_workspace(root: Path, copies: int) -> tuple[Any, list[int], list[Path]]:
     """A database of its own over the real memes folder, scanned where it is (scanning only
-    reads it); returns (settings, ids, paths)."""
-    from sqlalchemy import select
+    reads it), each meme listed `copies` times (rows with their own ids, the same file), so
+    one job goes over them all as over a folder of that size; returns (settings, ids, paths)."""
+    from sqlalchemy import insert, select
 
     from workbench.config import load_settings
     from workbench.store import db
@@ -188,8 +187,14 @@ def real_workspace(root: Path) -> tuple[Any, list[int], list[Path]]:
     with db.session_scope(settings.db_url) as session:
         scan_folder(session, settings.memes_dir)
     with db.session_scope(settings.db_url) as session:
-        rows = session.execute(select(Image.id, Image.path).order_by(Image.id)).all()
-    return settings, [i for i, _ in rows], [settings.memes_dir / p for _, p in rows]
+        rows = session.execute(select(Image.id, Image.path, Image.width, Image.height).order_by(Image.id)).all()
+        session.execute(insert(Image), [
+            {"sha256": f"{copy:032x}{image_id:032x}", "path": path, "original_name": Path(path).name,
+             "format": "PNG", "width": w, "height": h, "bytes": 1, "source": "demo"}
+            for copy in range(1, copies) for image_id, path, w, h in rows])
+    with db.session_scope(settings.db_url) as session:
+        listed = session.execute(select(Image.id, Image.path).order_by(Image.id)).all()
+    return settings, [i for i, _ in listed], [settings.memes_dir / p for _, p in listed]
 
 
 def bench_pipeline(args: argparse.Namespace, peaks: dict[str, float]) -> None:
@@ -209,12 +214,13 @@ def bench_pipeline(args: argparse.Namespace, peaks: dict[str, float]) -> None:
                                              "dtype": "float32", "use_ocr": False})
         predictor.load()
         torch.set_num_threads(1)  # after load(), which sets one per core
-        rows = measure(f"{n} generated 512×512 PNG", settings, predictor, ids, paths, reps, passes=1)
+        rows = measure(f"{n} generated 512×512 PNG", settings, predictor, ids, paths, reps)
         if REAL_MEMES.is_dir():
-            real_settings, real_ids, real_paths = real_workspace(Path(tmp) / "real")
-            passes = max(1, n // max(1, len(real_ids)))
-            rows += measure(f"{len(real_ids)} real memes × {passes} passes", real_settings, predictor, real_ids,
-                            real_paths, reps, passes)
+            n_real = sum(1 for p in REAL_MEMES.rglob("*") if p.is_file())
+            copies = max(1, n // max(1, n_real))
+            real_settings, real_ids, real_paths = real_workspace(Path(tmp) / "real", copies)
+            rows += measure(f"{n_real} real memes, each listed {copies}×", real_settings, predictor, real_ids,
+                            real_paths, reps)
         else:
             print(f"(real memes not found at {REAL_MEMES}: generated memes only)")
         print_table("Pipeline: job runner with prefetch threads vs sequential vs decode on one core "
