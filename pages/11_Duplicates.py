@@ -16,7 +16,7 @@ from workbench.analysis import data_audit, duplicates, outcomes  # noqa: E402
 from workbench.analysis.embedding_map import embedding_sets  # noqa: E402
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.features import near_duplicates as nd  # noqa: E402
-from workbench.features.image_hashes import HashStep  # noqa: E402
+from workbench.features.image_hashes import HASH_BATCH, HashStep  # noqa: E402
 from workbench.runs.lock import JobBusy, heavy_job_lock  # noqa: E402
 from workbench.store import catalog  # noqa: E402
 from workbench.store.labels import LabelError  # noqa: E402
@@ -82,7 +82,7 @@ with tab_groups:
         if c[2].button("Find near-duplicates", type="primary", key="dup_run"):
             with ctx.session() as session:
                 ids = catalog.image_ids(session, "all")
-            summary = ui.run_job_widget(ctx, HashStep(), ids, batch_size=32, workers=os.cpu_count() or 1,
+            summary = ui.run_job_widget(ctx, HashStep(), ids, batch_size=HASH_BATCH, workers=os.cpu_count() or 1,
                                         key="dup_job")
             if summary is not None and summary.status != "failed":
                 try:

@@ -15,6 +15,7 @@ from workbench.config import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from workbench.features.image_hashes import HASH_BATCH
     from workbench.features.near_duplicates import DEFAULT_THRESHOLD, THRESHOLD_RANGE
 
     p = sub.add_parser("duplicates", help="near-duplicate groups: hash new images, group them, list the groups",
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{THRESHOLD_RANGE[1]}, default {DEFAULT_THRESHOLD})")
     p.add_argument("--no-embeddings", action="store_true", help="ignore cached CLIP image embeddings")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (default: one per core)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=HASH_BATCH, help=f"images per stored batch (default {HASH_BATCH})")
     p.add_argument("--list", action="store_true", help="only list the stored groups (no hashing, no grouping)")
     p.add_argument("--json", action="store_true",
                    help='print {"groups": [{"id", "members": [{"image_id", "path", "label"}, ...]}, ...]}')
