@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL  # noqa: E402
 from workbench.features.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
-from workbench.features.head_training import HeadError, read_head_info  # noqa: E402
+from workbench.features.head_training import HeadError, describe_grouping, read_head_info  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
 from workbench.predictors.head import copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
 from workbench.predictors.out_of_fold import read_training_report  # noqa: E402
@@ -41,6 +41,7 @@ def show_metrics(metrics: dict) -> None:
     c2.metric("Out-of-fold AUROC", f"{metrics['auroc']:.3f}" if metrics.get("auroc") is not None else "–")
     c3.metric("Labeled memes", metrics.get("n", "–"))
     c4.metric("Folds", metrics.get("folds", "–"))
+    st.caption(describe_grouping(metrics.get("grouping")))
 
 
 st.title("Train")

@@ -76,7 +76,7 @@ with tab_groups:
         lo, hi = nd.THRESHOLD_RANGE
         c = st.columns([2, 2, 1])
         threshold = c[0].slider("Threshold (fraction of differing hash bits)", lo, hi, nd.DEFAULT_THRESHOLD, 0.01,
-                                key="dup_threshold", help="Reposts measured at ≤ 0.17, different memes at ≥ 0.36.")
+                                key="dup_threshold", help="Reposts measured at ≤ 0.19, different memes at ≥ 0.30.")
         use_embeddings = c[1].checkbox("Use cached CLIP image embeddings as a second signal", value=True,
                                        key="dup_use_embeddings")
         if c[2].button("Find near-duplicates", type="primary", key="dup_run"):

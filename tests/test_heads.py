@@ -86,6 +86,9 @@ def test_a_near_duplicate_group_never_spans_folds() -> None:
     assert not cv.prob.any()  # no held-out sample's group was ever in its fold model's training data
     assert cv.metrics["grouping"] == {"method": "StratifiedGroupKFold", "by": "near-duplicate groups", "groups": 6,
                                       "grouped_images": 24}
+    assert head_training.describe_grouping(cv.metrics["grouping"]) == (
+        "Folds split by near-duplicate group (StratifiedGroupKFold): 6 groups, 24 labeled memes, each group kept "
+        "inside one fold.")
     singletons = head_training.fold_groups(list(range(40)), {})
     assert np.array_equal(head_training.stratified_folds(y, 5, 0, singletons), head_training.stratified_folds(y, 5, 0))
 
@@ -390,6 +393,8 @@ def test_train_page_forms_are_the_predictors_options_and_train_with_the_typed_va
     at.button(key="train_run").click().run()
     assert not at.exception, at.exception
     assert any("Out-of-fold F1" == m.label for m in at.metric)
+    # the report says how folds were split: not by near-duplicate group, none being stored here
+    assert any(c.value.startswith("Folds: StratifiedKFold, not split by near-duplicate group") for c in at.caption)
     with session_scope(settings.db_url) as session:
         params = session.scalars(select(ModelRun)).one().params
     assert (params["model"], params["ngram_range"], params["folds"]) == ("tfidf-char-logreg", [2, 3], 3)

@@ -303,6 +303,7 @@ def test_report_shows_training_metrics_and_per_fold_curves(settings, session):
     assert shown["auroc"] == f"{head_report['metrics']['auroc']:.3f}"
     assert shown["accuracy"] == f"{head_report['metrics']['accuracy']:.3f}"
     assert (shown["n"], shown["folds"]) == ("10", "3")
+    assert shown["grouping"].startswith("Folds")  # how the folds were split (by near-duplicate group or not)
 
     tfidf_report = read_training_report(tfidf.fingerprint())
     block = _section(html_text, f"training-{tfidf_run.run_id}")

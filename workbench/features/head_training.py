@@ -148,6 +148,17 @@ def grouping_summary(groups: np.ndarray | None) -> dict[str, Any]:
             "groups": int(len(multi)), "grouped_images": int(multi.sum())}
 
 
+def describe_grouping(grouping: dict[str, Any] | None) -> str:
+    """One sentence on how a training report's folds were split (`grouping_summary`)."""
+    if not grouping or grouping.get("by") == "none":
+        return ("Folds: StratifiedKFold, not split by near-duplicate group (grouping off, or no groups found yet: "
+                "run Find near-duplicates).")
+    if grouping.get("method") == "StratifiedGroupKFold":
+        return (f"Folds split by near-duplicate group (StratifiedGroupKFold): {grouping['groups']} groups, "
+                f"{grouping['grouped_images']} labeled memes, each group kept inside one fold.")
+    return "Folds: StratifiedKFold; no stored near-duplicate group has two labeled members, so none could leak."
+
+
 def binary_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float | None]:
     """F1 (toxic positive, threshold 0.5) and AUROC (None with one class)."""
     from sklearn.metrics import f1_score, roc_auc_score

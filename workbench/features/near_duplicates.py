@@ -40,7 +40,7 @@ CHUNK_BITS = 16
 CHUNK_STEP = 8  # windows overlap by half
 MAX_BUCKET = 256  # keys per chunk value above which the value is uninformative
 THRESHOLD_RANGE = (0.02, 0.40)  # beyond 0.40 unrelated images start to match (random pairs differ in ~0.5)
-DEFAULT_THRESHOLD = 0.25  # measured: reposts <= 0.17 (0.26 with 8 % crops), different memes >= 0.36 (README)
+DEFAULT_THRESHOLD = 0.25  # measured: reposts <= 0.19, different memes >= 0.30 (README)
 VERIFY_BATCH = 100_000
 
 

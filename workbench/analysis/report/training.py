@@ -11,6 +11,7 @@ from typing import Any
 
 from workbench.analysis.report.svg import SERIES_COLORS, line_chart
 from workbench.config import Settings
+from workbench.features.head_training import describe_grouping
 
 TRAINED_KINDS = ("head", "text-tfidf")
 TRAINING_METRICS = {
@@ -97,6 +98,8 @@ def _block(run: Any, doc: dict[str, Any], max_points: int) -> dict[str, Any]:
              # floats are shown as numbers (non-finite -> '—'), anything else as its text
              "value": number(metrics[key]) if isinstance(metrics[key], float) else metrics[key]}
             for key in keys if not isinstance(metrics[key], (dict, list))]
+    if isinstance(metrics.get("grouping"), dict):  # how folds were split: by near-duplicate group or not
+        rows.append({"key": "grouping", "name": "Fold split", "value": describe_grouping(metrics["grouping"])})
     return {"id": run.id, "title": run.title, "metrics": rows, "seconds": number(doc.get("train_seconds")),
             "curves": _curves(doc.get("curves"), max_points)}
 
