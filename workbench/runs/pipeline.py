@@ -1,7 +1,7 @@
 """Prefetching for the job runner: a step's per-batch CPU work (`Step.prefetch_batch`: decode,
-fit to the model's limits, preprocessing) runs in worker threads, each thread on a batch of its
-own, up to `depth` batches ahead of the batch the model is working on, so decoding overlaps
-model compute and database commits.
+fit to the model's limits, preprocessing) runs in worker threads, each on a share of a batch,
+up to `depth` batches ahead of the batch the model is working on, so decoding overlaps model
+compute and database commits.
 
 - One task per share of a batch (the batch split in as many parts as there are threads), not
   per image: per-call overheads (a processor call, a future) are paid a few times a batch, and
