@@ -104,12 +104,12 @@ class Step:
         """Called once after work with the job's final status."""
 
 
-def prefetch_image(item: WorkItem, then: Any) -> Any:
-    """What most `Step.prefetch`es do: decode the item's image (the one loader, `load_rgb`)
-    and return `then(image)` (fit, preprocess); a failure of either becomes this item's
-    ItemResult error ("cannot read image: ..." / "cannot prepare image: ...")."""
+def prefetch_image(item: WorkItem, then: Any, min_side: int = 0) -> Any:
+    """What most `Step.prefetch`es do: decode the item's image (the one loader, `load_rgb`;
+    `min_side` as there) and return `then(image)` (fit, preprocess); a failure of either becomes
+    this item's ItemResult error ("cannot read image: ..." / "cannot prepare image: ...")."""
     try:
-        image = load_rgb(item.path)
+        image = load_rgb(item.path, min_side=min_side)
     except Exception as exc:  # noqa: BLE001 - unreadable file: this item fails, the batch goes on
         return ItemResult(item.image_id, error=f"cannot read image: {type(exc).__name__}: {exc}")
     try:
