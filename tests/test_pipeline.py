@@ -5,6 +5,7 @@ size; per-batch commits, per-item errors, cancel and resume work as without it."
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -16,7 +17,7 @@ from tests.support.tiny_models import tiny_model_dir
 from workbench.features.embeddings import ClipImageEmbedder, EmbedStep, load_embeddings
 from workbench.predictors import make_predictor
 from workbench.predictors.base import PredictorStep
-from workbench.runs.pipeline import DEFAULT_DEPTH, default_threads
+from workbench.runs.pipeline import DEFAULT_DEPTH, SWITCH_INTERVAL_S, default_threads
 from workbench.runs.runner import run_step
 from workbench.runs.step import WorkItem
 from workbench.store.schema import Job, Prediction
@@ -93,10 +94,12 @@ class CountingStep(PredictorStep):
         self.lock = threading.Lock()
         self.prefetched = self.processed = self.most_waiting = 0
         self.threads: set[str] = set()
+        self.switch_intervals: set[float] = set()
 
     def prefetch_batch(self, items: list[WorkItem]) -> list[Any]:
         out = super().prefetch_batch(items)
         with self.lock:
+            self.switch_intervals.add(sys.getswitchinterval())
             self.prefetched += len(items)
             self.most_waiting = max(self.most_waiting, self.prefetched - self.processed)
             self.threads.add(threading.current_thread().name)
@@ -112,8 +115,11 @@ class CountingStep(PredictorStep):
 def test_prefetching_is_bounded_whatever_the_job_size(settings, session, make_memes) -> None:
     ids = make_memes(n=40, seed=22, size=(96, 96))
     step = CountingStep(make_predictor("clip", model=str(tiny_model_dir("clip")), dtype="float32", use_ocr=False))
+    interval = sys.getswitchinterval()
     summary = run(settings, step, ids, batch_size=2, prefetch=2)
     assert summary.done == 40 and step.prefetched == 40
+    assert step.switch_intervals == {SWITCH_INTERVAL_S} and SWITCH_INTERVAL_S < interval  # shorter while it ran
+    assert sys.getswitchinterval() == interval  # and Python's own again after
     assert step.most_waiting <= (DEFAULT_DEPTH + 1) * 2  # never more than the batch with the model + `depth` ahead
     assert step.threads and all(name.startswith("prefetch") for name in step.threads)  # not the model's thread
 
@@ -121,6 +127,7 @@ def test_prefetching_is_bounded_whatever_the_job_size(settings, session, make_me
 def test_cancel_and_interrupt_with_prefetch_keep_committed_batches_and_resume(settings, session, memes) -> None:
     predictor = make_predictor("clip", model=str(tiny_model_dir("clip")), dtype="float32")
     threads_before = threading.active_count()
+    interval = sys.getswitchinterval()
     batches: list[int] = []
 
     def stop_after_two() -> bool:
@@ -139,6 +146,7 @@ def test_cancel_and_interrupt_with_prefetch_keep_committed_batches_and_resume(se
     with pytest.raises(KeyboardInterrupt):
         run(settings, PredictorStep(predictor), memes, prefetch=2, on_progress=interrupt)
     assert threading.active_count() == threads_before
+    assert sys.getswitchinterval() == interval  # restored however the job ended
     resumed = run(settings, PredictorStep(predictor), memes, prefetch=2)
     assert (resumed.done, resumed.skipped) == (2, 12)  # 8 + 4 were committed before; only the rest is done
     rows = snapshot(session, resumed.run_id)

@@ -12,11 +12,16 @@ compute and database commits.
   its `prepared` value, so the results are the same.
 - Threads, not processes: Pillow's decoders and torch's kernels release the GIL, and the
   threads share the step's loaded processor (nothing is pickled or loaded twice).
+- A shorter GIL switch interval while it runs (SWITCH_INTERVAL_S): Pillow gives the GIL back
+  for every 64 KB it decodes, and getting it back could wait up to Python's default 5 ms
+  behind another thread's Python (the processor, SQLAlchemy, the model's modules), leaving a
+  core idle; bench/predict_pipeline.py measures the difference.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from workbench.runs.step import Step, WorkItem
 
 DEFAULT_DEPTH = 2  # batches prefetched ahead of the one with the model
+SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while prefetching (Python's default: 0.005)
 
 
 def default_threads() -> int:
@@ -44,6 +50,8 @@ def prefetched_batches(step: Step, batches: Iterable[list[int]], items_for: Call
     threads end after the parts they are on. A prefetch that raises leaves `prepared` None,
     so `process` redoes it inline and reports the error the usual way."""
     threads = max(1, threads)
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous_interval, SWITCH_INTERVAL_S))
     pool = ThreadPoolExecutor(threads, thread_name_prefix="prefetch")
     ahead: deque[list[tuple[list[WorkItem], Future]]] = deque()
     pending = iter(batches)
@@ -77,3 +85,4 @@ def prefetched_batches(step: Step, batches: Iterable[list[int]], items_for: Call
             for _, future in parts:
                 future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+        sys.setswitchinterval(previous_interval)
