@@ -20,6 +20,7 @@ from workbench.config import MAX_IMAGE_PIXELS
 from workbench.explain import cam as explain
 from workbench.features.embeddings import ClipImageEmbedder, EmbedStep, VlmPooledEmbedder, load_embeddings
 from workbench.models.image_limits import (
+    IMAGE_FIT_VERSION,
     QWEN_MAX_ASPECT,
     content_box,
     endpoint_limits,
@@ -104,6 +105,31 @@ def test_huge_images_are_box_reduced_first_and_ordinary_ones_untouched() -> None
     t0 = time.perf_counter()
     fitted, fit = fit_image(image((8000, 8000)), clip)
     assert fitted.size == (97, 97) and time.perf_counter() - t0 < 2.0
+
+
+def test_decode_side_leaves_the_fit_its_margin() -> None:
+    from workbench.models.image_limits import REDUCING_GAP, fixed_limits
+
+    clip = limits_for(_processor("clip"))
+    assert clip.decode_side() == 96 and fixed_limits(224).decode_side() == 672  # 3 × the processor's side
+    assert qwen_limits(448 * 448).decode_side() == 3 * 448
+    assert endpoint_limits(1280).decode_side() == 0 and endpoint_limits(0).decode_side() == 0  # the server resizes
+    for limits in (clip, fixed_limits(224), qwen_limits(448 * 448)):  # a decode that small still has the margin
+        side = limits.decode_side()
+        assert limits.scale(side, side) >= REDUCING_GAP
+
+
+def test_a_jpeg_decoded_smaller_is_recorded_and_still_fits(tmp_path) -> None:
+    path = tmp_path / "photo.jpg"
+    render_meme("большое фото", size=(1600, 1200)).save(path, quality=90)
+    clip = limits_for(_processor("clip"))
+    decoded = load_rgb(path, min_side=clip.decode_side())
+    assert decoded.size == (200, 150)  # 1/8: both sides still >= 96
+    fitted, fit = fit_image(decoded, clip)
+    assert fit == {"decoded": [200, 150], "original": [1600, 1200], "size": [200, 150]}
+    assert fitted is decoded and clip.scale(*fitted.size) >= 3  # the processor resizes from >= 3× its size
+    _, full_fit = fit_image(load_rgb(path), clip)
+    assert full_fit["reduce"] == 12 and full_fit["original"] == [1600, 1200]
 
 
 def test_ingest_refuses_1x1_and_20000x20000_already() -> None:
@@ -201,7 +227,7 @@ def test_extreme_shapes_through_the_embedders(settings, session, extreme_memes, 
     vectors = load_embeddings(session, emb, list(extreme_memes.values()))
     session.commit()
     assert len(vectors) == 3 and all(np.isfinite(v).all() for v in vectors.values())
-    assert emb.config()["image_fit"] == 1  # a change of the fitting rules is a new embedding fingerprint
+    assert emb.config()["image_fit"] == IMAGE_FIT_VERSION  # a change of the fitting rules is a new embedding fingerprint
 
 
 @pytest.mark.parametrize("method", ["eigencam", "gradcam"])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from workbench.config import MAX_UPLOAD_BYTES
-from workbench.store.images import InvalidImage, ensure_thumbnail, load_rgb, safe_filename, validate_bytes
+from workbench.store.images import ORIGINAL_SIZE, InvalidImage, ensure_thumbnail, load_rgb, safe_filename, validate_bytes
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -190,6 +190,17 @@ def test_min_side_decodes_a_jpeg_smaller_but_never_below_it() -> None:
     assert rotated.size[1] > rotated.size[0]
     png = encode(halves((800, 400)), "PNG")
     assert load_rgb(png, min_side=128).size == (800, 400)  # only JPEG can be decoded smaller
+
+
+def test_a_smaller_decode_remembers_the_files_size_as_displayed() -> None:
+    data = encode(halves((800, 400)), "JPEG", quality=90)
+    assert load_rgb(data, min_side=128).info[ORIGINAL_SIZE] == (800, 400)
+    assert ORIGINAL_SIZE not in load_rgb(data).info and ORIGINAL_SIZE not in load_rgb(data, min_side=400).info
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 400 wide, 800 high
+    rotated = load_rgb(encode(halves((800, 400)), "JPEG", quality=90, exif=exif), min_side=100)
+    assert rotated.size == (100, 200) and rotated.info[ORIGINAL_SIZE] == (400, 800)
+    assert ORIGINAL_SIZE not in load_rgb(encode(halves((800, 400)), "PNG"), min_side=100).info
 
 
 def test_thumbnail_is_made_once(tmp_path) -> None:

@@ -20,13 +20,16 @@ from workbench.predictors.base import PredictorStep
 from workbench.runs.pipeline import DEFAULT_DEPTH, SWITCH_INTERVAL_S, default_threads
 from workbench.runs.runner import run_step
 from workbench.runs.step import WorkItem
+from workbench.store.demo_memes import write_sample_memes
 from workbench.store.schema import Job, Prediction
 
 
 @pytest.fixture
 def memes(make_memes, settings) -> list[int]:
-    """14 generated memes, the first with OCR text."""
-    return make_memes(n=14, seed=21, size=(200, 150))
+    """14 generated memes, the first with OCR text; two are large JPEGs, which the runner decodes
+    at reduced scale for these models (`decode_side`)."""
+    write_sample_memes(settings.memes_dir, n=2, seed=24, size=(1600, 1200), fmt="JPEG")
+    return make_memes(n=12, seed=21, size=(200, 150))
 
 
 def run(settings, step, ids, **kwargs):
@@ -66,6 +69,8 @@ def test_pipelined_predictions_equal_the_sequential_path(settings, session, meme
     after = snapshot(session, pipelined.run_id)
     assert pipelined.run_id == sequential.run_id and (pipelined.done, pipelined.failed) == (13, 1)
     assert after == before  # labels, probabilities (bit for bit), answers, errors, image_fit records
+    decoded = [r[6]["image_fit"] for r in after if "decoded" in r[6].get("image_fit", {})]
+    assert len(decoded) == 2 and all(fit["original"] == [1600, 1200] for fit in decoded)
     errors = [r[5] for r in after if r[5]]
     assert len(errors) == 1 and errors[0].startswith("cannot read image")
     with session.begin():

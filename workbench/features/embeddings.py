@@ -82,6 +82,11 @@ class Embedder:
         """The image fitted to the model's input limits (thread-safe; after `load`)."""
         return image
 
+    def decode_side(self) -> int:
+        """The short side images may be decoded down to for this model (`ImageLimits.decode_side`;
+        0 = in full; after `load`)."""
+        return 0
+
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         """[n, dim] float32 vectors for aligned images (as `prepare_image` returns them) and OCR texts."""
         raise NotImplementedError
@@ -109,6 +114,11 @@ class ClipImageEmbedder(Embedder):
 
         return fit_image(image, limits(self._loaded()[1]))[0]
 
+    def decode_side(self) -> int:
+        from workbench.models.clip import limits
+
+        return limits(self._loaded()[1]).decode_side()
+
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         from workbench.models.clip import encode_images
 
@@ -125,6 +135,9 @@ class ClipTextEmbedder(ClipImageEmbedder):
 
     def prepare_image(self, image: Any) -> Any:
         return image  # not used
+
+    def decode_side(self) -> int:
+        return 0
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         from workbench.models.clip import encode_texts
@@ -170,6 +183,11 @@ class VlmPooledEmbedder(Embedder):
         from workbench.models.vlm import image_limits
 
         return fit_image(image, image_limits(self._loaded()[1], self.max_pixels))[0]
+
+    def decode_side(self) -> int:
+        from workbench.models.vlm import image_limits
+
+        return image_limits(self._loaded()[1], self.max_pixels).decode_side()
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         import torch
@@ -295,7 +313,7 @@ class EmbedStep(Step):
 
     def prefetch(self, item: WorkItem) -> Any:
         """The decoded image fitted to the model's limits, or this item's error (prefetch threads)."""
-        return prefetch_image(item, self.embedder.prepare_image)
+        return prefetch_image(item, self.embedder.prepare_image, min_side=self.embedder.decode_side())
 
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
         import time

@@ -18,6 +18,11 @@ limits)` brings an image inside them and says what it did, which predictors stor
 2. letterbox: pad the short side (with the processor's mean colour, i.e. zeros after
    normalisation) until the aspect ratio is within `max_aspect`.
 An image already inside the limits comes back unchanged (the same object).
+
+`ImageLimits.decode_side()` is how small the decoder may make an image (a JPEG decoded at
+1/2–1/8 scale in the DCT, `load_rgb(min_side=...)`) and still leave the fit that REDUCING_GAP
+margin: the job runner decodes for models at that size, which for a large JPEG skips most
+of the decode the box reduce would throw away (the fit record says "decoded" at what size).
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from typing import Any
 
 from PIL import Image as PILImage
 
-IMAGE_FIT_VERSION = 1  # part of every image model's config: a change of the fitting rules is a new run
+from workbench.store.images import ORIGINAL_SIZE
+
+IMAGE_FIT_VERSION = 2  # part of every image model's config: a change of the fitting rules is a new run
+# (2: large JPEGs are decoded at reduced DCT scale, `decode_side`)
 QWEN_MAX_ASPECT = 200.0  # transformers' smart_resize raises above it
 QWEN_FACTOR = 28  # patch 14 × merge 2
 FIXED_SIZE_MAX_ASPECT = 2.0  # CLIP's centre crop / SigLIP's squash: at most half of a meme is lost / 2× distortion
@@ -61,6 +69,19 @@ class ImageLimits:
         if self.mode == "pixels" and self.pixels:
             return math.sqrt(width * height / self.pixels)
         return 0.0
+
+    def decode_side(self) -> int:
+        """The short side an image may be decoded down to (`load_rgb(min_side=...)`) with
+        `scale` still ≥ REDUCING_GAP, i.e. no less than the fit's own box reduce keeps
+        (both sides that long make `scale` that large in every mode); 0 = decode in full
+        (unknown processors, and endpoints, whose server does its own resizing)."""
+        if self.max_side:
+            return 0
+        if self.mode in ("shortest_edge", "fixed") and self.width and self.height:
+            return math.ceil(REDUCING_GAP * max(self.width, self.height))
+        if self.mode == "pixels" and self.pixels:
+            return math.ceil(REDUCING_GAP * math.sqrt(self.pixels))
+        return 0
 
 
 def qwen_limits(max_pixels: int, factor: int = QWEN_FACTOR, mean: tuple[float, ...] = QWEN_MEAN,
@@ -108,11 +129,13 @@ def fixed_limits(side: int, mean: tuple[float, ...] = QWEN_MEAN) -> ImageLimits:
 def fit_image(image: PILImage.Image, limits: ImageLimits) -> tuple[PILImage.Image, dict[str, Any]]:
     """`image` brought inside `limits`, and what was done ({} when nothing: the same image back).
 
-    The record: "original" [w, h]; "reduce" k (box-filtered 1/k) or "resize" [w, h] (max_side);
+    The record: "original" [w, h] (of the file); "decoded" [w, h] when the decoder made it
+    smaller (`decode_side`); "reduce" k (box-filtered 1/k) or "resize" [w, h] (max_side);
     "pad" [left, top, right, bottom] with "aspect" (the original long:short ratio); "size" [w, h]
     of the result."""
     width, height = image.size
-    fit: dict[str, Any] = {}
+    original = list(image.info.get(ORIGINAL_SIZE, image.size))
+    fit: dict[str, Any] = {"decoded": [width, height]} if original != [width, height] else {}
     out = image
     if limits.max_side and max(width, height) > limits.max_side:
         ratio = limits.max_side / max(width, height)
@@ -133,10 +156,10 @@ def fit_image(image: PILImage.Image, limits: ImageLimits) -> tuple[PILImage.Imag
         canvas.paste(out.convert("RGB"), (left, top))
         out = canvas
         fit["pad"] = [left, top, padded_w - w - left, padded_h - h - top]
-        fit["aspect"] = round(max(width, height) / min(width, height), 2)
+        fit["aspect"] = round(max(original) / min(original), 2)
     if not fit:
         return image, {}
-    fit["original"] = [width, height]
+    fit["original"] = original
     fit["size"] = list(out.size)
     return out, fit
 

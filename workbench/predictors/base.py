@@ -91,6 +91,11 @@ class Predictor:
         `load()`: no model calls, no shared mutable state."""
         return image, {}
 
+    def decode_side(self) -> int:
+        """The short side the job runner may decode this model's images down to (a JPEG's DCT
+        scaling; `ImageLimits.decode_side`), 0 = in full. After `load()`."""
+        return 0
+
     def preprocess_images(self, images: list[PILImage.Image]) -> list[Any]:
         """Model-ready inputs of each prepared image (e.g. pixel tensors), in one call for the
         batch (a processor's per-call overhead is paid once), made in the prefetch threads so
@@ -206,11 +211,12 @@ class PredictorStep(Step):
         self.predictor.load()
 
     def prefetch_batch(self, items: list[WorkItem]) -> list[PredictInput | ItemResult]:
-        """Decode each image (load_rgb), fit them to the model's limits and preprocess them in
+        """Decode each image (load_rgb, as small as `decode_side` allows), fit them to the model's limits and preprocess them in
         one call; an unreadable file, or an image the model cannot take, becomes that item's
         error. The runner calls it in its prefetch threads; `process` for what it did not."""
-        decoded = [prefetch_image(item, lambda image, item=item: PredictInput(item.image_id, image, item.ocr_text))
-                   for item in items]
+        min_side = self.predictor.decode_side()
+        decoded = [prefetch_image(item, lambda image, item=item: PredictInput(item.image_id, image, item.ocr_text),
+                                  min_side=min_side) for item in items]
         prepared = iter(prepare_each(self.predictor, [d for d in decoded if isinstance(d, PredictInput)]))
         out: list[PredictInput | ItemResult] = []
         for item, ready in zip(items, decoded, strict=True):

@@ -165,6 +165,10 @@ class ClipPredictor(Predictor):
         self._loaded()
         return fit_image(image, self.limits)
 
+    def decode_side(self) -> int:
+        self._loaded()
+        return self.limits.decode_side()
+
     def preprocess_images(self, images: list[Any]) -> list[Any]:
         """One processor call for the batch, split into per-image tensors (views, no copies)."""
         if not images:

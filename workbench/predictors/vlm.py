@@ -126,6 +126,10 @@ class LocalVlmPredictor(Predictor):
         self._loaded()
         return fit_image(image, self._limits)
 
+    def decode_side(self) -> int:
+        self._loaded()
+        return self._limits.decode_side()
+
     # ----------------------------------------------------------------- predicting
 
     def predict(self, batch: list[PredictInput]) -> list[PredictOutput]:

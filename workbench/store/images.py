@@ -29,6 +29,7 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # PIL warns above this and raises abo
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp"}
 ACCEPTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 EXIF_ORIENTATION = 0x0112
+ORIGINAL_SIZE = "workbench.original_size"  # image.info key: (w, h) of a file load_rgb decoded smaller
 SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 90 / transverse / rotate 270
 
 
@@ -148,9 +149,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def load_rgb(source: Path | str | bytes, min_side: int = 0) -> Image.Image:
     """Decode an image for models and display: first frame, EXIF-oriented, RGB.
 
-    `min_side`: the caller only needs the short side at least this long (hashing), so a JPEG
-    may be decoded at 1/2, 1/4 or 1/8 scale in the DCT (Pillow's `draft`), which skips most of
-    the inverse DCT and colour work; other formats, and 0, decode at full size.
+    `min_side`: the caller only needs the short side at least this long (hashing, models that
+    shrink images anyway), so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT
+    (Pillow's `draft`), which skips most of the inverse DCT and colour work; other formats,
+    and 0, decode at full size. A smaller decode keeps the file's size (as displayed) in
+    `image.info[ORIGINAL_SIZE]`.
 
     No copies: the decoded image is handed back as it is (a file's single frame is detached
     from the file once loaded); EXIF orientation is applied in place and RGB conversion only
@@ -159,12 +162,18 @@ def load_rgb(source: Path | str | bytes, min_side: int = 0) -> Image.Image:
     with fp:
         im = Image.open(fp)
         try:
+            full = im.size
             if min_side > 0 and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))  # keeps both sides >= min_side
+                if im.size != full and im.getexif().get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS:
+                    full = full[::-1]  # as displayed, like the decoded image after the transpose
+            reduced = im.size != full
             im.seek(0)
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
             rgb = to_rgb(im)
+            if reduced:
+                rgb.info[ORIGINAL_SIZE] = full
         except BaseException:
             im.close()
             raise
