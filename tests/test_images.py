@@ -169,6 +169,19 @@ def test_load_rgb_table(case: str, build: Callable[[], bytes], size: tuple[int, 
         assert near(im.getpixel(xy), colour, tol=12 if "16-bit" in case else 40), (case, xy, im.getpixel(xy))
 
 
+def test_an_opaque_rgba_image_takes_the_short_way_to_the_same_pixels() -> None:
+    from workbench.store.images import to_rgb
+
+    rng = np.random.default_rng(3)
+    rgba = Image.fromarray(rng.integers(0, 256, (24, 32, 4), dtype=np.uint8), "RGBA")
+    rgba.putalpha(255)  # opaque, as most screenshots saved with an alpha channel are
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    composited = Image.alpha_composite(white, rgba).convert("RGB")  # what a transparent one gets
+    assert to_rgb(rgba).tobytes() == composited.tobytes()
+    rgba.putpixel((0, 0), (10, 20, 30, 254))  # one pixel not quite opaque: composited after all
+    assert to_rgb(rgba).getpixel((0, 0)) != (10, 20, 30)
+
+
 def test_loaded_image_outlives_its_file(tmp_path) -> None:
     """load_rgb hands back the decoded image without copying it: it must not depend on the file."""
     for name, data in (("a.png", encode(halves(), "PNG")), ("b.jpg", exif_rotated_jpeg()), ("c.gif", animated_gif())):

@@ -137,6 +137,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return Image.fromarray(arr, "L").convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode == "RGBA" and im.getchannel("A").getextrema() == (255, 255):
+        return im.convert("RGB")  # opaque (screenshots often are): compositing would change nothing
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
