@@ -214,6 +214,18 @@ def test_embeddings_are_cached_resumable_and_text_ones_follow_ocr_corrections(se
         assert len(session.scalars(select(Embedding).where(Embedding.image_id == ids[0])).all()) == 2  # old one replaced
 
 
+def test_text_embeddings_never_read_the_image_file(settings, tiny_clip: str) -> None:
+    ids = _memes(settings, 3)
+    with session_scope(settings.db_url) as session:
+        path = settings.memes_dir / session.get(Image, ids[1]).path
+    path.write_bytes(b"no longer an image")
+    args = {"memes_dir": settings.memes_dir, "lock_dir": settings.artefacts_dir}
+    text = run_step(settings.db_url, EmbedStep(ClipTextEmbedder(tiny_clip, dtype="float32")), ids, **args)
+    assert (text.done, text.failed) == (3, 0)  # the OCR text is in the database: the file is not needed
+    image = run_step(settings.db_url, EmbedStep(ClipImageEmbedder(tiny_clip, dtype="float32")), ids, **args)
+    assert (image.done, image.failed) == (2, 1) and image.errors[0][1].startswith("cannot read image")
+
+
 def test_head_run_is_out_of_fold_for_labeled_images_and_saves_a_loadable_head(settings, tiny_clip: str) -> None:
     ids = _memes(settings, 16, unlabeled=3)
     _embed(settings, tiny_clip, ids)

@@ -60,6 +60,7 @@ class Embedder:
 
     kind: str = "embedding"
     uses_text: bool = False  # the vector depends on the image's OCR text
+    uses_image: bool = True  # False: the image is never decoded (text-only embedders)
 
     def config(self) -> dict[str, Any]:
         """What determines the vector (model id, prompt ...)."""
@@ -129,15 +130,13 @@ class ClipImageEmbedder(Embedder):
 class ClipTextEmbedder(ClipImageEmbedder):
     kind = "clip-text"
     uses_text = True
+    uses_image = False
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_name}
 
     def prepare_image(self, image: Any) -> Any:
         return image  # not used
-
-    def decode_side(self) -> int:
-        return 0
 
     def embed(self, images: list[Any], texts: list[str]) -> np.ndarray:
         from workbench.models.clip import encode_texts
@@ -312,7 +311,10 @@ class EmbedStep(Step):
         self.embedder.load()
 
     def prefetch(self, item: WorkItem) -> Any:
-        """The decoded image fitted to the model's limits, or this item's error (prefetch threads)."""
+        """The decoded image fitted to the model's limits, or this item's error (prefetch threads);
+        None for a text-only embedder (nothing to decode)."""
+        if not self.embedder.uses_image:
+            return None
         return prefetch_image(item, self.embedder.prepare_image, min_side=self.embedder.decode_side())
 
     def process(self, items: list[WorkItem]) -> list[ItemResult]:
