@@ -10,7 +10,8 @@ present; the files are read where they are, never copied), side by side, interle
     could reach here ("of ceiling" is each row against it);
   - runner, prefetch=0: decode, fit, preprocess, model and commits one after another;
   - runner, prefetch threads (one per core): the same, decode/fit/preprocess in threads,
-    with Python's default 5 ms GIL switch interval and with the pipeline's shorter one;
+    with Python's and Pillow's defaults, and with the pipeline's thread-friendly settings
+    (Pillow's block cache, a 0.5 ms GIL switch interval: workbench/runs/pipeline.py);
 and whether both runner paths stored identical predictions. The tiny model runs with one torch
 thread (intra-op threads only add overhead to its tiny matrices). A two-process CPU probe
 shows how many cores the machine really gave (shared machines vary).
@@ -126,7 +127,7 @@ def measure(title: str, settings: Any, predictor: Any, ids: list[int], paths: li
     """Interleaved repetitions of the measurements; medians."""
     from workbench.runs import pipeline
 
-    interval = pipeline.SWITCH_INTERVAL_S
+    tuned = pipeline.SWITCH_INTERVAL_S, pipeline.BLOCKS_PER_THREAD
     rates: dict[str, list[float]] = {}
     cores: dict[str, list[float]] = {}
     identical = True
@@ -136,8 +137,9 @@ def measure(title: str, settings: Any, predictor: Any, ids: list[int], paths: li
         rates.setdefault("raw", []).append(raw)
         rates.setdefault("load_rgb", []).append(loader)
         rates.setdefault("raw2", []).append(two_process_decode_rate(paths))
-        for name, prefetch in (("sequential", 0), ("pipelined, 5 ms", None), ("pipelined", None)):
-            pipeline.SWITCH_INTERVAL_S = 0.005 if name == "pipelined, 5 ms" else interval
+        for name, prefetch in (("sequential", 0), ("pipelined, plain", None), ("pipelined", None)):
+            plain = name == "pipelined, plain"  # Python's 5 ms switch interval, no Pillow block cache
+            pipeline.SWITCH_INTERVAL_S, pipeline.BLOCKS_PER_THREAD = (0.005, 0) if plain else tuned
             rate, used, run_id = runner_rate(settings, predictor, ids, prefetch)
             rates.setdefault(name, []).append(rate)
             cores.setdefault(name, []).append(used)
@@ -150,8 +152,8 @@ def measure(title: str, settings: Any, predictor: Any, ids: list[int], paths: li
     for name, what in (("raw", "decode, 1 core: PIL open + load"), ("load_rgb", "decode, 1 core: load_rgb"),
                        ("raw2", "decode, 2 processes (this machine's ceiling)"),
                        ("sequential", "job runner, prefetch=0 (sequential)"),
-                       ("pipelined, 5 ms", "job runner, prefetch threads, GIL switch 5 ms (Python's)"),
-                       ("pipelined", f"job runner, prefetch threads, GIL switch {interval * 1000:g} ms")):
+                       ("pipelined, plain", "job runner, prefetch threads, Python's and Pillow's defaults"),
+                       ("pipelined", "job runner, prefetch threads, thread-friendly settings")):
         rows.append({"memes": title, "variant": what, "img/s": med[name],
                      "× load_rgb": med[name] / med["load_rgb"], "× raw decode": med[name] / med["raw"],
                      "of ceiling": med[name] / med["raw2"],

@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 from tests.support.tiny_models import tiny_model_dir
 from workbench.features.embeddings import ClipImageEmbedder, EmbedStep, load_embeddings
 from workbench.predictors import make_predictor
 from workbench.predictors.base import PredictorStep
-from workbench.runs.pipeline import DEFAULT_DEPTH, SWITCH_INTERVAL_S, default_threads
+from workbench.runs.pipeline import BLOCKS_PER_THREAD, DEFAULT_DEPTH, SWITCH_INTERVAL_S, default_threads
 from workbench.runs.runner import run_step
 from workbench.runs.step import WorkItem
 from workbench.store.demo_memes import write_sample_memes
@@ -100,11 +101,13 @@ class CountingStep(PredictorStep):
         self.prefetched = self.processed = self.most_waiting = 0
         self.threads: set[str] = set()
         self.switch_intervals: set[float] = set()
+        self.blocks_max: set[int] = set()
 
     def prefetch_batch(self, items: list[WorkItem]) -> list[Any]:
         out = super().prefetch_batch(items)
         with self.lock:
             self.switch_intervals.add(sys.getswitchinterval())
+            self.blocks_max.add(PILImage.core.get_blocks_max())
             self.prefetched += len(items)
             self.most_waiting = max(self.most_waiting, self.prefetched - self.processed)
             self.threads.add(threading.current_thread().name)
@@ -120,11 +123,13 @@ class CountingStep(PredictorStep):
 def test_prefetching_is_bounded_whatever_the_job_size(settings, session, make_memes) -> None:
     ids = make_memes(n=40, seed=22, size=(96, 96))
     step = CountingStep(make_predictor("clip", model=str(tiny_model_dir("clip")), dtype="float32", use_ocr=False))
-    interval = sys.getswitchinterval()
+    interval, blocks = sys.getswitchinterval(), PILImage.core.get_blocks_max()
     summary = run(settings, step, ids, batch_size=2, prefetch=2)
     assert summary.done == 40 and step.prefetched == 40
     assert step.switch_intervals == {SWITCH_INTERVAL_S} and SWITCH_INTERVAL_S < interval  # shorter while it ran
+    assert step.blocks_max == {max(blocks, 2 * BLOCKS_PER_THREAD)}  # Pillow kept image memory for reuse
     assert sys.getswitchinterval() == interval  # and Python's own again after
+    assert PILImage.core.get_blocks_max() == blocks and PILImage.core.get_stats()["blocks_cached"] <= blocks
     assert step.most_waiting <= (DEFAULT_DEPTH + 1) * 2  # never more than the batch with the model + `depth` ahead
     assert step.threads and all(name.startswith("prefetch") for name in step.threads)  # not the model's thread
 

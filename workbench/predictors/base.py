@@ -29,10 +29,12 @@ class PredictInput:
     image_id: int
     image: PILImage.Image  # RGB, EXIF-oriented, first frame (workbench.store.images.load_rgb)
     ocr_text: str = ""
-    # Set by `prepare_inputs`: what fitting the image to the model's limits did ({} = nothing;
-    # None = not prepared yet), and the model-ready inputs `Predictor.preprocess_images` made.
+    # Set by `fit_input`: what fitting the image to the model's limits did ({} = nothing; None =
+    # not fitted yet); by `prepare_inputs`: the model-ready inputs `Predictor.preprocess_images`
+    # made, and `ready`.
     fit: dict[str, Any] | None = None
     pixels: Any = None
+    ready: bool = False
 
 
 @dataclass
@@ -110,18 +112,24 @@ class Predictor:
         return f"{self.kind}:{self.model_id()}"
 
 
+def fit_input(predictor: Predictor, item: PredictInput) -> PredictInput:
+    """The item with its image fitted to the predictor's limits (in place; once)."""
+    if item.fit is None:
+        item.image, item.fit = predictor.prepare_image(item.image)
+    return item
+
+
 def prepare_inputs(predictor: Predictor, batch: list[PredictInput]) -> list[PredictInput]:
-    """Fit each item's image to the predictor's limits and preprocess them together, once
-    (in place; already prepared items are left as they are). Raises if an image cannot be
+    """Fit each item's image to the predictor's limits (`fit_input`) and preprocess them
+    together, once (in place; ready items are left as they are). Raises if an image cannot be
     prepared; `prepare_each` is the per-item-error version."""
-    todo = [item for item in batch if item.fit is None]
-    fitted = [predictor.prepare_image(item.image) for item in todo]
+    todo = [fit_input(predictor, item) for item in batch if not item.ready]
     try:
-        pixels = predictor.preprocess_images([image for image, _ in fitted])
+        pixels = predictor.preprocess_images([item.image for item in todo])
     except Exception:  # noqa: BLE001 - one image spoils a batch call: find it, one by one
-        pixels = [predictor.preprocess_images([image])[0] for image, _ in fitted]
-    for item, (image, fit), prepared in zip(todo, fitted, pixels, strict=True):
-        item.image, item.fit, item.pixels = image, fit, prepared
+        pixels = [predictor.preprocess_images([item.image])[0] for item in todo]
+    for item, prepared in zip(todo, pixels, strict=True):
+        item.pixels, item.ready = prepared, True
     return batch
 
 
@@ -161,12 +169,14 @@ def get_or_create_run(session: Session, predictor: Predictor) -> ModelRun:
 
 def upsert_predictions(session: Session, run_id: int, rows: Sequence[tuple[int, PredictOutput]]) -> None:
     """Store outputs for (image_id, output) pairs, replacing an earlier row of the same run+image
-    (one DELETE and one bulk INSERT per batch)."""
+    (one DELETE and one executemany INSERT per batch, in Core: the ORM's bulk path held the GIL
+    several times longer, time the job runner's prefetch threads wait for)."""
     ids = [image_id for image_id, _ in rows]
     if not ids:
         return
-    session.execute(delete(Prediction).where(Prediction.run_id == run_id, Prediction.image_id.in_(ids)))
-    session.execute(insert(Prediction), [
+    table = Prediction.__table__
+    session.execute(delete(table).where(table.c.run_id == run_id, table.c.image_id.in_(ids)))
+    session.execute(insert(table), [
         {"run_id": run_id, "image_id": image_id, "label": out.label, "prob_toxic": out.prob_toxic,
          "explanation": out.explanation, "raw_output": out.raw_output, "latency_ms": out.latency_ms,
          "error": out.error, "extra": out.extra or {}}
@@ -211,12 +221,17 @@ class PredictorStep(Step):
         self.predictor.load()
 
     def prefetch_batch(self, items: list[WorkItem]) -> list[PredictInput | ItemResult]:
-        """Decode each image (load_rgb, as small as `decode_side` allows), fit them to the model's limits and preprocess them in
+        """Decode each image (load_rgb, as small as `decode_side` allows) and fit it to the
+        model's limits at once (only the fitted image is kept), then preprocess them all in
         one call; an unreadable file, or an image the model cannot take, becomes that item's
         error. The runner calls it in its prefetch threads; `process` for what it did not."""
         min_side = self.predictor.decode_side()
-        decoded = [prefetch_image(item, lambda image, item=item: PredictInput(item.image_id, image, item.ocr_text),
-                                  min_side=min_side) for item in items]
+
+        def fitted(image: PILImage.Image, item: WorkItem) -> PredictInput:
+            return fit_input(self.predictor, PredictInput(item.image_id, image, item.ocr_text))
+
+        decoded = [prefetch_image(item, lambda image, item=item: fitted(image, item), min_side=min_side)
+                   for item in items]
         prepared = iter(prepare_each(self.predictor, [d for d in decoded if isinstance(d, PredictInput)]))
         out: list[PredictInput | ItemResult] = []
         for item, ready in zip(items, decoded, strict=True):

@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from workbench.runs.lock import heavy_job_lock
@@ -213,12 +213,10 @@ def _failed_before_start(session: Session, step: Step, ids: list[int], exc: Exce
 
 
 def _update_job(session: Session, job_id: int, progress: Progress, status: str) -> None:
-    job = session.get(Job, job_id)
-    if job is None:
-        return
-    job.done, job.failed, job.skipped = progress.done, progress.failed, progress.skipped
-    job.status = status
-    job.heartbeat_at = utcnow()
+    # One Core UPDATE per batch: no ORM load and flush on the model thread.
+    table = Job.__table__
+    session.execute(update(table).where(table.c.id == job_id).values(
+        done=progress.done, failed=progress.failed, skipped=progress.skipped, status=status, heartbeat_at=utcnow()))
 
 
 def _close_job(Session_, step: Step, job_id: int, progress: Progress, status: str, error: str | None) -> None:  # noqa: ANN001
