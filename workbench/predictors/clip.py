@@ -244,10 +244,9 @@ class ClipPredictor(Predictor):
     def _predict(self, batch: list[PredictInput]) -> list[PredictOutput]:
         import torch
 
-        model, processor = self._loaded()
+        model = self._loaded()[0]
         t0 = time.perf_counter()
-        pixels = [item.pixels if item.pixels is not None else image_pixels(processor, [item.image]) for item in batch]
-        image_emb = embed_pixels(model, concat_pixels(pixels))
+        image_emb = embed_pixels(model, concat_pixels([item.pixels for item in batch]))  # set by prepare_inputs
         scale = float(model.logit_scale.detach().float().exp()) if hasattr(model, "logit_scale") else 100.0
         rows = []  # (text, prompts, truncated, class embeddings) per item
         for item in batch:

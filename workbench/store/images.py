@@ -167,9 +167,9 @@ def load_rgb(source: Path | str | bytes, min_side: int = 0) -> Image.Image:
             full = im.size
             if min_side > 0 and im.format == "JPEG":
                 im.draft("RGB", (min_side, min_side))  # keeps both sides >= min_side
-                if im.size != full and im.getexif().get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS:
-                    full = full[::-1]  # as displayed, like the decoded image after the transpose
             reduced = im.size != full
+            if reduced and im.getexif().get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS:
+                full = full[::-1]  # as displayed, like the decoded image after the transpose
             im.seek(0)
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
