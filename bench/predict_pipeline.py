@@ -10,8 +10,9 @@ present; the files are read where they are, never copied), side by side, interle
     could reach here ("of ceiling" is each row against it);
   - runner, prefetch=0: decode, fit, preprocess, model and commits one after another;
   - runner, prefetch threads (one per core): the same, decode/fit/preprocess in threads,
-    with Python's and Pillow's defaults, and with the pipeline's thread-friendly settings
-    (Pillow's block cache, a 0.5 ms GIL switch interval: workbench/runs/pipeline.py);
+    with Python's and Pillow's defaults, and with the thread-friendly settings (Pillow's block
+    cache and a 0.5 ms GIL switch interval: workbench/runs/pipeline.py; PNG image data read
+    in large pieces, not a chunk per decoder call: `load_rgb`);
 and whether both runner paths stored identical predictions. The tiny model runs with one torch
 thread (intra-op threads only add overhead to its tiny matrices). A two-process CPU probe
 shows how many cores the machine really gave (shared machines vary).
@@ -126,8 +127,9 @@ def measure(title: str, settings: Any, predictor: Any, ids: list[int], paths: li
             reps: int) -> list[dict[str, Any]]:
     """Interleaved repetitions of the measurements; medians."""
     from workbench.runs import pipeline
+    from workbench.store import images
 
-    tuned = pipeline.SWITCH_INTERVAL_S, pipeline.BLOCKS_PER_THREAD
+    tuned = pipeline.SWITCH_INTERVAL_S, pipeline.BLOCKS_PER_THREAD, images.PNG_READ_BYTES
     rates: dict[str, list[float]] = {}
     cores: dict[str, list[float]] = {}
     identical = True
@@ -138,8 +140,9 @@ def measure(title: str, settings: Any, predictor: Any, ids: list[int], paths: li
         rates.setdefault("load_rgb", []).append(loader)
         rates.setdefault("raw2", []).append(two_process_decode_rate(paths))
         for name, prefetch in (("sequential", 0), ("pipelined, plain", None), ("pipelined", None)):
-            plain = name == "pipelined, plain"  # Python's 5 ms switch interval, no Pillow block cache
-            pipeline.SWITCH_INTERVAL_S, pipeline.BLOCKS_PER_THREAD = (0.005, 0) if plain else tuned
+            plain = name == "pipelined, plain"  # 5 ms switch interval, no block cache, PNG read chunk by chunk
+            pipeline.SWITCH_INTERVAL_S, pipeline.BLOCKS_PER_THREAD, images.PNG_READ_BYTES = (
+                (0.005, 0, 0) if plain else tuned)
             rate, used, run_id = runner_rate(settings, predictor, ids, prefetch)
             rates.setdefault(name, []).append(rate)
             cores.setdefault(name, []).append(used)

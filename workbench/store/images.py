@@ -31,6 +31,7 @@ ACCEPTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 EXIF_ORIENTATION = 0x0112
 ORIGINAL_SIZE = "workbench.original_size"  # image.info key: (w, h) of a file load_rgb decoded smaller
 SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transpose / rotate 90 / transverse / rotate 270
+PNG_READ_BYTES = 1 << 20  # compressed PNG bytes handed to the decoder per call (0 = Pillow's way: one chunk)
 
 
 class InvalidImage(ValueError):
@@ -171,7 +172,7 @@ def load_rgb(source: Path | str | bytes, min_side: int = 0) -> Image.Image:
             if reduced and im.getexif().get(EXIF_ORIENTATION) in SWAPPING_ORIENTATIONS:
                 full = full[::-1]  # as displayed, like the decoded image after the transpose
             im.seek(0)
-            im.load()
+            _load(im)
             ImageOps.exif_transpose(im, in_place=True)
             rgb = to_rgb(im)
             if reduced:
@@ -183,6 +184,40 @@ def load_rgb(source: Path | str | bytes, min_side: int = 0) -> Image.Image:
             rgb = im.copy()
             im.close()
         return rgb
+
+
+def _load(im: Image.Image) -> None:
+    """`im.load()`; a PNG's image data is handed to the decoder up to PNG_READ_BYTES per call
+    instead of one IDAT chunk per call. Encoders write small chunks (libpng 8 KB; the real
+    memes have 4 KB ones, ~125 an image) and each call takes the GIL back, so threads decoding
+    PNGs side by side (the job runner's prefetch) queued for the GIL once per chunk. The same
+    bytes in the same order: the same pixels.
+
+    Through the plugin's `load_read` hook (ImageFile.load reads with it): it returns one
+    chunk's data per call and b"" at the first chunk that is not image data (pushed back for
+    `load_end`), so joining calls until that b"" or enough bytes leaves the file where it was."""
+    if im.format != "PNG" or not PNG_READ_BYTES:
+        im.load()
+        return
+    read_chunk = im.load_read  # type: ignore[attr-defined]
+
+    def read_pieces(read_bytes: int) -> bytes:
+        pieces, got = [], 0
+        while got < read_bytes:
+            piece = read_chunk(read_bytes - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    im.load_read, im.decodermaxblock = read_pieces, PNG_READ_BYTES  # type: ignore[attr-defined]
+    try:
+        im.load()
+    finally:
+        # The wrapper refers to the image: left on it, the image would be freed by the garbage
+        # collector only, not when its last user lets go (13 % slower decoding, memory piling up).
+        del im.load_read  # type: ignore[attr-defined]
 
 
 def sha256_file(path: Path) -> str:
