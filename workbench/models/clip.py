@@ -101,8 +101,13 @@ def encode_texts(model: Any, processor: Any, texts: list[str]) -> Any:
 def image_pixels(processor: Any, images: list[Any]) -> dict[str, Any]:
     """The processor's tensors of `images` (pixel_values [n, 3, H, W], plus e.g. SigLIP2's
     attention mask), on CPU: the model-free half of `encode_images`, which the job runner's
-    prefetch threads run one image at a time."""
-    return dict(processor.image_processor(images=images, return_tensors="pt"))
+    prefetch threads run on their share of a batch.
+
+    Images of one size are resized in one call (`disable_grouping=False`; transformers
+    resizes one by one on CPU by default): the same tensors, and less per-image Python
+    holding the GIL beside the decode threads (small fitted images: 0.16 → 0.11 ms each;
+    at CLIP-L's 224 it made no measurable difference)."""
+    return dict(processor.image_processor(images=images, return_tensors="pt", disable_grouping=False))
 
 
 def concat_pixels(parts: list[dict[str, Any]]) -> dict[str, Any]:
