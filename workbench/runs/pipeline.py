@@ -16,8 +16,8 @@ compute and database commits.
   - Pillow keeps freed image memory for reuse (BLOCKS_PER_THREAD blocks a thread): otherwise
     every decoded image gets fresh zeroed memory while holding the GIL, which serialised the
     threads (2 threads decoding: 1.86× one thread without, 2.0× with);
-  - a shorter GIL switch interval (SWITCH_INTERVAL_S): Pillow gives the GIL back for every
-    64 KB it decodes, and getting it back could wait up to Python's default 5 ms behind
+  - a shorter GIL switch interval (SWITCH_INTERVAL_S): Pillow gives the GIL back between the
+    pieces it decodes (64 KB of a JPEG), and getting it back could wait up to Python's default 5 ms behind
     another thread's Python (the processor, SQLAlchemy, the model's modules);
   - (always on, in `load_rgb`) a PNG's image data reaches the decoder in 1 MB pieces, not
     one chunk per call: the GIL changes hands a few times an image, not ~125 times.
