@@ -227,3 +227,41 @@ def test_a_banner_is_explained_whole_and_the_padding_cut_off(tmp_path, clip_dir)
     assert fit["reduce"] == 5 and fitted.size == (200, 100) and fit["pad"] == [0, 45, 0, 45]  # 1000×50 → 200×10 → 2:1
     result = explain.explain(tmp_path / "art", path, request)
     assert result.cam.shape == (50, 1000) and np.isfinite(result.cam).all()
+
+
+class AtenOps:
+    """The aten ops torch runs inside the block, backward included (a dispatch mode)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        names = self.names = set()
+
+        class Record(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                names.add(str(func.overloadpacket))
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Record()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+@pytest.mark.parametrize("method", explain.CLASS_METHODS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_class_maps_never_run_a_convolution_backward(tmp_path, meme, clip_dir, method, dtype):
+    """The backward stops at the vision embeddings and computes no weight gradients: the patch
+    convolution's bf16 backward hung forever in oneDNN on AMX CPUs (issue 21), and its result
+    is never used. The map itself is still made."""
+    request = explain.CamRequest.for_class(clip_dir, method, "toxic", dtype=dtype)
+    model, _ = load_clip(clip_dir, device="auto", dtype=dtype)
+    with AtenOps() as ops:
+        result = explain.explain(tmp_path, meme, request)
+    assert "aten.convolution" in ops.names  # the forward ran under the recorder
+    assert any(name.endswith("_backward") for name in ops.names)  # and so did a backward
+    assert "aten.convolution_backward" not in ops.names
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+    assert result.cam.max() > 0.5

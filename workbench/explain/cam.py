@@ -33,7 +33,8 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,23 @@ def _make_tower(clip: Any, text_embeds: Any | None) -> Any:
     return ClipImageTower()
 
 
+@contextmanager
+def _backward_stops_at_embeddings(clip: Any) -> Iterator[None]:
+    """Gradients flow from the target back to the vision tower's embeddings and no further.
+
+    The embeddings' output is made a leaf that requires grad, and the loaded weights are frozen
+    (workbench.models.clip), so the backward computes only what grad-cam reads (the target
+    layer's gradients): no weight gradients and no backward through the patch-embedding
+    convolution. That convolution's bf16 backward (oneDNN's brgemm_convolution_bwd_weights)
+    hung forever on CPUs with AMX, and its result was never used."""
+    handle = clip.vision_model.embeddings.register_forward_hook(
+        lambda _module, _inputs, output: output.detach().requires_grad_(True))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def target_layer(clip: Any) -> Any:
     """The layer explained: the last encoder block's first LayerNorm. Its patch tokens still
     feed the CLS token through that block's attention, so gradients reach them (at the block's
@@ -280,11 +298,9 @@ def compute_cam(clip: Any, processor: Any, image: PILImage.Image, request: CamRe
             return torch.log_softmax(output, dim=-1)[index] if contrast else output[index]
 
         def class_map(model: Any, pixels: Any) -> np.ndarray:
-            with torch.enable_grad():
-                pixels.requires_grad_(True)  # activations need a graph even when the weights are frozen
-                with method(model=model, target_layers=[target_layer(model.clip)],
-                            reshape_transform=vit_reshape) as cam:
-                    return cam(input_tensor=pixels, targets=[target])
+            with torch.enable_grad(), _backward_stops_at_embeddings(model.clip), \
+                    method(model=model, target_layers=[target_layer(model.clip)], reshape_transform=vit_reshape) as cam:
+                return cam(input_tensor=pixels, targets=[target])
 
         grayscale = class_map(tower, x)
         if x.dtype != torch.float32 and not np.isfinite(grayscale).all():

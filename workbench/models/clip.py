@@ -48,7 +48,8 @@ def _load(model_id: str, placement: Any, cache_dir: str | None) -> tuple[Any, An
                                "Choose a CLIP or SigLIP checkpoint (e.g. openai/clip-vit-large-patch14).")
     if placement.device == "cpu":
         devices.set_threads()
-    model = model.to(placement.device).eval()
+    # Inference only: frozen weights, so a backward (CAM) never computes weight gradients.
+    model = model.to(placement.device).eval().requires_grad_(False)
     return model, processor
 
 
