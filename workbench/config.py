@@ -30,7 +30,8 @@ LABEL_FOLDERS = {"toxic": "Негативно", "non_toxic": "Нейтральн
 SYSTEM_ANNOTATORS = ("folder", "import")
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+# The largest image file read or accepted (uploads, scans, imports): WORKBENCH_MAX_FILE_MB, default 25.
+MAX_UPLOAD_BYTES = int(float(os.environ.get("WORKBENCH_MAX_FILE_MB") or 25) * 1024 * 1024)
 # Decompression-bomb guard: refuse images with more pixels than this (~ 8k x 8k).
 MAX_IMAGE_PIXELS = 64_000_000
 THUMBNAIL_SIZE = 256

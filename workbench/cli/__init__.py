@@ -8,6 +8,7 @@ message on stderr and a non-zero code.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
 import json
@@ -64,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a bad WORKBENCH_* value: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         if getattr(args, "needs_db", True):
             from workbench.store.db import upgrade
@@ -77,3 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"error: disk full: {exc.filename or exc}", file=sys.stderr)
+        return 2

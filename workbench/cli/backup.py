@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli import CliError
+from workbench.cli.team import add_actor_option
 from workbench.config import Settings
 
 
@@ -21,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore a backup bundle into an EMPTY database (WORKBENCH_DB_URL)")
     p.add_argument("bundle", type=Path, help="a backup folder or .zip")
     p.add_argument("--no-files", action="store_true", help="do not write image files stored in the bundle")
+    p.add_argument("--with-users", action="store_true",
+                   help="also restore the bundle's users and roles (who may sign in, and as what)")
+    add_actor_option(p)
     p.set_defaults(func=cmd_restore)
 
 
@@ -34,6 +38,8 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     except BackupError as exc:
         raise CliError(str(exc)) from exc
     print(report.summary())
+    for rel in report.skipped_files[:20]:
+        print(f"skipped (outside the memes folder): {rel}", file=sys.stderr)
     return 0
 
 
@@ -43,7 +49,8 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         with session_scope(settings.db_url) as session:
-            report = restore(session, args.bundle, memes_dir=settings.memes_dir, restore_files=not args.no_files)
+            report = restore(session, args.bundle, memes_dir=settings.memes_dir, restore_files=not args.no_files,
+                             with_users=args.with_users, actor=args.actor)
     except BackupError as exc:
         raise CliError(str(exc)) from exc
     print(report.summary())

@@ -24,6 +24,7 @@ from workbench.store import users
 from workbench.store.files import atomic_write
 from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
 from workbench.store.labels import add_label, current_labels
+from workbench.store.paths import checked_stat
 from workbench.store.schema import Image, Label
 
 FOLDER_ANNOTATOR = "folder"
@@ -160,10 +161,9 @@ def _scan_folder(
         if path.suffix.lower() not in ACCEPTED_SUFFIXES:
             report.files.append(FileReport(rel, "ignored", f"not an image extension ({path.suffix or 'none'})"))
             continue
-        try:
-            stat = path.stat()
-        except OSError as exc:
-            report.files.append(FileReport(rel, "rejected", f"cannot read: {exc}"))
+        stat, problem = checked_stat(path, memes_dir)  # never opens a FIFO, a device or a file past the cap
+        if stat is None:
+            report.files.append(FileReport(rel, "rejected", problem or "cannot read"))
             continue
         existing = known.get(rel)
         if existing is not None and existing.mtime == stat.st_mtime and existing.bytes == stat.st_size and not existing.missing:
