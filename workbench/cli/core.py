@@ -99,7 +99,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.csv.is_file():
         raise CliError(f"{args.csv} does not exist")
-    report = run_as(settings, import_annotations, settings.memes_dir, args.csv.read_bytes(), args.annotator,
+    report = run_as(settings, import_annotations, settings.memes_dir, args.csv, args.annotator,
                     all_or_nothing=not args.partial, actor=actor_of(args))
     for issue in report.issues:
         print(f"line {issue.line}: {issue.filename!r}: {issue.problem}", file=sys.stderr)

@@ -8,19 +8,23 @@ reproduces it byte for byte. Import is all-or-nothing per file by default.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.config import LABELS
+from workbench.config import LABELS, MAX_UPLOAD_BYTES
 from workbench.store import users
 from workbench.store.images import InvalidImage, validate_bytes
 from workbench.store.ingest import folder_of
 from workbench.store.labels import add_label, consensus_labels
+from workbench.store.paths import UnsafePath, checked_stat, image_file
 from workbench.store.schema import Image
 
 IMPORT_ANNOTATOR = "import"
@@ -63,28 +67,57 @@ class RowIssue:
     problem: str
 
 
+MAX_LISTED_ISSUES = 1000  # problems kept with their line; beyond, only counted (memory stays flat)
+
+
+class _Issues(list):
+    """The first MAX_LISTED_ISSUES problems; `total` counts them all."""
+
+    total = 0
+
+    def append(self, issue: RowIssue) -> None:  # type: ignore[override]
+        self.total += 1
+        if len(self) < MAX_LISTED_ISSUES:
+            issue.filename = issue.filename[:300]  # a hostile 20 MB name is shown by its start
+            super().append(issue)
+
+
 @dataclass
 class ImportReport:
     rows: int = 0
     imported: int = 0
     unchanged: int = 0
     ingested: int = 0  # files listed in the CSV found on disk but not yet in the DB
-    issues: list[RowIssue] = field(default_factory=list)
+    issues: list[RowIssue] = field(default_factory=_Issues)
     applied: bool = False
     mode: str = "all-or-nothing"
+
+    @property
+    def problems(self) -> int:
+        """Every problem found (`issues` lists the first MAX_LISTED_ISSUES)."""
+        return max(getattr(self.issues, "total", 0), len(self.issues))
 
     def summary(self) -> str:
         state = "applied" if self.applied else "NOT applied"
         return (f"{self.rows} rows: {self.imported} labels imported, {self.unchanged} unchanged, "
-                f"{self.ingested} new files ingested, {len(self.issues)} problems ({state}, {self.mode})")
+                f"{self.ingested} new files ingested, {self.problems} problems ({state}, {self.mode})")
 
 
-def _decode(data: bytes) -> str:
+def _text_stream(raw: IO[bytes]) -> io.TextIOWrapper:
+    """The CSV as text, streamed: UTF-8 (with or without BOM) if every byte decodes as such,
+    else Windows-1251 (a Russian-locale Excel). The check reads the file once in 1 MB pieces;
+    universal newlines turn \r\n and \r into \n, inside quoted fields too."""
     for encoding in ("utf-8-sig", "cp1251"):
+        raw.seek(0)
+        decoder = codecs.getincrementaldecoder(encoding)()
         try:
-            return data.decode(encoding)
+            for chunk in iter(lambda: raw.read(1 << 20), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             continue
+        raw.seek(0)
+        return io.TextIOWrapper(raw, encoding=encoding, newline=None)
     raise ValueError("the file is neither UTF-8 nor Windows-1251 text")
 
 
@@ -116,45 +149,75 @@ def _safe_rel(raw: str) -> str | None:
     return "/".join(parts)
 
 
+def _rows(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line, row) of the CSV as it streams; a row csv cannot read (a field past the cap, a
+    NUL byte) ends the import with that line's problem, not a traceback."""
+    line = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            report.issues.append(RowIssue(reader.line_num, "", f"unreadable row: {exc}"))
+            return
+        line += 1
+        yield line, row
+
+
 def import_annotations(
-    session: Session, memes_dir: Path, data: bytes, annotator: str = IMPORT_ANNOTATOR, all_or_nothing: bool = True,
-    actor: str | None = None,
+    session: Session, memes_dir: Path, data: bytes | Path, annotator: str = IMPORT_ANNOTATOR,
+    all_or_nothing: bool = True, actor: str | None = None,
 ) -> ImportReport:
-    """Import labels from annotations.csv bytes. Each row problem is reported with its line.
+    """Import labels from annotations.csv (bytes, or a file's path: read as a stream, so memory
+    does not grow with the file). Each row problem is reported with its line; a field may be
+    as large as an upload (config.MAX_UPLOAD_BYTES).
 
     all_or_nothing=True (default): any problem -> nothing is changed. False: valid rows are
     applied, problem rows skipped. Files on disk not yet ingested are ingested. Admins only
     when sign-in is on (`actor`: workbench.store.users.require).
     """
-    users.authorize(session, actor, users.ADMIN, "import annotations", {"bytes": len(data), "annotator": annotator})
+    size = data.stat().st_size if isinstance(data, Path) else len(data)
+    users.authorize(session, actor, users.ADMIN, "import annotations", {"bytes": size, "annotator": annotator})
     from workbench.store.ingest import folder_lock
 
-    with folder_lock(memes_dir):  # it may ingest files: never at the same time as a scan or upload
-        return _import_annotations(session, memes_dir, data, annotator, all_or_nothing)
+    with folder_lock(memes_dir), (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as raw:
+        # it may ingest files: never at the same time as a scan or upload
+        old_limit = csv.field_size_limit(MAX_UPLOAD_BYTES)  # csv's default 128 KB is below an upload's cap
+        try:
+            return _import_annotations(session, memes_dir, raw, annotator, all_or_nothing)
+        finally:
+            csv.field_size_limit(old_limit)
 
 
 def _import_annotations(
-    session: Session, memes_dir: Path, data: bytes, annotator: str, all_or_nothing: bool
+    session: Session, memes_dir: Path, raw: IO[bytes], annotator: str, all_or_nothing: bool
 ) -> ImportReport:
     report = ImportReport(mode="all-or-nothing" if all_or_nothing else "valid rows only")
     try:
-        text = _decode(data)
+        text = _text_stream(raw)
     except ValueError as exc:
         report.issues.append(RowIssue(0, "", str(exc)))
         return report
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    reader = csv.DictReader(io.StringIO(text), delimiter=_delimiter(text))
-    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    delimiter = _delimiter(text.read(SNIFF_CHARS))
+    text.seek(0)
+    reader = csv.DictReader(text, delimiter=delimiter)
+    try:
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        report.issues.append(RowIssue(1, "", f"unreadable header: {exc}"))
+        return report
     if "filename" not in fields or "label" not in fields:
         report.issues.append(RowIssue(1, "", f"header must have columns filename and label; found {fields or 'nothing'}"))
         return report
     reader.fieldnames = fields
+    rows = _rows(reader, report)
     memes_dir = memes_dir.resolve()
     by_path = {p: i for i, p in session.execute(select(Image.path, Image.id)).all()}
     current = consensus_labels(session)
     seen: dict[str, str] = {}
     planned: list[tuple[str, str, int]] = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in rows:
         report.rows += 1
         raw_name = (row.get("filename") or "").strip()
         label = (row.get("label") or "").strip().lower()
@@ -173,9 +236,12 @@ def _import_annotations(
             continue
         seen[rel] = label
         if rel not in by_path:
-            target = (memes_dir / rel).resolve()
-            if not target.is_relative_to(memes_dir):
-                report.issues.append(RowIssue(line, raw_name, "path is outside the memes folder"))
+            try:
+                target = image_file(memes_dir, rel)
+            except UnsafePath as exc:
+                reason = str(exc).rsplit(": ", 1)[-1]
+                report.issues.append(RowIssue(line, raw_name[:200], "path is outside the memes folder"
+                                              if "outside" in reason or "leaves" in reason else reason))
                 continue
             if not target.is_file():
                 report.issues.append(RowIssue(line, raw_name, "no such file in the memes folder"))
@@ -187,7 +253,10 @@ def _import_annotations(
         image_id = by_path.get(rel)
         if image_id is None:
             path = memes_dir / rel
+            stat, problem = checked_stat(path, memes_dir)  # never a FIFO, a device or a file past the cap
             try:
+                if stat is None:
+                    raise InvalidImage(problem or "cannot read")
                 info = validate_bytes(path.read_bytes())
             except (InvalidImage, OSError) as exc:
                 report.issues.append(RowIssue(line, rel, f"file is not a valid image: {exc}"))

@@ -31,6 +31,9 @@ def check_rel_path(rel: str) -> str | None:
         return "backslash in path"
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         return "absolute path"
+    if len(rel.encode("utf-8", "surrogatepass")) > 4096 or any(len(p.encode("utf-8", "surrogatepass")) > 255
+                                                                 for p in rel.split("/")):
+        return "path too long"
     if any(part in ("", ".", "..") for part in rel.split("/")):
         return "path leaves the memes folder ('..', '.' or an empty part)"
     return None
@@ -42,11 +45,11 @@ def image_file(memes_dir: Path, rel: str) -> Path:
     The returned path is the real one, so a link swapped after the check is not followed."""
     reason = check_rel_path(rel)
     if reason:
-        raise UnsafePath(f"{rel!r}: {reason}")
+        raise UnsafePath(f"{rel[:200]!r}: {reason}")
     root = Path(memes_dir).resolve()
     real = (root / rel).resolve()
     if not real.is_relative_to(root):
-        raise UnsafePath(f"{rel!r}: resolves outside the memes folder ({real})")
+        raise UnsafePath(f"{rel[:200]!r}: resolves outside the memes folder")
     return real
 
 
