@@ -95,8 +95,10 @@ class HeadPredictor(OutOfFoldPredictor):
                "(image×text, Hate-CLIPper align fusion) | vlm (VLM mean-pooled hidden state)", "choice", HEAD_FEATURES),
         Option("head", "mlp", "logreg = Linear(d→2); mlp = Linear(d→512)→ReLU→Dropout(0.1)→Linear(512→2)", "choice",
                HEAD_MODELS),
-        Option("clip_model", DEFAULT_CLIP_MODEL, "CLIP model whose cached embeddings to use"),
-        Option("vlm_model", DEFAULT_VLM_MODEL, "VLM whose cached pooled embeddings to use (features = vlm)"),
+        Option("clip_model", DEFAULT_CLIP_MODEL, "CLIP model whose cached embeddings to use (the form starts from "
+               "the project's embedding choice, the model `embed clip` uses by default)"),
+        Option("vlm_model", DEFAULT_VLM_MODEL, "VLM whose cached pooled embeddings to use (features = vlm; the form "
+               "starts from the project's vlm choice)"),
         Option("epochs", 60, "training epochs per fold", "int"),
         Option("lr", 1e-3, "Adam learning rate", "float"),
         Option("weight_decay", 1e-4, "Adam weight decay", "float"),
