@@ -83,7 +83,8 @@ def test_defaults_fallbacks_and_validation(session, tmp_path: Path) -> None:
     bad = [("clip", "", "give a value"), ("clip", "   ", "give a value"),
            ("clip", str(tmp_path / "nope"), "does not exist"), ("text", "./no-such-folder", "does not exist"),
            ("clip", str(tmp_path / "weights.bin"), "is a file"), ("vlm-endpoint", "gpu-box:8000", "http(s) URL"),
-           ("vlm-endpoint", "ftp://gpu-box/v1", "http(s) URL"), ("clip", "x" * 2000, "not a model id"),
+           ("vlm-endpoint", "ftp://gpu-box/v1", "http(s) URL"),
+           ("vlm", "http://gpu-box:8000/v1", "is the vlm-endpoint choice"), ("clip", "x" * 2000, "not a model id"),
            ("gpt", "org/name", "no model choice 'gpt'")]
     for name, value, message in bad:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):

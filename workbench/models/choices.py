@@ -105,6 +105,9 @@ def validate(name: str, value: str) -> str:
             raise ValueError(f"model choice {name}: expected an http(s) URL such as http://gpu-box:8000/v1 "
                              f"or 'local', not {text!r}")
         return text
+    if "://" in text:
+        raise ValueError(f"model choice {name}: {text!r} is a URL; a VLM server's URL is the vlm-endpoint choice, "
+                         "and this one takes a hub id or a local folder")
     if is_local(text):
         folder = Path(text).expanduser()
         if not folder.exists():
