@@ -10,13 +10,14 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL  # noqa: E402
 from workbench.features.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
 from workbench.features.head_training import HeadError, describe_grouping, read_head_info  # noqa: E402
+from workbench.models.choices import embedder_model  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
 from workbench.predictors.head import copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
+from workbench.predictors.model_defaults import resolved_spec  # noqa: E402
 from workbench.predictors.out_of_fold import read_training_report  # noqa: E402
-from workbench.predictors.run import build_predictor, predictor_spec  # noqa: E402
+from workbench.predictors.run import build_predictor  # noqa: E402
 from workbench.store import catalog  # noqa: E402
 from workbench.store.labels import consensus_labels  # noqa: E402
 
@@ -60,8 +61,10 @@ with tab_embed:
     # The settings of `python -m workbench embed` (make_embedders has no Option list).
     c1, c2, c3, c4 = st.columns([1, 3, 1, 1])
     source = c1.radio("Source", ["clip", "vlm"], key="train_embed_source", horizontal=True)
-    default_model = DEFAULT_CLIP_MODEL if source == "clip" else DEFAULT_VLM_MODEL
-    model = c2.text_input("Model id or local folder", value=default_model, key=f"train_embed_model_{source}")
+    with ctx.session() as session:
+        default_model = embedder_model(session, source)  # the project's choice (Models page)
+    model = c2.text_input("Model id or local folder", value=default_model, key=f"train_embed_model_{source}",
+                          help="Starts from the project's model choice (Models page: embedding / vlm)")
     device = c3.text_input("device", value="auto", key="train_embed_device", help="auto | cpu | cuda | cuda:N | mps")
     dtype = c4.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="train_embed_dtype")
     if st.button("Extract embeddings", key="train_embed_run", disabled=not all_ids):
@@ -79,7 +82,8 @@ with tab_train:
     what = st.radio("What to train", ["TF-IDF baseline (OCR text, no weights needed)", "Head on embeddings"],
                     key="train_what")
     kind, prefix = ("text-tfidf", "train_tfidf") if what.startswith("TF-IDF") else ("head", "train_head")
-    spec = predictor_spec(kind)
+    with ctx.session() as session:
+        spec = resolved_spec(session, kind)  # clip_model / vlm_model start from the project's choices
     if not spec.available:
         st.warning(f"The {kind} predictor cannot be used here.")
         st.text(spec.unavailable or "")

@@ -12,15 +12,57 @@ ctx = ui.bootstrap("Models", "🤖")
 import streamlit as st  # noqa: E402
 
 from workbench.analysis import outcomes  # noqa: E402
+from workbench.errors import PermissionDenied  # noqa: E402
+from workbench.models import choices as model_choices  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
-from workbench.predictors.run import build_predictor, predictor_specs  # noqa: E402
+from workbench.predictors.model_defaults import MODEL_OPTIONS, resolved_specs  # noqa: E402
+from workbench.predictors.run import build_predictor  # noqa: E402
 from workbench.store import catalog, users  # noqa: E402
+
+state = st.session_state
+
+
+def _save_choices() -> None:
+    """Store the typed model choices (empty = the default); the forms below then start from them."""
+    typed = {c.name: state[f"models_choice_{c.name}"] for c in model_choices.CHOICES}
+    try:
+        with ctx.session() as session:
+            changed = model_choices.update_choices(session, typed, actor=ctx.actor)
+            stored = {c.name: model_choices.stored_choice(session, c.name) or "" for c in model_choices.CHOICES}
+    except (PermissionDenied, ValueError) as exc:
+        state["models_choice_flash"] = ("error", str(exc))
+        return
+    for name, value in stored.items():  # as stored: a folder made absolute
+        state[f"models_choice_{name}"] = value
+    for kind, options in MODEL_OPTIONS.items():  # the option widgets take the new defaults
+        for option in options:
+            state.pop(f"models_{kind}_{option}", None)
+    state["models_choice_flash"] = ("success", f"Saved: {', '.join(changed)}." if changed else "Nothing changed.")
+
 
 st.title("Models")
 st.caption("Zero-shot CLIP, the VLM moderator and the other predictors. Models load when a run starts, once "
            "per server process; a model that cannot load says which id, why and how to supply it.")
 
-specs = predictor_specs()
+admin = ctx.can(users.ADMIN)  # sign-in on: choosing models and running them is for admins (the library checks again)
+with ctx.session() as session:
+    current = {c["name"]: c for c in model_choices.list_choices(session)}
+with st.expander("Project model choices: the model every page and command starts from", expanded=False):
+    st.caption("A hub id (org/name) or a local folder (it must exist). Empty = the default. Every page and "
+               "`python -m workbench` start from these; a run can still name another model. Saved in the "
+               "database (kept across reloads and restarts) and recorded in the audit log; admins only. "
+               "Same as `python -m workbench models set NAME VALUE`.")
+    cols = st.columns(2)
+    for i, c in enumerate(model_choices.CHOICES):
+        cols[i % 2].text_input(c.name, value=current[c.name]["stored"] or "", key=f"models_choice_{c.name}",
+                               placeholder=current[c.name]["value"] or "unset", help=c.help, disabled=not admin)
+    st.button("Save model choices", key="models_choice_save", on_click=_save_choices, disabled=not admin)
+    flash = state.pop("models_choice_flash", None)
+    if flash:
+        getattr(st, flash[0])(ui.md_escape(flash[1]))
+
+with ctx.session() as session:
+    specs = resolved_specs(session)  # model options default to the project's choices
 labels = {s.kind: f"{s.title} ({s.kind})" if s.available else f"{s.kind} — unavailable" for s in specs}
 kind = st.selectbox("Predictor", [s.kind for s in specs], format_func=labels.__getitem__, key="models_kind")
 spec = next(s for s in specs if s.kind == kind)
@@ -47,7 +89,6 @@ else:
                                 limit=limit or None)
     st.caption(f"{len(ids)} memes selected.")
 
-    admin = ctx.can(users.ADMIN)  # sign-in on: runs are for admins (run_job_widget checks again)
     if not admin:
         st.caption("Running models is for admins; you can see every run below.")
     if st.button("Run", type="primary", key="models_run", disabled=not ids or not admin):

@@ -10,9 +10,9 @@ ctx = ui.bootstrap("Explain", "🔥")
 
 import streamlit as st  # noqa: E402
 
-from workbench.config import DEFAULT_CLIP_MODEL  # noqa: E402
 from workbench.errors import ModelUnavailable  # noqa: E402
 from workbench.explain import cam as explain  # noqa: E402
+from workbench.models.choices import get_choice  # noqa: E402
 from workbench.store import catalog  # noqa: E402
 
 CLASS_NAMES = {"toxic": "toxic", "non_toxic": "neutral"}
@@ -47,7 +47,11 @@ st.query_params["image"] = str(image_id)
 
 # ---- how to explain --------------------------------------------------------------
 c = st.columns([2, 1, 1, 1])
-model_id = c[0].text_input("CLIP model (hub id or local folder)", value=DEFAULT_CLIP_MODEL, key="exp_model").strip()
+with ctx.session() as session:
+    clip_choice = get_choice(session, "clip")  # the project's CLIP (Models page / `models set clip`)
+model_id = c[0].text_input("CLIP model (hub id or local folder)", value=clip_choice, key="exp_model",
+                           help="Starts from the project's CLIP choice (Models page); another model here is "
+                                "for this page only").strip()
 dtype = c[1].selectbox("dtype", ("auto", "float32", "bfloat16"), key="exp_dtype",
                        help="auto = bfloat16 on CPUs with native bf16 (much faster), else float32")
 method = c[2].selectbox("Class map method", explain.CLASS_METHODS, key="exp_method",
@@ -64,8 +68,8 @@ with st.expander("Class prompts (one per line; the lines of a class are averaged
 opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="exp_opacity")
 
 try:
-    eigen_request = explain.CamRequest.for_class(model_id or DEFAULT_CLIP_MODEL, "eigencam", dtype=dtype)
-    class_request = explain.CamRequest.for_class(model_id or DEFAULT_CLIP_MODEL, method, label, prompts, dtype=dtype)
+    eigen_request = explain.CamRequest.for_class(model_id or clip_choice, "eigencam", dtype=dtype)
+    class_request = explain.CamRequest.for_class(model_id or clip_choice, method, label, prompts, dtype=dtype)
 except ValueError as exc:
     st.error(ui.md_escape(str(exc)))
     st.stop()

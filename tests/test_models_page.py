@@ -126,3 +126,83 @@ def test_the_sidebar_db_url_never_shows_a_password(url: str, shown: str) -> None
 
     assert _short_url(url) == shown
     assert "s3cret" not in _short_url(url) and "ss@" not in _short_url(url)
+
+
+# ---- the project's model choices (workbench.models.choices) ------------------------------------
+
+def _choice_audit(settings) -> list[tuple[str, dict]]:
+    from workbench.store.audit import recent
+
+    with session_scope(settings.db_url) as session:
+        return [(e["actor"], e["detail"]) for e in recent(session, action="model choice")]
+
+
+def test_model_choices_set_on_the_page_are_every_form_default_and_survive_a_reload(
+        settings, memes, clear_streamlit_cache) -> None:
+    from workbench.config import DEFAULT_CLIP_MODEL
+    from workbench.models.choices import get_choice
+
+    clip, siglip = str(tiny_model_dir("clip").resolve()), str(tiny_model_dir("siglip").resolve())
+    at = _open()
+    assert at.text_input(key="models_clip_model").value == DEFAULT_CLIP_MODEL
+    assert at.text_input(key="models_choice_clip").value == ""  # unset: the default shows as the placeholder
+    at.text_input(key="models_choice_clip").set_value("/no/such/clip")
+    at.button(key="models_choice_save").click().run()
+    assert not at.exception
+    assert any("does not exist" in e.value for e in at.error)
+    assert _choice_audit(settings) == []  # refused: nothing stored, nothing recorded
+    at.text_input(key="models_choice_clip").set_value(clip)
+    at.button(key="models_choice_save").click().run()
+    assert not at.exception
+    assert any("Saved: clip" in s.value for s in at.success)
+    assert at.text_input(key="models_clip_model").value == clip  # the form starts from the new choice
+    at.selectbox(key="models_kind").set_value("head").run()
+    assert at.text_input(key="models_head_clip_model").value == clip  # embedding unset: the clip choice
+    at = _open()  # a reload (a new session)
+    assert at.text_input(key="models_choice_clip").value == clip
+    assert at.text_input(key="models_clip_model").value == clip
+    at.selectbox(key="models_clip_dtype").set_value("float32")
+    at.number_input(key="models_limit").set_value(2)
+    at.button(key="models_run").click().run()  # the stored choice
+    at.text_input(key="models_clip_model").set_value(siglip)  # a per-run override
+    at.button(key="models_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    with session_scope(settings.db_url) as session:
+        assert sorted(session.scalars(select(ModelRun.model_id))) == sorted([clip, siglip])
+        assert get_choice(session, "clip") == clip  # the override did not change the choice
+    actor, detail = _choice_audit(settings)[0]
+    assert actor.startswith("os:") and detail == {"name": "clip", "value": clip}
+    at.text_input(key="models_choice_clip").set_value("")  # empty: back to the default
+    at.button(key="models_choice_save").click().run()
+    assert at.text_input(key="models_clip_model").value == DEFAULT_CLIP_MODEL
+    assert _choice_audit(settings)[0][1] == {"name": "clip", "value": None}
+
+
+def test_with_sign_in_an_annotator_cannot_change_the_model_choices(settings, monkeypatch,
+                                                                  clear_streamlit_cache) -> None:
+    import time
+
+    from workbench.store import users
+
+    with session_scope(settings.db_url) as session:
+        users.add_user(session, "anna@team.org", "annotator")
+        users.add_user(session, "boss@team.org", "admin")
+    monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+
+    def open_as(email: str) -> AppTest:
+        at = AppTest.from_file(str(PAGE), default_timeout=TIMEOUT)
+        at.user = {"is_logged_in": True, "email": email, "iat": int(time.time()) - 60}
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        return at
+
+    at = open_as("anna@team.org")
+    assert at.text_input(key="models_choice_clip").disabled and at.button(key="models_choice_save").disabled
+    at = open_as("boss@team.org")
+    assert not at.button(key="models_choice_save").disabled
+    at.text_input(key="models_choice_vlm").set_value("Qwen/Qwen2.5-VL-7B-Instruct")
+    at.button(key="models_choice_save").click().run()
+    assert not at.exception
+    assert _choice_audit(settings) == [("boss@team.org", {"name": "vlm", "value": "Qwen/Qwen2.5-VL-7B-Instruct"})]
+    at.selectbox(key="models_kind").set_value("vlm").run()
+    assert at.text_input(key="models_vlm_model").value == "Qwen/Qwen2.5-VL-7B-Instruct"

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.cli import CliError, print_json, report_job
+from workbench.cli import CliError, in_session, print_json, report_job
 from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 
@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "vlm: the VLM's last hidden state mean-pooled over the attention mask. "
                                    "Re-running skips images whose embedding is current.")
     p.add_argument("source", choices=("clip", "vlm"))
-    p.add_argument("--model", help="model id or local folder (default: the configured CLIP / VLM)")
+    p.add_argument("--model", help="model id or local folder (default: the project's embedding / vlm "
+                                                   "choice, see `models list`)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--vlm-with-ocr", action="store_true", help="vlm: put the OCR text into the prompt")
@@ -59,9 +60,12 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"--selection must be one of {', '.join(SELECTIONS)}")
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
+    from workbench.models.choices import embedder_model
+
     extra = {"use_ocr_text": True} if args.vlm_with_ocr and args.source == "vlm" else {}
+    model = args.model or in_session(settings, embedder_model, args.source)
     try:
-        embedders = make_embedders(args.source, args.model, args.device, args.dtype, **extra)
+        embedders = make_embedders(args.source, model, args.device, args.dtype, **extra)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     with session_scope(settings.db_url) as session:

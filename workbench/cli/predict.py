@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "List a predictor's options with: python -m workbench predict KIND --list-options",
     )
     p.add_argument("kind", choices=list(REGISTRY), metavar="KIND", help=f"one of: {', '.join(REGISTRY)}")
-    p.add_argument("--model", help="model id or local folder (sets the 'model' option)")
+    p.add_argument("--model", help="model id or local folder (sets the 'model' option; default: the project's "
+                                   "choice, see `models list`)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (sets the 'device' option)")
     p.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (vlm only)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="NAME=VALUE",
@@ -65,11 +66,13 @@ def _print_options(spec) -> None:  # noqa: ANN001
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.errors import ModelUnavailable
-    from workbench.predictors.run import build_predictor, predictor_spec
+    from workbench.predictors.model_defaults import resolved_spec, resolved_values
+    from workbench.predictors.run import build_predictor
     from workbench.store.catalog import SELECTIONS, image_ids
     from workbench.store.db import session_scope
 
-    spec = predictor_spec(args.kind)
+    with session_scope(settings.db_url) as session:  # model options default to the project's model choices
+        spec = resolved_spec(session, args.kind)
     if not spec.available:
         raise CliError(f"predictor '{args.kind}' is not available here: {spec.unavailable}")
     if args.list_options:
@@ -80,7 +83,10 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise CliError("--batch-size and --limit must be at least 1")
     try:
-        predictor = build_predictor(args.kind, _option_values(args, spec))
+        values = _option_values(args, spec)
+        with session_scope(settings.db_url) as session:
+            values = resolved_values(session, args.kind, values)
+        predictor = build_predictor(args.kind, values)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     except ModelUnavailable as exc:

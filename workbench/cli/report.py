@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from workbench.cli import CliError
+from workbench.cli import CliError, in_session
 from workbench.cli.team import add_actor_option, authorize_job
-from workbench.config import DEFAULT_CLIP_MODEL, Settings
+from workbench.config import Settings
 from workbench.explain.cam import METHODS
 from workbench.store.catalog import SELECTIONS
 
@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=20, help="disagreement cards to include (default 20)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--cams", type=int, default=0, metavar="N",
-                   help="first compute EigenCAM + the toxic Grad-CAM for the top N disagreements (needs --model)")
-    p.add_argument("--model", default=DEFAULT_CLIP_MODEL, help="CLIP model for --cams (hub id or local folder)")
+                   help="first compute EigenCAM + the toxic Grad-CAM for the top N disagreements (with --model)")
+    p.add_argument("--model", help="CLIP model for --cams (hub id or local folder; default: the project's clip choice)")
     p.set_defaults(func=cmd_report)
 
     add_predictions_parser(sub, "export-predictions")
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=int, action="append", dest="images", metavar="ID",
                    help="explain these image ids instead of a selection (repeat)")
     p.add_argument("--limit", type=int, help="at most this many images")
-    p.add_argument("--model", default=DEFAULT_CLIP_MODEL, help="CLIP model id or local folder")
+    p.add_argument("--model", help="CLIP model id or local folder (default: the project's clip choice, see "
+                                   "`models list`)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto = bfloat16 on CPUs with native bf16, else float32")
     p.add_argument("--class", dest="target", choices=("toxic", "non_toxic"), default="toxic",
@@ -73,7 +74,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError("--top and --n-boot must not be negative")
     options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot)
     if args.cams > 0:
-        _cams_for_report(settings, options, args.cams, args.model)
+        _cams_for_report(settings, options, args.cams, args.model or _clip_choice(settings))
     with session_scope(settings.db_url) as session:
         out = write_report(session, settings, args.out, options)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
@@ -112,6 +113,13 @@ def _cams_for_report(settings: Settings, options, n: int, model: str) -> None:  
             return
 
 
+def _clip_choice(settings: Settings) -> str:
+    """The project's CLIP choice (`python -m workbench models set clip ...`)."""
+    from workbench.models.choices import get_choice
+
+    return in_session(settings, get_choice, "clip")
+
+
 def cmd_export_predictions(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.store.db import session_scope
     from workbench.store.predictions_csv import write_predictions
@@ -135,7 +143,7 @@ def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
     if args.neutral_prompt:
         prompts["non_toxic"] = args.neutral_prompt
     try:
-        request = CamRequest.for_class(args.model, args.method, args.target, prompts, dtype=args.dtype)
+        request = CamRequest.for_class(args.model or _clip_choice(settings), args.method, args.target, prompts, dtype=args.dtype)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     with session_scope(settings.db_url) as session:

@@ -92,7 +92,8 @@ class ClipPredictor(Predictor):
     needs_ocr_text = True
     options = (
         Option("model", DEFAULT_CLIP_MODEL, "Hugging Face id or local folder of a CLIP or SigLIP checkpoint. "
-               "For Russian text use a multilingual one, e.g. google/siglip2-base-patch16-256."),
+               "For Russian text use a multilingual one, e.g. google/siglip2-base-patch16-256. The form starts from "
+               "the project's clip choice (Models page, `models set clip`)."),
         Option("device", "auto", "auto | cpu | cuda | cuda:N | mps (auto = CUDA if present, else CPU)"),
         Option("dtype", "auto", "auto = bf16/fp16 on GPU, bf16 on CPUs with AMX/AVX512-BF16, else fp32",
                "choice", ("auto", "float32", "bfloat16", "float16")),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
@@ -41,7 +41,7 @@ from workbench.features.head_training import (
 from workbench.predictors.base import Option, PredictInput
 from workbench.predictors.out_of_fold import GROUP_OPTION_HELP, Fitted, OutOfFoldPredictor, labeled_arrays
 from workbench.runs.step import fingerprint
-from workbench.store.schema import Image
+from workbench.store.schema import Embedding, Image, Job
 
 HEAD_FEATURES = (*FEATURE_SETS, "vlm")  # 'vlm' = the VLM's mean-pooled last hidden state
 
@@ -95,8 +95,10 @@ class HeadPredictor(OutOfFoldPredictor):
                "(image×text, Hate-CLIPper align fusion) | vlm (VLM mean-pooled hidden state)", "choice", HEAD_FEATURES),
         Option("head", "mlp", "logreg = Linear(d→2); mlp = Linear(d→512)→ReLU→Dropout(0.1)→Linear(512→2)", "choice",
                HEAD_MODELS),
-        Option("clip_model", DEFAULT_CLIP_MODEL, "CLIP model whose cached embeddings to use"),
-        Option("vlm_model", DEFAULT_VLM_MODEL, "VLM whose cached pooled embeddings to use (features = vlm)"),
+        Option("clip_model", DEFAULT_CLIP_MODEL, "CLIP model whose cached embeddings to use (the form starts from "
+               "the project's embedding choice, the model `embed clip` uses by default)"),
+        Option("vlm_model", DEFAULT_VLM_MODEL, "VLM whose cached pooled embeddings to use (features = vlm; the form "
+               "starts from the project's vlm choice)"),
         Option("epochs", 60, "training epochs per fold", "int"),
         Option("lr", 1e-3, "Adam learning rate", "float"),
         Option("weight_decay", 1e-4, "Adam weight decay", "float"),
@@ -125,6 +127,7 @@ class HeadPredictor(OutOfFoldPredictor):
         self.x: dict[int, np.ndarray] = {}
         self.sha: dict[int, str] = {}
         self.missing_hint = ""
+        self.other_models: dict[str, int] = {}  # when nothing can be trained on: models with embeddings cached
 
     def training_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"model": f"{self.head_config.model}:{self.feature_model['description']}",
@@ -151,6 +154,11 @@ class HeadPredictor(OutOfFoldPredictor):
         self.missing_hint = (f"no {'/'.join(e.kind for e in self.embedders.values())} embedding for this image: "
                              f"run `python -m workbench embed {source} --model "
                              f"{next(iter(self.embedders.values())).config()['model']}` (or the Train page) first")
+        self.other_models = {}
+        if not any(i in self.x for i in labels):  # nothing to train on: say which model's embeddings there are
+            first = next(iter(self.embedders.values()))
+            self.other_models = {m: n for m, n in _embedded_models(session, first.kind).items()
+                                 if m != first.config()["model"]}
         # Training uses the labeled images that have features; the hash covers exactly those.
         trained_on = sorted(i for i in labels if i in self.x)
         return fingerprint({"feature_model": self.feature_model["fingerprint"], "train": trained_on})
@@ -167,8 +175,7 @@ class HeadPredictor(OutOfFoldPredictor):
             return self._fit_loaded(self.head_path)
         ids = sorted(i for i in self.labels if i in self.x)
         if not ids:
-            raise HeadError(f"no labeled image has {self.feature_model['description']} embeddings yet: "
-                            f"{self.missing_hint.split(': ', 1)[1]}")
+            raise HeadError(self._no_features_message())
         y = labeled_arrays(self.labels, ids)
         x = np.stack([self.x[i] for i in ids])
         result = cross_validate(x, y, [self.sha[i] for i in ids], self.head_config, self.feature_model,
@@ -177,6 +184,20 @@ class HeadPredictor(OutOfFoldPredictor):
         metrics = dict(result.metrics, n_labeled_without_features=sum(1 for i in self.labels if i not in self.x))
         return Fitted(fold_of={i: int(f) for i, f in zip(ids, result.folds)}, fold_models=result.fold_heads,
                       final=result.final, metrics=metrics, curves=result.curves, fold_seconds=result.fold_seconds)
+
+    def _no_features_message(self) -> str:
+        """Why there is nothing to train on, which model's embeddings exist instead, and the fixes."""
+        make = self.missing_hint.split(": ", 1)[1]
+        text = f"no labeled image has {self.feature_model['description']} embeddings yet"
+        if not self.other_models:
+            return f"{text}: {make}"
+        option, choice = ("vlm_model", "vlm") if self.features == "vlm" else ("clip_model", "embedding")
+        found = ", ".join(f"{m} ({n} images)" for m, n in sorted(self.other_models.items(), key=lambda kv: -kv[1]))
+        model = max(self.other_models, key=self.other_models.get)
+        return (f"{text}. Embeddings are cached for: {found}. To train on them, set {option} = {model} "
+                f"(`-o {option}={model}`), or make it the project's choice: "
+                f"`python -m workbench models set {choice} {model}` (or the Models page). "
+                f"To use {self.feature_model['model']} instead, {make}")
 
     def _fit_loaded(self, directory: Path) -> Fitted:
         head = load_head(directory, self.feature_model["fingerprint"], self.feature_model["description"])
@@ -193,6 +214,22 @@ class HeadPredictor(OutOfFoldPredictor):
     def score(self, model: TrainedHead, inputs: list[np.ndarray]) -> list[tuple[float, str | None]]:
         probs = model.predict_proba(np.stack(inputs))
         return [(float(p), None) for p in probs]
+
+
+def _embedded_models(session: Session, kind: str) -> dict[str, int]:
+    """{model: images} with `kind` embeddings cached, by the embed jobs that made them (the
+    embeddings table keeps only fingerprints)."""
+    prefix = f"embed:{kind}:"
+    jobs = session.execute(select(Job.step_name, Job.fingerprint).distinct()
+                           .where(Job.step_kind == "embed", Job.step_name.startswith(prefix, autoescape=True))).all()
+    out: dict[str, int] = {}
+    for name, fp in jobs:
+        n = session.scalar(select(func.count(func.distinct(Embedding.image_id))).where(
+            or_(Embedding.fingerprint == fp, Embedding.fingerprint.startswith(f"{fp}:t", autoescape=True))))
+        if n:
+            model = name[len(prefix):]
+            out[model] = max(out.get(model, 0), int(n))
+    return out
 
 
 def saved_heads(root: Path | None = None) -> list[dict[str, Any]]:
