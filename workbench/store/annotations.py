@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from workbench.config import LABELS, MAX_UPLOAD_BYTES
 from workbench.store import users
+from workbench.store.files import atomic_write
 from workbench.store.images import InvalidImage, validate_bytes
 from workbench.store.ingest import folder_of
 from workbench.store.labels import add_label, consensus_labels
@@ -55,8 +56,8 @@ def export_annotations(session: Session) -> str:
 def write_annotations(session: Session, out: Path) -> int:
     """Write annotations.csv to `out`; returns the number of rows."""
     text = export_annotations(session)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(text.encode("utf-8"))
+    with atomic_write(out) as fh:  # a full disk never leaves half a file under the name
+        fh.write(text.encode("utf-8"))
     return text.count("\n") - 1
 
 

@@ -271,6 +271,15 @@ def ensure_thumbnail(thumbnails_dir: Path, sha256: str, source: Path, size: int 
         return target
     im = load_rgb(source)
     im.thumbnail((size, size), Image.Resampling.LANCZOS)
-    with atomic_write(target) as fh:
+    with atomic_write(target, verify=_decodes) as fh:  # a truncated thumbnail is never stored
         im.save(fh, "JPEG", quality=82)
     return target
+
+
+def _decodes(path: Path) -> None:
+    """Raise OSError unless the file at `path` decodes whole."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise OSError(f"{path.name} does not decode after writing ({exc})") from exc

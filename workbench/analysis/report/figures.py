@@ -26,13 +26,17 @@ def data_uri(image: PILImage.Image, max_px: int, quality: int = 70) -> str:
 
 def thumbnail(settings: Settings, sha256: str, rel_path: str, max_px: int) -> str | None:
     """A small embedded JPEG of the meme, or None when its file cannot be read."""
+    from workbench.store.files import DiskFull
     from workbench.store.images import ensure_thumbnail
+    from workbench.store.paths import image_file
 
     try:
-        path = ensure_thumbnail(settings.thumbnails_dir, sha256, settings.memes_dir / rel_path)
+        path = ensure_thumbnail(settings.thumbnails_dir, sha256, image_file(settings.memes_dir, rel_path))
         with PILImage.open(path) as im:
             return data_uri(im, max_px)
-    except Exception:  # noqa: BLE001 - a missing or broken file shows as a placeholder
+    except DiskFull:
+        raise  # a full disk fails the report; it must not quietly embed no images
+    except Exception:  # noqa: BLE001 - a missing, broken or outside file shows as a placeholder
         return None
 
 
@@ -43,9 +47,11 @@ def cam_figures(settings: Settings, sha256: str, rel_path: str, max_px: int) -> 
 
     if not cached_cams(settings.artefacts_dir, sha256):
         return []
+    from workbench.store.paths import image_file
+
     try:
-        image = load_rgb(settings.memes_dir / rel_path)
-    except Exception:  # noqa: BLE001 - file gone: no overlay
+        image = load_rgb(image_file(settings.memes_dir, rel_path))
+    except Exception:  # noqa: BLE001 - file gone (or outside the memes folder): no overlay
         return []
     image.thumbnail((max_px * 2, max_px * 2))
     return [{"uri": data_uri(im, max_px), "caption": caption}
