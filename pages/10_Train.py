@@ -11,8 +11,14 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL  # noqa: E402
-from workbench.features.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
-from workbench.features.head_training import HeadError, describe_grouping, read_head_info  # noqa: E402
+from workbench.features.embeddings import (  # noqa: E402
+    EmbedStep,
+    embedder_staleness,
+    embedding_status,
+    lacking_embeddings,
+    make_embedders,
+)
+from workbench.features.head_training import HeadError, describe_grouping, head_text_status, read_head_info  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
 from workbench.predictors.head import copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
 from workbench.predictors.out_of_fold import read_training_report  # noqa: E402
@@ -64,14 +70,30 @@ with tab_embed:
     model = c2.text_input("Model id or local folder", value=default_model, key=f"train_embed_model_{source}")
     device = c3.text_input("device", value="auto", key="train_embed_device", help="auto | cpu | cuda | cuda:N | mps")
     dtype = c4.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="train_embed_dtype")
-    if st.button("Extract embeddings", key="train_embed_run", disabled=not all_ids):
-        for embedder in make_embedders(source, model.strip() or default_model, device.strip() or "auto", dtype):
-            st.write(f"**{embedder.kind}**")
-            ui.run_job_widget(ctx, EmbedStep(embedder), all_ids, key=f"train_embed_{embedder.kind}")
+    embedders = make_embedders(source, model.strip() or default_model, device.strip() or "auto", dtype)
+    # Fresh / stale (OCR text changed since) / missing per embedder of this model; drawn after any job below.
+    status_box = st.container()
     with ctx.session() as session:
-        counts = embedding_counts(session)
-    if counts:
-        st.dataframe(counts, hide_index=True)
+        todo = {e.kind: embedder_staleness(session, e, all_ids).todo for e in embedders}
+    b1, b2 = st.columns(2)
+    extract = b1.button("Extract embeddings", key="train_embed_run", disabled=not all_ids)
+    refresh = b2.button(f"Refresh stale + missing ({sum(len(t) for t in todo.values())})", key="train_embed_refresh",
+                        disabled=not any(todo.values()), help="Re-embed only the memes whose embedding is stale "
+                        "(its OCR text changed since) or missing: `python -m workbench embed SOURCE --model MODEL`")
+    if extract or refresh:
+        for embedder in embedders:
+            ids = all_ids if extract else todo[embedder.kind]
+            if ids:
+                st.write(f"**{embedder.kind}**")
+                ui.run_job_widget(ctx, EmbedStep(embedder), ids, key=f"train_embed_{embedder.kind}")
+    with ctx.session() as session:
+        states = [embedder_staleness(session, e, all_ids) for e in embedders]
+        sets = embedding_status(session, all_ids)
+    for state in states:
+        status_box.text(f"{state.kind}: {state.describe()}")
+    if sets:
+        st.caption("Every cached embedding set (`python -m workbench embed --status`):")
+        st.dataframe(sets, hide_index=True)
     else:
         st.info("No embeddings cached yet.")
 
@@ -89,6 +111,28 @@ with tab_train:
     # head_path (predict with a saved head instead of training) belongs to the Saved heads tab.
     values = ui.option_form(spec.options, prefix, overrides={"head_path": ""} if kind == "head" else None,
                             columns=3)
+    if kind == "head" and spec.available and all_ids:
+        # Before training: the memes without a current embedding for these features, and a way to embed them.
+        lacking_box = st.container()
+        try:
+            head_embedders = list(build_predictor(kind, values).embedders.values())
+        except ValueError:
+            head_embedders = []
+        with ctx.session() as session:
+            lacking = lacking_embeddings(session, head_embedders, all_ids)
+        if lacking and st.button(f"Embed these {len(lacking)} memes", key="train_embed_lacking"):
+            for embedder in head_embedders:
+                ids = [lack.image_id for lack in lacking if embedder.kind in lack.missing + lack.stale]
+                if ids:
+                    ui.run_job_widget(ctx, EmbedStep(embedder), ids, key=f"train_lacking_{embedder.kind}")
+            with ctx.session() as session:
+                lacking = lacking_embeddings(session, head_embedders, all_ids)
+        if lacking:
+            with ctx.session() as session:
+                notice = build_predictor(kind, values).input_notice(session, all_ids, list_memes=False)
+            lacking_box.warning(ui.md_escape(notice))
+            lacking_box.dataframe([{"image": lack.image_id, "file": lack.path, "why": lack.reason} for lack in lacking],
+                                  hide_index=True)
     if st.button("Train and predict (out-of-fold)", type="primary", key="train_run",
                  disabled=not (all_ids and spec.available)):
         try:
@@ -114,6 +158,8 @@ with tab_heads:
     if not heads:
         st.info("No saved heads yet: train one in the Train tab (it is saved automatically).")
     else:
+        with ctx.session() as session:  # a head trained on OCR texts that changed since is stale
+            heads = [{**h, "texts": head_text_status(session, read_head_info(h["path"]))} for h in heads]
         st.dataframe(heads, hide_index=True)
         name = st.selectbox("Head", [h["name"] for h in heads], key="train_saved_head")
         chosen = next(h for h in heads if h["name"] == name)
