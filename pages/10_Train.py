@@ -50,6 +50,17 @@ def show_metrics(metrics: dict) -> None:
     st.caption(describe_grouping(metrics.get("grouping")))
 
 
+def embedder_lines(sets: list[dict], embedders: list, n_memes: int) -> list[tuple[str, int]]:
+    """("<kind>: N fresh, M stale, K missing", M + K) per embedder, from `embedding_status` rows."""
+    by_set = {(r["kind"], r["fingerprint"]): r for r in sets}
+    out = []
+    for e in embedders:
+        r = by_set.get((e.kind, e.fingerprint()), {"summary": f"0 fresh, 0 stale, {n_memes} missing", "stale": 0,
+                                                     "missing": n_memes})
+        out.append((f"{e.kind}: {r['summary']}", r["stale"] + r["missing"]))
+    return out
+
+
 st.title("Train")
 with ctx.session() as session:
     all_ids = catalog.image_ids(session, "all")
@@ -74,26 +85,29 @@ with tab_embed:
     # Fresh / stale (OCR text changed since) / missing per embedder of this model; drawn after any job below.
     status_box = st.container()
     with ctx.session() as session:
-        todo = {e.kind: embedder_staleness(session, e, all_ids).todo for e in embedders}
+        sets = embedding_status(session, all_ids)
+    lines = embedder_lines(sets, embedders, len(all_ids))
+    to_refresh = sum(n for _, n in lines)
     b1, b2 = st.columns(2)
     extract = b1.button("Extract embeddings", key="train_embed_run", disabled=not all_ids)
-    refresh = b2.button(f"Refresh stale + missing ({sum(len(t) for t in todo.values())})", key="train_embed_refresh",
-                        disabled=not any(todo.values()), help="Re-embed only the memes whose embedding is stale "
-                        "(its OCR text changed since) or missing: `python -m workbench embed SOURCE --model MODEL`")
+    refresh = b2.button(f"Refresh stale + missing ({to_refresh})", key="train_embed_refresh", disabled=not to_refresh,
+                        help="Re-embed only the memes whose embedding is stale (its OCR text changed since) or "
+                        "missing: `python -m workbench embed SOURCE --model MODEL` does the same")
     if extract or refresh:
         for embedder in embedders:
-            ids = all_ids if extract else todo[embedder.kind]
+            with ctx.session() as session:
+                ids = all_ids if extract else embedder_staleness(session, embedder, all_ids).todo
             if ids:
                 st.write(f"**{embedder.kind}**")
                 ui.run_job_widget(ctx, EmbedStep(embedder), ids, key=f"train_embed_{embedder.kind}")
-    with ctx.session() as session:
-        states = [embedder_staleness(session, e, all_ids) for e in embedders]
-        sets = embedding_status(session, all_ids)
-    for state in states:
-        status_box.text(f"{state.kind}: {state.describe()}")
+        with ctx.session() as session:
+            sets = embedding_status(session, all_ids)
+        lines = embedder_lines(sets, embedders, len(all_ids))
+    for line, _ in lines:
+        status_box.text(line)
     if sets:
         st.caption("Every cached embedding set (`python -m workbench embed --status`):")
-        st.dataframe(sets, hide_index=True)
+        st.dataframe([{k: v for k, v in r.items() if k != "summary"} for r in sets], hide_index=True)
     else:
         st.info("No embeddings cached yet.")
 
@@ -115,9 +129,10 @@ with tab_train:
         # Before training: the memes without a current embedding for these features, and a way to embed them.
         lacking_box = st.container()
         try:
-            head_embedders = list(build_predictor(kind, values).embedders.values())
+            head = build_predictor(kind, values)
         except ValueError:
-            head_embedders = []
+            head = None
+        head_embedders = list(head.embedders.values()) if head is not None else []
         with ctx.session() as session:
             lacking = lacking_embeddings(session, head_embedders, all_ids)
         if lacking and st.button(f"Embed these {len(lacking)} memes", key="train_embed_lacking"):
@@ -127,9 +142,9 @@ with tab_train:
                     ui.run_job_widget(ctx, EmbedStep(embedder), ids, key=f"train_lacking_{embedder.kind}")
             with ctx.session() as session:
                 lacking = lacking_embeddings(session, head_embedders, all_ids)
-        if lacking:
+        if lacking and head is not None:
             with ctx.session() as session:
-                notice = build_predictor(kind, values).input_notice(session, all_ids, list_memes=False)
+                notice = head.input_notice(session, all_ids, list_memes=False)
             lacking_box.warning(ui.md_escape(notice))
             lacking_box.dataframe([{"image": lack.image_id, "file": lack.path, "why": lack.reason} for lack in lacking],
                                   hide_index=True)

@@ -360,7 +360,8 @@ class Staleness:
     def counts(self) -> dict[str, Any]:
         return {"kind": self.kind, "fingerprint": self.fingerprint, "fresh": len(self.fresh),
                 "stale": len(self.stale), "missing": len(self.missing),
-                "text_changes": ", ".join(f"{k}: {n}" for k, n in sorted(self.changes.items()))}
+                "text_changes": ", ".join(f"{k}: {n}" for k, n in sorted(self.changes.items())),
+                "summary": self.describe()}
 
 
 def staleness(session: Session, kind: str, fingerprint: str, image_ids: Sequence[int] | None = None,
