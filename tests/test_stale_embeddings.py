@@ -24,6 +24,7 @@ from workbench.features.embeddings import (
     lacking_embeddings,
     load_embeddings,
     make_embedders,
+    stale_note,
 )
 from workbench.features.head_training import head_text_status, read_head_info
 from workbench.predictors.run import build_predictor, run_predictions
@@ -117,6 +118,11 @@ def test_a_second_ocr_engine_makes_text_embeddings_stale_and_a_refresh_makes_the
         assert stale.changes == {"tesseract → easyocr": CHANGED}
         assert stale.describe() == f"{N - CHANGED} fresh, {CHANGED} stale, 0 missing (text changed: tesseract → easyocr {CHANGED})"
         assert embedder_staleness(session, image_e, ids).describe() == f"{N} fresh, 0 stale, 0 missing"
+        assert stale_note(session, "clip-text", text_e.fingerprint()) == (
+            f"{CHANGED} of {N} memes in this clip-text set have a stale embedding: their OCR text changed since it was "
+            f"embedded (tesseract → easyocr: {CHANGED}), so they sit where their old text put them. Refresh them on "
+            "the Train page or with `python -m workbench embed clip|vlm --stale`, then recompute the map.")
+        assert stale_note(session, "clip-image", image_e.fingerprint()) is None
         status = {r["kind"]: (r["fresh"], r["stale"], r["missing"]) for r in embedding_status(session)}
         assert status == {"clip-image": (N, 0, 0), "clip-text": (N - CHANGED, CHANGED, 0)}
         todo = stale.todo
@@ -126,6 +132,7 @@ def test_a_second_ocr_engine_makes_text_embeddings_stale_and_a_refresh_makes_the
     assert (refresh.status, refresh.done, refresh.failed) == ("done", CHANGED, 0)
     with session_scope(settings.db_url) as session:
         assert embedder_staleness(session, text_e, ids).describe() == f"{N} fresh, 0 stale, 0 missing"
+        assert stale_note(session, "clip-text", text_e.fingerprint()) is None
         assert sorted(load_embeddings(session, text_e, ids)) == ids
         sources = dict(session.execute(select(Embedding.image_id, Embedding.text_source)
                                        .where(Embedding.kind == "clip-text")).all())

@@ -404,6 +404,18 @@ def embedder_staleness(session: Session, embedder: Embedder, image_ids: Sequence
     return staleness(session, embedder.kind, embedder.fingerprint(), image_ids, uses_text=embedder.uses_text)
 
 
+def stale_note(session: Session, kind: str, fingerprint: str) -> str | None:
+    """One sentence for a view of a cached set (the Map) when some of its embeddings are stale; None otherwise."""
+    state = staleness(session, kind, fingerprint)
+    if not state.stale:
+        return None
+    changes = ", ".join(f"{k}: {n}" for k, n in sorted(state.changes.items()))
+    return (f"{len(state.stale)} of {len(state.fresh) + len(state.stale)} memes in this {kind} set have a stale "
+            f"embedding: their OCR text changed since it was embedded ({changes}), so they sit where their old "
+            "text put them. Refresh them on the Train page or with `python -m workbench embed clip|vlm --stale`, "
+            "then recompute the map.")
+
+
 def embedding_status(session: Session, image_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Every cached embedding set with its dim and fresh / stale / missing counts (Train page, `embed --status`)."""
     from workbench.store.ocr_texts import best_text_sources
