@@ -10,8 +10,14 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench.features.embeddings import EmbedStep, embedding_counts, make_embedders  # noqa: E402
-from workbench.features.head_training import HeadError, describe_grouping, read_head_info  # noqa: E402
+from workbench.features.embeddings import (  # noqa: E402
+    EmbedStep,
+    embedder_staleness,
+    embedding_status,
+    lacking_embeddings,
+    make_embedders,
+)
+from workbench.features.head_training import HeadError, describe_grouping, head_text_status, read_head_info  # noqa: E402
 from workbench.models.choices import embedder_model  # noqa: E402
 from workbench.predictors.base import PredictorStep  # noqa: E402
 from workbench.predictors.head import copy_head, predictor_for_saved_head, saved_heads  # noqa: E402
@@ -45,6 +51,17 @@ def show_metrics(metrics: dict) -> None:
     st.caption(describe_grouping(metrics.get("grouping")))
 
 
+def embedder_lines(sets: list[dict], embedders: list, n_memes: int) -> list[tuple[str, int]]:
+    """("<kind>: N fresh, M stale, K missing", M + K) per embedder, from `embedding_status` rows."""
+    by_set = {(r["kind"], r["fingerprint"]): r for r in sets}
+    out = []
+    for e in embedders:
+        r = by_set.get((e.kind, e.fingerprint()), {"summary": f"0 fresh, 0 stale, {n_memes} missing", "stale": 0,
+                                                     "missing": n_memes})
+        out.append((f"{e.kind}: {r['summary']}", r["stale"] + r["missing"]))
+    return out
+
+
 st.title("Train")
 with ctx.session() as session:
     all_ids = catalog.image_ids(session, "all")
@@ -67,14 +84,33 @@ with tab_embed:
                           help="Starts from the project's model choice (Models page: embedding / vlm)")
     device = c3.text_input("device", value="auto", key="train_embed_device", help="auto | cpu | cuda | cuda:N | mps")
     dtype = c4.selectbox("dtype", ["auto", "float32", "bfloat16", "float16"], key="train_embed_dtype")
-    if st.button("Extract embeddings", key="train_embed_run", disabled=not all_ids):
-        for embedder in make_embedders(source, model.strip() or default_model, device.strip() or "auto", dtype):
-            st.write(f"**{embedder.kind}**")
-            ui.run_job_widget(ctx, EmbedStep(embedder), all_ids, key=f"train_embed_{embedder.kind}")
+    embedders = make_embedders(source, model.strip() or default_model, device.strip() or "auto", dtype)
+    # Fresh / stale (OCR text changed since) / missing per embedder of this model; drawn after any job below.
+    status_box = st.container()
     with ctx.session() as session:
-        counts = embedding_counts(session)
-    if counts:
-        st.dataframe(counts, hide_index=True)
+        sets = embedding_status(session, all_ids)
+    lines = embedder_lines(sets, embedders, len(all_ids))
+    to_refresh = sum(n for _, n in lines)
+    b1, b2 = st.columns(2)
+    extract = b1.button("Extract embeddings", key="train_embed_run", disabled=not all_ids)
+    refresh = b2.button(f"Refresh stale + missing ({to_refresh})", key="train_embed_refresh", disabled=not to_refresh,
+                        help="Re-embed only the memes whose embedding is stale (its OCR text changed since) or "
+                        "missing: `python -m workbench embed SOURCE --model MODEL` does the same")
+    if extract or refresh:
+        for embedder in embedders:
+            with ctx.session() as session:
+                ids = all_ids if extract else embedder_staleness(session, embedder, all_ids).todo
+            if ids:
+                st.write(f"**{embedder.kind}**")
+                ui.run_job_widget(ctx, EmbedStep(embedder), ids, key=f"train_embed_{embedder.kind}")
+        with ctx.session() as session:
+            sets = embedding_status(session, all_ids)
+        lines = embedder_lines(sets, embedders, len(all_ids))
+    for line, _ in lines:
+        status_box.text(line)
+    if sets:
+        st.caption("Every cached embedding set (`python -m workbench embed --status`):")
+        st.dataframe([{k: v for k, v in r.items() if k != "summary"} for r in sets], hide_index=True)
     else:
         st.info("No embeddings cached yet.")
 
@@ -93,6 +129,29 @@ with tab_train:
     # head_path (predict with a saved head instead of training) belongs to the Saved heads tab.
     values = ui.option_form(spec.options, prefix, overrides={"head_path": ""} if kind == "head" else None,
                             columns=3)
+    if kind == "head" and spec.available and all_ids:
+        # Before training: the memes without a current embedding for these features, and a way to embed them.
+        lacking_box = st.container()
+        try:
+            head = build_predictor(kind, values)
+        except ValueError:
+            head = None
+        head_embedders = list(head.embedders.values()) if head is not None else []
+        with ctx.session() as session:
+            lacking = lacking_embeddings(session, head_embedders, all_ids)
+        if lacking and st.button(f"Embed these {len(lacking)} memes", key="train_embed_lacking"):
+            for embedder in head_embedders:
+                ids = [lack.image_id for lack in lacking if embedder.kind in lack.missing + lack.stale]
+                if ids:
+                    ui.run_job_widget(ctx, EmbedStep(embedder), ids, key=f"train_lacking_{embedder.kind}")
+            with ctx.session() as session:
+                lacking = lacking_embeddings(session, head_embedders, all_ids)
+        if lacking and head is not None:
+            with ctx.session() as session:
+                notice = head.input_notice(session, all_ids, list_memes=False)
+            lacking_box.warning(ui.md_escape(notice))
+            lacking_box.dataframe([{"image": lack.image_id, "file": lack.path, "why": lack.reason} for lack in lacking],
+                                  hide_index=True)
     if st.button("Train and predict (out-of-fold)", type="primary", key="train_run",
                  disabled=not (all_ids and spec.available)):
         try:
@@ -118,6 +177,8 @@ with tab_heads:
     if not heads:
         st.info("No saved heads yet: train one in the Train tab (it is saved automatically).")
     else:
+        with ctx.session() as session:  # a head trained on OCR texts that changed since is stale
+            heads = [{**h, "texts": head_text_status(session, read_head_info(h["path"]))} for h in heads]
         st.dataframe(heads, hide_index=True)
         name = st.selectbox("Head", [h["name"] for h in heads], key="train_saved_head")
         chosen = next(h for h in heads if h["name"] == name)

@@ -1,5 +1,6 @@
 """`python -m workbench embed clip|vlm` (cache frozen-model embeddings through the job
-runner) and `python -m workbench head list|show|copy` (saved classification heads).
+runner; `--status` prints fresh / stale / missing counts, `--stale` re-embeds only stale
+ones) and `python -m workbench head list|show|copy` (saved classification heads).
 
 Training a head or the TF-IDF baseline is a predictor run:
 `python -m workbench predict head -o features=both -o head=mlp` / `predict text-tfidf`."""
@@ -20,10 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="extract and cache CLIP / VLM embeddings (for trained heads)",
                        description="clip: CLIP image embedding + CLIP text embedding of the OCR text; "
                                    "vlm: the VLM's last hidden state mean-pooled over the attention mask. "
-                                   "Re-running skips images whose embedding is current.")
-    p.add_argument("source", choices=("clip", "vlm"))
+                                   "Re-running skips images whose embedding is current and re-embeds stale ones "
+                                   "(a text embedding whose OCR text changed since) and missing ones.")
+    p.add_argument("source", nargs="?", choices=("clip", "vlm"), help="required unless --status")
     p.add_argument("--model", help="model id or local folder (default: the project's embedding / vlm "
-                                                   "choice, see `models list`)")
+                                   "choice, see `models list`)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--vlm-with-ocr", action="store_true", help="vlm: put the OCR text into the prompt")
@@ -32,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="at most N memes")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--force", action="store_true", help="recompute embeddings that are already cached")
+    p.add_argument("--stale", action="store_true",
+                   help="re-embed only stale embeddings (their OCR text changed since), not never-embedded memes")
+    p.add_argument("--status", action="store_true",
+                   help="print fresh / stale / missing counts (of SOURCE's embedders, or of every cached set) "
+                        "and embed nothing")
+    p.add_argument("--json", action="store_true", help="--status as JSON")
     add_actor_option(p)
     p.set_defaults(func=cmd_embed)
 
@@ -50,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.features.embeddings import EmbedStep, make_embedders
+    from workbench.features.embeddings import EmbedStep, embedder_staleness, make_embedders
     from workbench.runs.lock import JobBusy
     from workbench.runs.runner import run_step
     from workbench.store.catalog import SELECTIONS, image_ids
@@ -60,24 +68,37 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"--selection must be one of {', '.join(SELECTIONS)}")
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
+    if args.source is None and not args.status:
+        raise CliError("name a source (clip or vlm), or pass --status")
+    if args.stale and args.force:
+        raise CliError("--stale and --force exclude each other")
     from workbench.models.choices import embedder_model
 
     extra = {"use_ocr_text": True} if args.vlm_with_ocr and args.source == "vlm" else {}
-    model = args.model or in_session(settings, embedder_model, args.source)
+    model = args.model or (in_session(settings, embedder_model, args.source) if args.source else None)
     try:
-        embedders = make_embedders(args.source, model, args.device, args.dtype, **extra)
+        embedders = make_embedders(args.source, model, args.device, args.dtype, **extra) if args.source else []
     except ValueError as exc:
         raise CliError(str(exc)) from None
     with session_scope(settings.db_url) as session:
         ids = image_ids(session, args.selection, folder=args.folder, limit=args.limit)
+    if args.status:
+        return _print_status(settings, embedders, ids, args.json)
     if not ids:
         print("no memes in this selection (ingest some first: python -m workbench ingest)", file=sys.stderr)
         return 1
     authorize_job(args, settings, f"embed {args.source}", len(ids))
     code = 0
     for embedder in embedders:
+        todo = ids
+        if args.stale:
+            with session_scope(settings.db_url) as session:
+                todo = embedder_staleness(session, embedder, ids).stale
+            if not todo:
+                print(f"{embedder.describe()} [{embedder.fingerprint()}]: no stale embeddings")
+                continue
         try:
-            summary = run_step(settings.db_url, EmbedStep(embedder), ids, memes_dir=settings.memes_dir,
+            summary = run_step(settings.db_url, EmbedStep(embedder), todo, memes_dir=settings.memes_dir,
                                lock_dir=settings.artefacts_dir, batch_size=args.batch_size, force=args.force)
         except JobBusy as exc:
             raise CliError(str(exc)) from None
@@ -85,6 +106,29 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
         if summary.status == "failed":
             return code
     return code
+
+
+def _print_status(settings: Settings, embedders: list, ids: list[int], as_json: bool) -> int:  # noqa: ANN001
+    """Fresh / stale / missing counts over `ids`: of the given embedders' sets, or of every cached set."""
+    from workbench.features.embeddings import embedder_staleness, embedding_status
+    from workbench.store.db import session_scope
+
+    with session_scope(settings.db_url) as session:
+        if embedders:
+            rows = [{**embedder_staleness(session, e, ids).counts(), "embedder": e.describe()} for e in embedders]
+        else:
+            rows = embedding_status(session, ids)
+    if as_json:
+        return print_json(rows)
+    if not rows:
+        print("no embeddings cached yet (python -m workbench embed clip)")
+    for r in rows:
+        changes = f"  text changed: {r['text_changes']}" if r["text_changes"] else ""
+        print(f"{r['kind']:10} {r['fingerprint']}  {r['fresh']} fresh, {r['stale']} stale, {r['missing']} missing"
+              f"{changes}")
+    if any(r["stale"] or r["missing"] for r in rows):
+        print("refresh: python -m workbench embed clip|vlm --model MODEL (re-embeds stale and missing ones)")
+    return 0
 
 
 def _head_dir(name: str) -> Path:

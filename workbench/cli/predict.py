@@ -100,6 +100,11 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
     authorize_job(args, settings, predictor.run_name(), len(ids))
+    if hasattr(predictor, "input_notice"):  # trained predictors: say up front which memes lack inputs
+        with session_scope(settings.db_url) as session:
+            notice = predictor.input_notice(session, ids)
+        if notice:
+            print(f"note: {notice}", file=sys.stderr)
     summary = _run_with_progress(settings, predictor, ids, args)
     run = f" (run {summary.run_id})" if summary.status != "failed" else ""  # a failed start keeps no run
     return report_job(f"{predictor.run_name()}{run}", summary)

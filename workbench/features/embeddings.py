@@ -7,8 +7,11 @@ Embedding kinds:
 - vlm-pooled: a VLM's (Qwen2.5-VL) last hidden state mean-pooled over the attention mask,
   for image + prompt (the frozen-VLM binary-classifier design).
 
-A text-dependent embedding is stored under "<fingerprint>:t<hash of the text>", so a
-corrected OCR text makes it stale and the next run recomputes it. Precision (device,
+A text-dependent embedding is stored under "<fingerprint>:t<hash of the text>", with the
+OCR row its text came from (`text_source`: engine + config, or a manual correction). When the
+text a meme goes by changes (a correction, or a newer engine's reading) the embedding is
+stale: `staleness` counts fresh / stale / missing images of a set, `lacking_embeddings`
+names the memes a head cannot use, and the next run recomputes only those. Precision (device,
 dtype) is not part of the identity: a head trained on GPU embeddings works on CPU ones.
 Extraction runs through the job runner (`EmbedStep`): batched, resumable, per-item errors;
 images are decoded and fitted to the model's limits (workbench.models.image_limits) in the
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,7 +34,7 @@ from workbench.config import DEFAULT_CLIP_MODEL, DEFAULT_VLM_MODEL
 from workbench.models.image_limits import IMAGE_FIT_VERSION, fit_image
 from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint, prefetch_image
 from workbench.store.db import in_batches
-from workbench.store.schema import Embedding
+from workbench.store.schema import Embedding, Image
 
 EMBEDDING_VERSION = 1  # bump when the meaning of stored vectors changes
 EMBEDDING_KINDS = ("clip-image", "clip-text", "vlm-pooled")
@@ -262,17 +266,45 @@ def load_embeddings(session: Session, embedder: Embedder, image_ids: Sequence[in
     return out
 
 
-def store_embeddings(session: Session, embedder: Embedder, rows: Sequence[tuple[int, str, np.ndarray]]) -> None:
-    """Store (image_id, stored fingerprint, vector) rows, replacing the image's older rows of this embedder."""
+def store_embeddings(session: Session, embedder: Embedder, rows: Sequence[tuple[int, str, np.ndarray]],
+                     text_sources: dict[int, str] | None = None) -> None:
+    """Store (image_id, stored fingerprint, vector) rows, replacing the image's older rows of this embedder.
+    `text_sources`: image_id -> the OCR row its text came from (`TextSource.ref`), for text embeddings."""
     fp = embedder.fingerprint()
     ids = [r[0] for r in rows]
+    sources = text_sources or {}
     for chunk in in_batches(ids):
         cond = Embedding.fingerprint.like(f"{fp}:t%") if embedder.uses_text else Embedding.fingerprint == fp
         session.execute(delete(Embedding).where(Embedding.image_id.in_(chunk), cond))
     for image_id, stored_fp, vector in rows:
         vector = np.asarray(vector, np.float32).reshape(-1)
         session.add(Embedding(image_id=image_id, fingerprint=stored_fp, kind=embedder.kind, dim=int(vector.shape[0]),
-                              vector=to_blob(vector)))
+                              vector=to_blob(vector), text_source=sources.get(image_id)))
+
+
+NO_TEXT = "-"  # text_source of an embedding made from the empty text (the meme had no OCR text)
+
+
+def text_source_refs(session: Session, embedder: Embedder, stored: Sequence[tuple[int, str]]) -> dict[int, str]:
+    """image_id -> `text_source` for (image_id, stored fingerprint) pairs of a text embedder: the OCR
+    row whose text the stored hash matches (absent when the text changed while embedding)."""
+    from workbench.store.ocr_texts import best_text_sources
+
+    sources = best_text_sources(session, [i for i, _ in stored])
+    out: dict[int, str] = {}
+    for image_id, stored_fp in stored:
+        src = sources.get(image_id)
+        if stored_fp == embedder.stored_fingerprint(src.text if src else ""):
+            out[image_id] = src.ref if src else NO_TEXT
+    return out
+
+
+def text_hashes(session: Session, image_ids: Sequence[int]) -> dict[int, str]:
+    """image_id -> hash of the text it goes by now ('' text when it has none): what a text embedding must match."""
+    from workbench.store.ocr_texts import best_texts
+
+    texts = best_texts(session, list(image_ids))
+    return {i: text_hash(texts.get(i, "")) for i in image_ids}
 
 
 def embedding_counts(session: Session) -> list[dict[str, Any]]:
@@ -286,6 +318,149 @@ def embedding_counts(session: Session) -> list[dict[str, Any]]:
         key = (kind, fp.split(":t", 1)[0], dim)
         merged[key] = merged.get(key, 0) + n
     return [{"kind": k, "fingerprint": fp, "dim": d, "images": n} for (k, fp, d), n in sorted(merged.items())]
+
+
+# ---------------------------------------------------------------- staleness
+
+def source_engine(ref: str | None) -> str:
+    """The engine name of a `text_source` ("tesseract:ab12#7" -> "tesseract"), for display."""
+    if ref is None:
+        return "unrecorded"
+    if ref == NO_TEXT:
+        return "no text"
+    return ref.split(":", 1)[0].split("#", 1)[0]
+
+
+@dataclass
+class Staleness:
+    """Which images of one embedding set (kind + fingerprint) are fresh, stale or missing.
+
+    Stale: a text embedding whose text is no longer the one the meme goes by (a manual
+    correction, or a newer OCR engine's reading). `changes` counts stale images by
+    "<engine embedded> → <engine now>"."""
+
+    kind: str
+    fingerprint: str
+    fresh: list[int] = field(default_factory=list)
+    stale: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    changes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def todo(self) -> list[int]:
+        """Stale and missing images: what a refresh embeds."""
+        return sorted(self.stale + self.missing)
+
+    def describe(self) -> str:
+        text = f"{len(self.fresh)} fresh, {len(self.stale)} stale, {len(self.missing)} missing"
+        if self.changes:
+            text += " (text changed: " + ", ".join(f"{k} {n}" for k, n in sorted(self.changes.items())) + ")"
+        return text
+
+    def counts(self) -> dict[str, Any]:
+        return {"kind": self.kind, "fingerprint": self.fingerprint, "fresh": len(self.fresh),
+                "stale": len(self.stale), "missing": len(self.missing),
+                "text_changes": ", ".join(f"{k}: {n}" for k, n in sorted(self.changes.items())),
+                "summary": self.describe()}
+
+
+def staleness(session: Session, kind: str, fingerprint: str, image_ids: Sequence[int] | None = None,
+              uses_text: bool | None = None, _texts: dict[int, Any] | None = None) -> Staleness:
+    """Fresh / stale / missing images (default: every present meme) of the set `kind` + `fingerprint`
+    (the embedder's fingerprint, without the text suffix). `uses_text` None: read it off the stored
+    rows (a text set's rows carry ":t<hash>")."""
+    from workbench.store.ocr_texts import best_text_sources
+
+    ids = list(image_ids) if image_ids is not None else list(
+        session.scalars(select(Image.id).where(Image.missing.is_(False)).order_by(Image.id)))
+    stored: dict[int, tuple[str, str | None]] = {}
+    for chunk in in_batches(ids):
+        stored.update((i, (fp, src)) for i, fp, src in session.execute(
+            select(Embedding.image_id, Embedding.fingerprint, Embedding.text_source)
+            .where(Embedding.image_id.in_(chunk), Embedding.kind == kind,
+                   (Embedding.fingerprint == fingerprint) | Embedding.fingerprint.like(f"{fingerprint}:t%"))))
+    if uses_text is None:
+        uses_text = any(":t" in fp for fp, _ in stored.values())
+    out = Staleness(kind, fingerprint)
+    sources = (_texts if _texts is not None else best_text_sources(session, ids)) if uses_text else {}
+    for image_id in ids:
+        row = stored.get(image_id)
+        if row is None:
+            out.missing.append(image_id)
+            continue
+        now = sources.get(image_id)
+        expected = f"{fingerprint}:t{text_hash(now.text if now else '')}" if uses_text else fingerprint
+        if row[0] == expected:
+            out.fresh.append(image_id)
+        else:
+            out.stale.append(image_id)
+            change = f"{source_engine(row[1])} → {now.engine if now else 'no text'}"
+            out.changes[change] = out.changes.get(change, 0) + 1
+    return out
+
+
+def embedder_staleness(session: Session, embedder: Embedder, image_ids: Sequence[int] | None = None) -> Staleness:
+    """`staleness` of the set an embedder writes."""
+    return staleness(session, embedder.kind, embedder.fingerprint(), image_ids, uses_text=embedder.uses_text)
+
+
+def stale_note(session: Session, kind: str, fingerprint: str) -> str | None:
+    """One sentence for a view of a cached set (the Map) when some of its embeddings are stale; None otherwise."""
+    state = staleness(session, kind, fingerprint)
+    if not state.stale:
+        return None
+    changes = ", ".join(f"{k}: {n}" for k, n in sorted(state.changes.items()))
+    return (f"{len(state.stale)} of {len(state.fresh) + len(state.stale)} memes in this {kind} set have a stale "
+            f"embedding: their OCR text changed since it was embedded ({changes}), so they sit where their old "
+            "text put them. Refresh them on the Train page or with `python -m workbench embed clip|vlm --stale`, "
+            "then recompute the map.")
+
+
+def embedding_status(session: Session, image_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Every cached embedding set with its dim and fresh / stale / missing counts (Train page, `embed --status`)."""
+    from workbench.store.ocr_texts import best_text_sources
+
+    ids = list(image_ids) if image_ids is not None else list(
+        session.scalars(select(Image.id).where(Image.missing.is_(False)).order_by(Image.id)))
+    sets = embedding_counts(session)
+    has_text = session.scalar(select(Embedding.id).where(Embedding.fingerprint.like("%:t%")).limit(1)) is not None
+    texts = best_text_sources(session, ids) if has_text else None  # read once for every text set
+    return [{**staleness(session, row["kind"], row["fingerprint"], ids, _texts=texts).counts(), "dim": row["dim"]}
+            for row in sets]
+
+
+@dataclass(frozen=True)
+class LackingEmbedding:
+    """A meme without a current embedding of some embedders: `reason` says which and why."""
+
+    image_id: int
+    path: str
+    missing: tuple[str, ...]  # kinds never embedded for this meme
+    stale: tuple[str, ...]  # kinds embedded from a text the meme no longer goes by
+
+    @property
+    def reason(self) -> str:
+        parts = [f"no {k} embedding" for k in self.missing]
+        parts += [f"{k} embedding is stale (its OCR text changed since it was embedded)" for k in self.stale]
+        return "; ".join(parts)
+
+
+def lacking_embeddings(session: Session, embedders: Iterable[Embedder],
+                       image_ids: Sequence[int]) -> list[LackingEmbedding]:
+    """The memes among `image_ids` that lack a current embedding of any of `embedders`, by id."""
+    missing: dict[int, list[str]] = {}
+    stale: dict[int, list[str]] = {}
+    for embedder in embedders:
+        st = embedder_staleness(session, embedder, image_ids)
+        for i in st.missing:
+            missing.setdefault(i, []).append(embedder.kind)
+        for i in st.stale:
+            stale.setdefault(i, []).append(embedder.kind)
+    ids = sorted(set(missing) | set(stale))
+    paths: dict[int, str] = {}
+    for chunk in in_batches(ids):
+        paths.update(session.execute(select(Image.id, Image.path).where(Image.id.in_(chunk))).all())
+    return [LackingEmbedding(i, paths.get(i, "?"), tuple(missing.get(i, ())), tuple(stale.get(i, ()))) for i in ids]
 
 
 # ---------------------------------------------------------------- job step
@@ -347,4 +522,6 @@ class EmbedStep(Step):
         return results
 
     def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
-        store_embeddings(session, self.embedder, [(r.image_id, *r.value) for r in results if r.error is None])
+        rows = [(r.image_id, *r.value) for r in results if r.error is None]
+        sources = text_source_refs(session, self.embedder, [(i, fp) for i, fp, _ in rows]) if self.embedder.uses_text else None
+        store_embeddings(session, self.embedder, rows, sources)

@@ -413,3 +413,33 @@ def load_head(directory: Path, expected_feature_fingerprint: str | None = None, 
     except (OSError, SafetensorError) as exc:
         raise HeadError(f"cannot read {Path(directory) / WEIGHTS_FILE}: {exc}") from None
     return head
+
+
+# ---------------------------------------------------------------- staleness of a saved head
+
+TEXT_FEATURES = ("text", "both", "interaction")
+
+
+def head_text_status(session: Any, info: dict[str, Any]) -> str:
+    """Whether the OCR texts a saved head's text embeddings were made from are still the texts
+    the memes go by (`read_head_info` output; memes no longer in the database are not counted)."""
+    from sqlalchemy import select
+
+    from workbench.features.embeddings import text_hashes
+    from workbench.store.db import in_batches
+    from workbench.store.schema import Image
+
+    features = (info.get("feature_model") or {}).get("features")
+    recorded = ((info.get("meta") or {}).get("texts") or {}).get("by_sha")
+    if features not in TEXT_FEATURES:
+        return "no text features"
+    if not recorded:
+        return "unknown (trained before texts were recorded)"
+    id_of: dict[str, int] = {}
+    for chunk in in_batches(list(recorded)):
+        id_of.update((sha, i) for i, sha in session.execute(select(Image.id, Image.sha256).where(Image.sha256.in_(chunk))))
+    now = text_hashes(session, list(id_of.values()))
+    stale = sum(1 for sha, i in id_of.items() if now[i] != recorded[sha])
+    if stale:
+        return f"stale: {stale} of {len(id_of)} training texts changed since (refresh embeddings, retrain)"
+    return f"current ({len(id_of)} training texts)"

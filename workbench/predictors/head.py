@@ -25,7 +25,9 @@ from workbench.features.embeddings import (
     ClipTextEmbedder,
     Embedder,
     VlmPooledEmbedder,
+    lacking_embeddings,
     load_embeddings,
+    text_hashes,
 )
 from workbench.features.head_training import (
     FEATURE_SETS,
@@ -128,6 +130,8 @@ class HeadPredictor(OutOfFoldPredictor):
         self.sha: dict[int, str] = {}
         self.missing_hint = ""
         self.other_models: dict[str, int] = {}  # when nothing can be trained on: models with embeddings cached
+        self.lacking: dict[int, str] = {}  # image_id -> why it has no features (missing / stale embeddings)
+        self.texts: dict[int, str] = {}  # trained image_id -> hash of the OCR text its text embedding was made from
 
     def training_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"model": f"{self.head_config.model}:{self.feature_model['description']}",
@@ -150,18 +154,48 @@ class HeadPredictor(OutOfFoldPredictor):
             rows = self._compose(parts, common)
             self.x = {i: rows[k] for k, i in enumerate(common)}
         self.sha = dict(session.execute(select(Image.id, Image.sha256)).all())
-        source = "vlm" if self.features == "vlm" else "clip"
         self.missing_hint = (f"no {'/'.join(e.kind for e in self.embedders.values())} embedding for this image: "
-                             f"run `python -m workbench embed {source} --model "
-                             f"{next(iter(self.embedders.values())).config()['model']}` (or the Train page) first")
+                             f"run `{self.embed_command()}` (or the Train page) first")
+        self.lacking = {lack.image_id: lack.reason for lack in
+                        lacking_embeddings(session, self.embedders.values(), [i for i in ids if i not in self.x])}
         self.other_models = {}
         if not any(i in self.x for i in labels):  # nothing to train on: say which model's embeddings there are
             first = next(iter(self.embedders.values()))
             self.other_models = {m: n for m, n in _embedded_models(session, first.kind).items()
                                  if m != first.config()["model"]}
-        # Training uses the labeled images that have features; the hash covers exactly those.
+        # Training uses the labeled images that have features; the hash covers exactly those (and,
+        # for text features, the texts embedded: a refreshed text embedding makes a new run).
         trained_on = sorted(i for i in labels if i in self.x)
-        return fingerprint({"feature_model": self.feature_model["fingerprint"], "train": trained_on})
+        inputs: dict[str, Any] = {"feature_model": self.feature_model["fingerprint"], "train": trained_on}
+        self.texts = {}
+        if any(e.uses_text for e in self.embedders.values()):
+            self.texts = text_hashes(session, trained_on)
+            inputs["texts"] = fingerprint(sorted(self.texts.items()))
+        return fingerprint(inputs)
+
+    def embed_command(self) -> str:
+        """The command that embeds (or refreshes) this head's features."""
+        source = "vlm" if self.features == "vlm" else "clip"
+        return f"python -m workbench embed {source} --model {next(iter(self.embedders.values())).config()['model']}"
+
+    def input_notice(self, session: Session, image_ids: list[int], list_memes: bool = True) -> str | None:
+        """Before training: which of `image_ids` lack current embeddings (ids and files unless
+        `list_memes` is False), and the command that embeds them."""
+        lacking = lacking_embeddings(session, self.embedders.values(), image_ids)
+        if not lacking:
+            return None
+        from workbench.store.labels import consensus_labels
+
+        labels = self.labels or consensus_labels(session)
+        labeled = [lack for lack in lacking if lack.image_id in labels]
+        stale = sum(1 for lack in lacking if lack.stale)
+        shown = ", ".join(f"{lack.image_id} ({lack.path})" for lack in lacking[:10])
+        more = f" and {len(lacking) - 10} more" if len(lacking) > 10 else ""
+        return (f"{len(lacking)} memes lack a current {'/'.join(e.kind for e in self.embedders.values())} embedding "
+                f"({stale} stale: their OCR text changed since they were embedded; {len(lacking) - stale} never "
+                f"embedded); {len(labeled)} of them labeled: the head trains without them and they get per-image "
+                f"errors." + (f" Memes: {shown}{more}." if list_memes else "")
+                + f" Embed them first: {self.embed_command()}")
 
     def _compose(self, parts: dict[str, dict[int, np.ndarray]], ids: list[int]) -> np.ndarray:
         if self.features == "vlm":
@@ -180,6 +214,8 @@ class HeadPredictor(OutOfFoldPredictor):
         x = np.stack([self.x[i] for i in ids])
         result = cross_validate(x, y, [self.sha[i] for i in ids], self.head_config, self.feature_model,
                                 self.fold_groups(ids))
+        if self.texts:  # which OCR texts the text embeddings were made from (saved heads show as stale later)
+            result.final.meta["texts"] = {"by_sha": {self.sha[i]: h for i, h in self.texts.items()}}
         save_head(result.final, heads_dir() / self.fingerprint(), result.curves)
         metrics = dict(result.metrics, n_labeled_without_features=sum(1 for i in self.labels if i not in self.x))
         return Fitted(fold_of={i: int(f) for i, f in zip(ids, result.folds)}, fold_models=result.fold_heads,
@@ -208,6 +244,8 @@ class HeadPredictor(OutOfFoldPredictor):
 
     def features_for(self, inp: PredictInput) -> np.ndarray:
         if inp.image_id not in self.x:
+            if inp.image_id in self.lacking:
+                raise ValueError(f"{self.lacking[inp.image_id]}: run `{self.embed_command()}` (or the Train page)")
             raise ValueError(self.missing_hint)
         return self.x[inp.image_id]
 

@@ -99,6 +99,11 @@ class OutOfFoldPredictor(Predictor):
         """(P(toxic), explanation) per input from one model."""
         raise NotImplementedError
 
+    def input_notice(self, session: Session, image_ids: list[int], list_memes: bool = True) -> str | None:
+        """Before a run: which of `image_ids` lack this predictor's inputs (e.g. current embeddings;
+        with `list_memes`, their ids and files) and how to make them; None when nothing is lacking."""
+        return None
+
     # -- Predictor -------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         config = {**self.training_config(), "labels": self.digest, "n_labels": len(self.labels)}

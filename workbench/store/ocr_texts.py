@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,24 +16,45 @@ from workbench.store.schema import OcrResult
 MANUAL_ENGINE = "manual"
 
 
-def best_texts(session: Session, image_ids: Sequence[int], engine_fingerprint: str | None = None) -> dict[int, str]:
-    """image_id -> text for the given images (images with no OCR are absent)."""
-    out: dict[int, str] = {}
-    manual: dict[int, str] = {}
+@dataclass(frozen=True)
+class TextSource:
+    """The text a meme goes by and the ocr_results row it comes from."""
+
+    text: str
+    ocr_id: int
+    engine: str  # an engine name, or "manual" for a correction
+    fingerprint: str  # engine + config (its version): "tesseract:<hash>"; "manual:<uuid>" for a correction
+
+    @property
+    def ref(self) -> str:
+        """A short stored reference: "<fingerprint>#<ocr_results id>"."""
+        return f"{self.fingerprint}#{self.ocr_id}"
+
+
+def best_text_sources(session: Session, image_ids: Sequence[int],
+                      engine_fingerprint: str | None = None) -> dict[int, TextSource]:
+    """image_id -> the text in force and its source row (images with no OCR are absent)."""
+    out: dict[int, TextSource] = {}
+    manual: dict[int, TextSource] = {}
     ids = list(image_ids)
     for chunk in in_batches(ids):
         rows = session.execute(
-            select(OcrResult.image_id, OcrResult.engine, OcrResult.fingerprint, OcrResult.text)
+            select(OcrResult.image_id, OcrResult.id, OcrResult.engine, OcrResult.fingerprint, OcrResult.text)
             .where(OcrResult.image_id.in_(chunk), OcrResult.error.is_(None))
             .order_by(OcrResult.created_at, OcrResult.id)
         ).all()
-        for image_id, engine, fp, text in rows:  # ascending: later rows win
+        for image_id, ocr_id, engine, fp, text in rows:  # ascending: later rows win
             if engine == MANUAL_ENGINE:
-                manual[image_id] = text
+                manual[image_id] = TextSource(text, ocr_id, engine, fp)
             elif engine_fingerprint is None or fp == engine_fingerprint:
-                out[image_id] = text
+                out[image_id] = TextSource(text, ocr_id, engine, fp)
     out.update(manual)
     return out
+
+
+def best_texts(session: Session, image_ids: Sequence[int], engine_fingerprint: str | None = None) -> dict[int, str]:
+    """image_id -> text for the given images (images with no OCR are absent)."""
+    return {i: s.text for i, s in best_text_sources(session, image_ids, engine_fingerprint).items()}
 
 
 def best_text(session: Session, image_id: int) -> str:

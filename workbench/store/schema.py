@@ -147,6 +147,9 @@ class Embedding(Base):
     kind: Mapped[str] = mapped_column(String(32))  # clip-image | clip-text | vlm-pooled | ...
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    # Text embeddings: the OCR row their text came from, "<ocr fingerprint>#<ocr_results id>"
+    # (engine + config, or a manual correction); "-" = no OCR text; NULL = image-only or unknown.
+    text_source: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (UniqueConstraint("image_id", "fingerprint", name="uq_embedding_image_fingerprint"),)
