@@ -171,6 +171,7 @@ def test_cli_with_sign_in_an_annotator_is_refused(settings, capsys, monkeypatch)
     assert cli(capsys, "users", "add", ADMIN, "--role", "admin")[0] == 0
     assert cli(capsys, "users", "add", ANNA, "--role", "annotator")[0] == 0
     monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+    monkeypatch.setenv("WORKBENCH_CLI_OPERATOR", "trusted")  # --as stands for a user (see test_team)
     code, _, err = cli(capsys, "models", "set", "clip", "org/clip", "--as", ANNA)
     assert code == 2 and "may not" in err and "admin role" in err
     assert cli(capsys, "models", "unset", "clip", "--as", ANNA)[0] == 0  # nothing set: nothing to refuse
@@ -179,7 +180,7 @@ def test_cli_with_sign_in_an_annotator_is_refused(settings, capsys, monkeypatch)
     assert code == 2 and "may not" in err
     code, out, _ = cli(capsys, "audit", "--json")
     assert [(e["actor"], e["detail"]) for e in json.loads(out) if e["action"] == "model choice"] == [
-        (ADMIN, {"name": "clip", "value": "org/clip"})]
+        (ADMIN, {"name": "clip", "value": "org/clip", "operator": users.actor_name(None)})]  # who ran --as
 
 
 def test_predict_and_embed_start_from_the_choice_and_a_run_can_override_it(settings, capsys, tiny_clip: str) -> None:

@@ -114,6 +114,10 @@ def test_cli_users_and_who_ran_what(settings, capsys, monkeypatch) -> None:
     code, out, _ = run("users", "add", "Admin@Team.org", "--role", "admin")  # the operator bootstraps the first admin
     assert code == 0 and out.strip() == "added: admin@team.org (admin)"
     monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+    # With sign-in on, --as is a claim nobody checks: refused unless this operator is trusted.
+    code, _, err = run("users", "add", "mallory@evil.org", "--role", "admin", "--as", ADMIN)
+    assert code == 2 and "WORKBENCH_CLI_OPERATOR=trusted" in err
+    monkeypatch.setenv("WORKBENCH_CLI_OPERATOR", "trusted")
     assert run("users", "add", ANNA, "--role", "annotator", "--as", ADMIN)[0] == 0
     code, _, err = run("users", "add", BORIS, "--role", "admin", "--as", ANNA)
     assert code == 2 and "may not" in err and "admin role" in err
@@ -132,6 +136,10 @@ def test_cli_users_and_who_ran_what(settings, capsys, monkeypatch) -> None:
     assert entries[0][0].startswith("os:") and entries[0][1] == "user remove"
     assert (ADMIN, "labels per meme") in entries and (ADMIN, "scan") in entries and (ADMIN, "user add") in entries
     assert not any(actor == ANNA for actor, _ in entries)  # refused actions leave nothing behind
+    assert "mallory@evil.org" not in out
+    # An entry made under --as also names the OS user who ran the command.
+    claimed = [e for e in json.loads(out) if e["actor"] == ADMIN]
+    assert claimed and all(e["detail"]["operator"].startswith("os:") for e in claimed)
 
 
 # ---- adjudication ------------------------------------------------------------------------------
@@ -372,6 +380,7 @@ def test_job_commands_check_the_role_and_record_who_ran_them(settings, session, 
     scan_folder(session, settings.memes_dir)
     session.commit()
     monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+    monkeypatch.setenv("WORKBENCH_CLI_OPERATOR", "trusted")  # --as stands for a user
     assert main(["users", "add", "boss@example.org", "--role", "admin"]) == 0
     assert main(["users", "add", "ann@example.org", "--role", "annotator"]) == 0
     capsys.readouterr()
@@ -386,3 +395,35 @@ def test_job_commands_check_the_role_and_record_who_ran_them(settings, session, 
         jobs = audit.recent(s, action="job")
     assert [(e["actor"], e["detail"]["images"]) for e in jobs] == [("boss@example.org", 2)]
     assert "tesseract" in jobs[0]["detail"]["step"]
+
+
+def test_labels_under_a_users_name_need_that_user_or_a_recorded_reason(settings, session, capsys, monkeypatch) -> None:
+    """import-annotations --annotator EMAIL stores human labels as that person's: refused for
+    anyone else unless an admin (or the operator) gives a reason, which the audit log keeps."""
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    write_sample_memes(settings.memes_dir, n=2, size=(64, 64))
+    assert run("ingest")[0] == 0
+    assert run("users", "add", ADMIN, "--role", "admin")[0] == 0
+    assert run("users", "add", BORIS, "--role", "reviewer")[0] == 0
+    paths = sorted(session.scalars(select(Image.path)))
+    session.commit()  # no transaction left open while the command writes
+    csv_file = settings.memes_dir.parent / "a.csv"
+    csv_file.write_text("filename,label\n" + "".join(f"{p},toxic\n" for p in paths), encoding="utf-8")
+    code, _, err = run("import-annotations", str(csv_file), "--annotator", BORIS)
+    assert code == 2 and f"only {BORIS} may import them" in err
+    code, _, err = run("import-annotations", str(csv_file), "--annotator", BORIS, "--reason", "his sheet from Slack")
+    assert code == 0, err
+    code, out, _ = run("audit", "--json")
+    entry = next(e for e in json.loads(out) if e["action"] == "import annotations")
+    assert entry["actor"].startswith("os:") and entry["detail"]["reason"] == "his sheet from Slack"
+    assert entry["detail"]["annotator"] == BORIS
+    monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+    monkeypatch.setenv("WORKBENCH_CLI_OPERATOR", "trusted")
+    code, _, err = run("import-annotations", str(csv_file), "--annotator", BORIS, "--as", ADMIN)
+    assert code == 2 and f"only {BORIS} may import them" in err  # an admin too needs a reason
+    code, _, err = run("import-annotations", str(csv_file), "--annotator", BORIS, "--as", BORIS)
+    assert code == 2 and "may not" in err  # his own labels, but importing is for admins

@@ -108,3 +108,9 @@ def auth_mode() -> str:
     if value not in AUTH_MODES:
         raise ValueError(f"WORKBENCH_AUTH must be one of {', '.join(AUTH_MODES)}, not {value!r}")
     return value
+
+
+def cli_operator_trusted() -> bool:
+    """WORKBENCH_CLI_OPERATOR=trusted: with sign-in on, the command line may act as a user
+    (`--as EMAIL`); otherwise it acts only as the operating-system user (os:<login>)."""
+    return (os.environ.get("WORKBENCH_CLI_OPERATOR") or "").strip().lower() == "trusted"

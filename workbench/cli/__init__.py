@@ -70,6 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a bad WORKBENCH_* value: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from workbench.store import audit
+    from workbench.store.users import actor_name
+
+    audit.set_operator(actor_name(None))  # entries made under --as also name who ran the command
+    try:
+        return _run(args, settings)
+    finally:
+        audit.set_operator(None)
+
+
+def _run(args: argparse.Namespace, settings: Any) -> int:
     try:
         if getattr(args, "needs_db", True):
             from workbench.store.db import upgrade

@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("import-annotations", help="import labels from an annotations.csv")
     p.add_argument("csv", type=Path)
-    p.add_argument("--annotator", default="import")
+    p.add_argument("--annotator", default="import",
+                   help="whose labels these are (default: import); a user's email needs that user, or --reason")
+    p.add_argument("--reason", help="why an admin imports labels under another user's name (recorded in the audit log)")
     p.add_argument("--partial", action="store_true", help="apply valid rows even if some rows have problems")
     add_actor_option(p)
     p.set_defaults(func=cmd_import)
@@ -99,7 +101,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.csv.is_file():
         raise CliError(f"{args.csv} does not exist")
-    report = run_as(settings, import_annotations, settings.memes_dir, args.csv, args.annotator,
+    report = run_as(settings, import_annotations, settings.memes_dir, args.csv, args.annotator, reason=args.reason,
                     all_or_nothing=not args.partial, actor=actor_of(args))
     for issue in report.issues:
         print(f"line {issue.line}: {issue.filename!r}: {issue.problem}", file=sys.stderr)

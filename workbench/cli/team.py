@@ -24,14 +24,21 @@ def add_actor_option(parser: argparse.ArgumentParser) -> None:
 
 def actor_of(args: argparse.Namespace) -> str:
     """Who runs the command: the --as email (normalised), else os:<login>; CliError when --as is not an email."""
-    from workbench.store.users import actor_name, normalize_email
+    from workbench.config import cli_operator_trusted
+    from workbench.store.users import actor_name, normalize_email, signin_enabled
 
     if getattr(args, "actor", None) is None:
         return actor_name(None)
     try:
-        return normalize_email(args.actor)
+        email = normalize_email(args.actor)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    if signin_enabled() and not cli_operator_trusted():
+        # With sign-in on, a claim on the command line is checked by nobody: the operator acts
+        # as themself (os:<login>) unless this machine's operator is configured as trusted.
+        raise CliError(f"--as {email} is refused: with sign-in on the command line acts as the operating-system "
+                       "user; set WORKBENCH_CLI_OPERATOR=trusted on a machine whose operator may act for others")
+    return email
 
 
 def run_as(settings: Settings, fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201

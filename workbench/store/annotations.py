@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.config import LABELS, MAX_UPLOAD_BYTES
+from workbench.errors import PermissionDenied
 from workbench.store import users
 from workbench.store.files import atomic_write
 from workbench.store.images import InvalidImage, validate_bytes
@@ -150,6 +151,16 @@ def _safe_rel(raw: str) -> str | None:
     return "/".join(parts)
 
 
+def _check_annotator(session: Session, annotator: str, actor: str | None, reason: str | None) -> None:
+    """Labels stored under a person's name are that person's: importing under a known user's
+    email needs that user, or an admin (or the operator) who records why (`reason`)."""
+    if users.role_of(session, annotator) is None or users.actor_name(actor) == users.normalize_email(annotator):
+        return
+    if not (reason or "").strip():
+        raise PermissionDenied(f"labels under {annotator} would be stored as that person's; only {annotator} may "
+                               "import them, or an admin who gives a reason (--reason), which is recorded")
+
+
 def _rows(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int, dict[str, str]]]:
     """(line, row) of the CSV as it streams; a row csv cannot read (a field past the cap, a
     NUL byte) ends the import with that line's problem, not a traceback."""
@@ -168,7 +179,7 @@ def _rows(reader: csv.DictReader, report: ImportReport) -> Iterator[tuple[int, d
 
 def import_annotations(
     session: Session, memes_dir: Path, data: bytes | Path, annotator: str = IMPORT_ANNOTATOR,
-    all_or_nothing: bool = True, actor: str | None = None,
+    all_or_nothing: bool = True, actor: str | None = None, reason: str | None = None,
 ) -> ImportReport:
     """Import labels from annotations.csv (bytes, or a file's path: read as a stream, so memory
     does not grow with the file). Each row problem is reported with its line; a field may be
@@ -179,7 +190,9 @@ def import_annotations(
     when sign-in is on (`actor`: workbench.store.users.require).
     """
     size = data.stat().st_size if isinstance(data, Path) else len(data)
-    users.authorize(session, actor, users.ADMIN, "import annotations", {"bytes": size, "annotator": annotator})
+    _check_annotator(session, annotator, actor, reason)
+    users.authorize(session, actor, users.ADMIN, "import annotations",
+                    {"bytes": size, "annotator": annotator, **({"reason": reason} if reason else {})})
     from workbench.store.ingest import folder_lock
 
     with folder_lock(memes_dir), (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as raw:

@@ -14,10 +14,22 @@ from sqlalchemy.orm import Session
 
 from workbench.store.schema import AuditEntry
 
+_operator: str | None = None  # the OS user behind this process, when it is the command line
+
+
+def set_operator(os_user: str | None) -> None:
+    """Mark this process as run by an operator (the CLI): every entry it records under an
+    email (`--as`) also names that OS user, so nobody is recorded as someone else without a trace."""
+    global _operator
+    _operator = os_user
+
 
 def record(session: Session, actor: str, action: str, detail: dict[str, Any] | None = None) -> None:
     """Add one audit entry (committed with the session's transaction)."""
-    session.add(AuditEntry(actor=actor[:320], action=action[:64], detail=dict(detail or {})))
+    detail = dict(detail or {})
+    if _operator and not actor.startswith("os:"):
+        detail.setdefault("operator", _operator)
+    session.add(AuditEntry(actor=actor[:320], action=action[:64], detail=detail))
 
 
 def recent(session: Session, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
