@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from workbench.config import LABELS, MAX_UPLOAD_BYTES
 from workbench.errors import PermissionDenied
 from workbench.store import users
+from workbench.store.db_locks import advisory_lock
 from workbench.store.files import atomic_write
 from workbench.store.images import InvalidImage, validate_bytes
 from workbench.store.ingest import folder_of
@@ -195,7 +196,8 @@ def import_annotations(
                     {"bytes": size, "annotator": annotator, **({"reason": reason} if reason else {})})
     from workbench.store.ingest import folder_lock
 
-    with folder_lock(memes_dir), (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as raw:
+    with folder_lock(memes_dir), advisory_lock(session.get_bind(), "workbench:ingest"), \
+            (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as raw:
         # it may ingest files: never at the same time as a scan or upload
         old_limit = csv.field_size_limit(MAX_UPLOAD_BYTES)  # csv's default 128 KB is below an upload's cap
         try:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from workbench.config import FOLDER_LABELS, LABEL_FOLDERS, LABELS
 from workbench.store import users
+from workbench.store.db_locks import advisory_lock
 from workbench.store.files import atomic_write
 from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
 from workbench.store.labels import add_label, current_labels
@@ -118,8 +119,11 @@ def scan_folder(
     (`actor`: workbench.store.users.require).
     """
     users.authorize(session, actor, users.ADMIN, "scan", {"folder": str(memes_dir)})
+    session.commit()  # the audit row: no write transaction held while the first files are read
     memes_dir = memes_dir.resolve()
-    with folder_lock(memes_dir):
+    with folder_lock(memes_dir), advisory_lock(session.get_bind(), "workbench:ingest"):
+        # Across machines sharing one PostgreSQL the advisory lock serialises scans: the second
+        # one finds the first one's images stored instead of failing on their unique hashes.
         return _scan_folder(session, memes_dir, source, on_progress, commit_every)
 
 
@@ -286,7 +290,7 @@ def store_uploads(
     Admins only when sign-in is on (`actor`: workbench.store.users.require)."""
     users.authorize(session, actor, users.ADMIN, "upload", {"label": label})
     report = IngestReport()
-    with folder_lock(memes_dir):
+    with folder_lock(memes_dir), advisory_lock(session.get_bind(), "workbench:ingest"):
         _store_each(session, memes_dir, files, label, annotator, report)
     return report
 
