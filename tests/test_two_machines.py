@@ -61,7 +61,7 @@ def test_concurrent_scans_on_two_machines_store_each_meme_once(pg_url, tmp_path)
     procs = [subprocess.Popen([sys.executable, "-m", "workbench", "ingest"], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in envs]
     results = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, results):
+    for proc, (_out, err) in zip(procs, results):
         assert proc.returncode == 0, err[-2000:]
         assert "Traceback" not in err
     with db.session_scope(pg_url) as session:
