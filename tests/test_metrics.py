@@ -290,11 +290,15 @@ def test_list_runs_breakdown_and_annotator_agreement(session, world):
     assert [r["folder"] for r in rows] == ["synthetic"] and rows[0]["n_labeled"] == 7
     agreement = outcomes.annotator_agreement(session)
     by_name = {r["annotator"]: r for r in agreement["annotators"]}
+    assert set(by_name) == {"alice", "bob"}  # people only at the top level
     assert by_name["alice"]["n_labels"] == 2 and by_name["alice"]["agreement_others"] == 0.0
     # folder vs consensus: 7 folder labels, consensus differs on ids[6] and ids[0]
-    assert by_name["folder"]["agreement_consensus"] == 5 / 7
+    (folder,) = agreement["system"]["annotators"]
+    assert folder["annotator"] == "folder" and folder["agreement_consensus"] == 5 / 7
     pair = {(p["a"], p["b"]): p for p in agreement["pairs"]}
+    assert set(pair) == {("alice", "bob")}
     assert pair[("alice", "bob")]["n"] == 1 and pair[("alice", "bob")]["agreement"] == 0.0
+    assert {(p["a"], p["b"]) for p in agreement["system"]["pairs"]} == {("alice", "folder"), ("bob", "folder")}
 
 
 def test_relabel_changes_outcomes_and_data_version(session, world):

@@ -117,7 +117,7 @@ def test_dashboard_renders_two_runs_with_expected_chart_data(world):
     a_ids = [i for i, c in zip(world["ids"], DESIGN_A) if c in "RW"]
     y = [int(world["truth"][i] == "toxic") for i in a_ids]
     said = [int(world["preds"]["A"][i].prob >= 0.75) for i in a_ids]
-    assert rows[f"#{world['run_a']} vlm · A"]["f1"] == f1_score(y, said, zero_division=0)
+    assert rows[f"#{world['run_a']} vlm · A"]["f1"] == f"{f1_score(y, said, zero_division=0):.3f}"
     sweep = next(s for s in _specs(at) if any("metric" in r for r in _rows(s)))
     at_075 = {r["value"] for r in _rows(sweep)
               if r.get("metric") == "f1" and r.get("threshold") == 0.75 and r.get("run", "").endswith("· A")}
@@ -132,9 +132,10 @@ def test_dashboard_renders_two_runs_with_expected_chart_data(world):
     assert len(at.get("image")) == n_fp > 0
 
     at.toggle(key="dash_agreement").set_value(True).run()
+    assert any(c.value.startswith("System annotators") for c in at.caption)  # folder labels only: no people
     agreement = next(d.value for d in at.dataframe if "annotator" in d.value.columns)
     row = agreement.to_dict("records")[0]
-    assert (row["annotator"], row["n_labels"], row["agreement_consensus"]) == ("folder", 8, 1.0)
+    assert (row["annotator"], row["n_labels"], row["agreement_consensus"]) == ("folder", 8, "1.000")
 
 
 def test_disagreements_2x2_matches_hand_count_and_relabel_updates_it(world, settings):
@@ -239,3 +240,30 @@ def test_the_label_issue_queue_starts_with_the_out_of_fold_runs(scattered):
     ranking = next(c.value for c in at.caption if c.value.startswith("Ranking:"))
     assert ranking.startswith("Ranking: mean confidence") and f"Run #{scattered['tfidf']} has them" in ranking
     assert "train the TF-IDF" not in ranking  # it exists: never ask for it
+
+
+def test_dashboard_opens_with_the_newest_run_of_each_kind_and_tidy_tables(world, settings):
+    import re
+
+    import pandas as pd
+
+    with session_scope(settings.db_url) as session:  # three newer runs: the CLIP run is no longer among the 3 newest
+        ids = world["ids"]
+        newer = [add_run(session, kind, kind, {i: Pred("unknown", latency_ms=None) for i in ids[:2]})
+                 for kind in ("nudenet", "text-toxicity", "head")]
+        empty = add_run(session, "head", "failed to start", {})
+    at = _app("6_Dashboard.py")
+    assert not at.exception
+    assert at.multiselect(key="dash_runs").value == [*reversed(newer), world["run_b"], world["run_a"]]
+    assert empty not in at.multiselect(key="dash_runs").value
+    at.toggle(key="dash_agreement").set_value(True).run()
+    assert not at.exception
+    decimals = re.compile(r"^-?\d+\.(\d+)$")
+    for frame in (d.value for d in at.dataframe):
+        for column in frame.columns:
+            for value in frame[column]:
+                assert not (value is None or (isinstance(value, float) and pd.isna(value))), (column, frame)
+                assert not isinstance(value, float), (column, value)  # numbers are formatted, alike
+                found = decimals.match(str(value))
+                if found and column not in ("McNemar p", "mean_ms", "p95_ms"):
+                    assert len(found.group(1)) == 3, (column, value)

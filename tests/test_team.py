@@ -226,6 +226,29 @@ def test_kappa_and_alpha_match_the_libraries(session) -> None:
     assert agreement.krippendorff_alpha({1: {"a": "toxic", "b": "toxic"}, 2: {"a": "toxic", "b": "toxic"}}) is None
 
 
+def test_agreement_json_is_people_only_with_the_system_annotators_apart(settings, session, capsys) -> None:
+    ids = add_images(session, 4)
+    folder = ["toxic", "toxic", "non_toxic", "non_toxic"]
+    session.execute(insert(Label), [{"image_id": i, "label": lab, "annotator": "folder"} for i, lab in zip(ids, folder)]
+                    + [{"image_id": i, "label": lab, "annotator": "anna"} for i, lab in zip(ids, folder)]
+                    + [{"image_id": i, "label": lab, "annotator": "boris"}
+                       for i, lab in zip(ids, ["toxic", "non_toxic", "non_toxic", "toxic"])])
+    session.commit()
+    assert main(["agreement", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["annotator"] for r in report["annotators"]] == ["anna", "boris"]
+    assert [(p["a"], p["b"]) for p in report["pairs"]] == [("anna", "boris")]  # not anna–folder (kappa 1.0)
+    assert report["pairs"][0]["kappa"] == pytest.approx(cohen_kappa_score(folder, ["toxic", "non_toxic", "non_toxic",
+                                                                                   "toxic"]))
+    assert [r["annotator"] for r in report["system"]["annotators"]] == ["folder"]
+    system_pairs = {(p["a"], p["b"]): p["kappa"] for p in report["system"]["pairs"]}
+    assert set(system_pairs) == {("anna", "folder"), ("boris", "folder")} and system_pairs[("anna", "folder")] == 1.0
+    assert report["alpha"]["overall"]["n_people"] == 2
+    assert main(["agreement"]) == 0
+    text = capsys.readouterr().out
+    assert text.index("people:") < text.index("anna × boris") < text.index("system annotators") < text.index("\n  folder ")
+
+
 # ---- the sign-in gate on the real pages ------------------------------------------------------------
 
 def open_as(page: str | None, email: str | None, **claims) -> AppTest:
