@@ -20,6 +20,7 @@ from workbench.analysis.dashboard import display_rows  # noqa: E402
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.store import adjudication, catalog, db, overlap, users  # noqa: E402
 from workbench.ui.auth import page_requires  # noqa: E402
+from workbench.ui.text import plural  # noqa: E402
 
 LABEL_NAMES = {"toxic": "Toxic", "non_toxic": "Neutral"}
 state = st.session_state
@@ -85,9 +86,8 @@ with ctx.session() as session:
     progress = overlap.progress(session, k, complete=True)
     n_present = catalog.count_present(session)
 queue = [c for c in _disputed(ctx.db_url, k, labels_version) if c.image_id not in leave_out]
-st.subheader(f"Queue: {len(queue)} meme{'s' if len(queue) != 1 else ''} to decide ({k} label{'s' if k > 1 else ''} "
-             "per meme)")
-st.caption(f"{progress['complete']} of {n_present} memes have their {k} label{'s' if k > 1 else ''} from people · "
+st.subheader(f"Queue: {plural(len(queue), 'meme')} to decide ({plural(k, 'label')} per meme)")
+st.caption(f"{progress['complete']} of {plural(n_present, 'meme')} have their {plural(k, 'label')} from people · "
            + " · ".join(f"{ui.md_escape(r['annotator'])}: {r['labeled']}" for r in progress["annotators"]))
 if not reviewer:
     st.warning("Enter your name in the sidebar (Annotator): decisions are stored under it.")

@@ -155,5 +155,5 @@ def cmd_agreement(args: argparse.Namespace, settings: Settings) -> int:
         for p in part["pairs"]:
             print(f"  {p['a']} × {p['b']}: n={p['n']} agreement {_fmt(p['agreement'])} kappa {_fmt(p['kappa'])}")
     overall = report["alpha"]["overall"]
-    print(f"Krippendorff's alpha (people, {overall['n_memes']} memes labeled by 2+): {_fmt(overall['alpha'])}")
+    print(f"Krippendorff's alpha (people, memes labeled by 2+: {overall['n_memes']}): {_fmt(overall['alpha'])}")
     return 0
