@@ -222,3 +222,15 @@ def test_home_demo_button_fills_an_empty_db(settings, session, clear_streamlit_c
     at.button(key="home_demo").click().run()
     no_exception(at)
     assert [m.value for m in at.metric][:2] == ["40", "40"]
+
+
+def test_the_app_menu_has_no_deploy_button() -> None:
+    """Streamlit reads .streamlit/config.toml from where the app starts: its own parser must see
+    the toolbar without developer options (the Deploy button is one of them)."""
+    import subprocess
+    import sys
+
+    code = ("from streamlit import config; config.get_config_options(force_reparse=True); "
+            "print(config.get_option('client.toolbarMode'), config.get_option('server.address'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["viewer", "127.0.0.1"]
