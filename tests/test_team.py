@@ -128,7 +128,14 @@ def test_cli_users_and_who_ran_what(settings, capsys, monkeypatch) -> None:
     assert run("users", "remove", ANNA, "--as", "not an email")[0] == 2
     assert run("users", "remove", ANNA)[0] == 0  # the operator, recorded as the OS user
     code, out, _ = run("audit", "--json")
-    entries = [(e["actor"], e["action"]) for e in json.loads(out)]
+    log = json.loads(out)
+    for e in log:  # stored UTC, serialised with the offset (SQLite itself keeps none)
+        at = datetime.fromisoformat(e["at"])
+        assert e["at"].endswith("+00:00") and at.utcoffset() == timedelta(0)
+        assert abs(datetime.now(UTC) - at) < timedelta(minutes=10)
+    code, text, _ = run("audit")
+    assert text.splitlines()[0].startswith(datetime.fromisoformat(log[0]["at"]).strftime("%Y-%m-%d %H:%M:%S+00:00"))
+    entries = [(e["actor"], e["action"]) for e in log]
     assert entries[0][0].startswith("os:") and entries[0][1] == "user remove"
     assert (ADMIN, "labels per meme") in entries and (ADMIN, "scan") in entries and (ADMIN, "user add") in entries
     assert not any(actor == ANNA for actor, _ in entries)  # refused actions leave nothing behind
@@ -430,6 +437,7 @@ def test_team_queue_adjudication_and_agreement_on_postgres(pg_server, monkeypatc
         assert labels.consensus_labels(s)[b] == "toxic" and adjudication.conflicts(s, 2) == []
         assert agreement.agreement_report(s)["pairs"][0]["n"] == 1
         assert [e["actor"] for e in audit.recent(s)][0] == REVIEWER
+        assert audit.recent(s)[0]["at"].endswith("+00:00")  # timestamptz in the server's zone, shown in UTC
 
 
 def test_job_commands_check_the_role_and_record_who_ran_them(settings, session, monkeypatch, capsys) -> None:
