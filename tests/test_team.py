@@ -256,6 +256,46 @@ def test_agreement_json_is_people_only_with_the_system_annotators_apart(settings
     assert text.index("people:") < text.index("anna × boris") < text.index("system annotators") < text.index("\n  folder ")
 
 
+@pytest.mark.parametrize(("host", "redirect_uri", "want"), [
+    ("127.0.0.1:8501", "http://localhost:8501/oauth2callback", "http://localhost:8501"),
+    ("localhost:8501", "http://localhost:8501/oauth2callback", None),
+    ("LOCALHOST:8501", "http://localhost:8501/oauth2callback", None),
+    ("localhost:8502", "http://localhost:8501/oauth2callback", "http://localhost:8501"),
+    ("memes.example.org", "https://memes.example.org/oauth2callback", None),  # a proxy keeps the host, no port
+    ("memes.example.org:443", "https://memes.example.org/oauth2callback", None),
+    ("10.0.0.5:8501", "https://memes.example.org/oauth2callback", "https://memes.example.org"),
+    (None, "http://localhost:8501/oauth2callback", None),
+    ("127.0.0.1:8501", None, None),
+    ("[::1]:8501", "http://localhost:8501/oauth2callback", "http://localhost:8501"),
+    ("localhost:port", "http://localhost:8501/oauth2callback", None),  # malformed: nothing to compare
+])
+def test_sign_in_detects_a_host_the_redirect_uri_does_not_name(host, redirect_uri, want) -> None:
+    from workbench.ui.auth import host_mismatch
+
+    assert host_mismatch(host, redirect_uri) == want
+
+
+def test_sign_in_returns_to_the_page_it_started_from_once() -> None:
+    from streamlit.web.server.starlette.starlette_app_utils import generate_xsrf_token_string
+
+    from workbench.ui import auth
+
+    token = os.urandom(16)
+    first, second = generate_xsrf_token_string(token, 1), generate_xsrf_token_string(token, 1)
+    assert first != second  # Streamlit masks the token anew in every response ...
+    key = auth.browser_key(first)
+    assert key == auth.browser_key(second) and key == auth.browser_key(f'"{second}"')  # ... the key stays
+    assert auth.browser_key(generate_xsrf_token_string(os.urandom(16), 1)) != key
+    assert auth.browser_key(None) is None and auth.browser_key("2|zz|zz|1") is None and auth.browser_key("x") is None
+    auth.remember_return(key, "/app/pages/1_Label.py", {"image": "12"}, now=1000.0)
+    assert auth.take_return(key, now=1010.0) == ("/app/pages/1_Label.py", {"image": "12"})
+    assert auth.take_return(key, now=1011.0) is None  # once
+    auth.remember_return(key, "/app/pages/1_Label.py", {}, now=1000.0)
+    assert auth.take_return(key, now=1000.0 + auth.RETURN_TTL_S + 1) is None  # a sign-in that took too long
+    auth.remember_return(None, "/app/pages/1_Label.py", {})  # no cookie (sign-in not configured): nothing kept
+    assert auth.take_return(None) is None
+
+
 # ---- the sign-in gate on the real pages ------------------------------------------------------------
 
 def open_as(page: str | None, email: str | None, **claims) -> AppTest:
