@@ -18,6 +18,7 @@ from workbench.analysis import outcomes, queue_orders  # noqa: E402
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.store import catalog, labels, ocr_texts, overlap  # noqa: E402
 from workbench.ui.review import near_copies_panel  # noqa: E402
+from workbench.ui.text import plural  # noqa: E402
 
 LABEL_NAMES = {"toxic": "Toxic", "non_toxic": "Neutral"}
 ALL_FOLDERS = "(all folders)"
@@ -189,9 +190,9 @@ if n_present == 0:
     st.stop()
 
 if team_progress is not None:
-    st.sidebar.markdown(f"**Team progress** — {k} label{'s' if k > 1 else ''} per meme")
+    st.sidebar.markdown(f"**Team progress** — {plural(k, 'label')} per meme")
     st.sidebar.progress(min(1.0, team_progress["labels"] / (n_present * k)),
-                        text=f"{team_progress['labels']} of {n_present * k} labels given")
+                        text=f"{team_progress['labels']} of {plural(n_present * k, 'label')} given")
     if team_progress["annotators"]:
         st.sidebar.dataframe([{"annotator": r["annotator"], "labeled": r["labeled"],
                                "share": f"{r['labeled'] / n_present:.0%}"} for r in team_progress["annotators"]],
@@ -208,7 +209,7 @@ image_id = _current()
 if image_id is None:
     st.query_params.pop("image", None)
     done_text = "No meme needs your label right now" if team else "End of the queue"
-    st.success(f"{done_text} ({len(queue)} memes in this queue). You labeled {mine} of {n_present}.")
+    st.success(f"{done_text} ({plural(len(queue), 'meme')} in this queue). You labeled {mine} of {n_present}.")
     cols = st.columns(2)
     cols[0].button("Back", key="lbl_back", shortcut="Left", on_click=_back, disabled=not state["lbl_trail"])
     cols[1].button("Start over", key="lbl_restart", on_click=_restart)
@@ -261,7 +262,7 @@ with right:
                       for c in current], hide_index=True)
     else:
         st.caption("Not labeled yet.")
-    with st.expander(f"History ({len(history)} label rows)"):
+    with st.expander(f"History ({plural(len(history), 'label row')})"):
         st.dataframe([{"annotator": h.annotator, "label": h.label, "note": h.note or "",
                        "at": h.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                        "undone": h.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if h.revoked_at else ""}
@@ -280,10 +281,18 @@ with right:
                 ocr_texts.save_correction(session, image_id, edited, annotator)
             st.toast("Text correction saved.")
 
-    st.subheader("Models")
-    if predictions:
-        st.dataframe([{"run": p.run_name, "kind": p.kind, "label": p.label, "P(toxic)": p.prob_toxic,
-                       "explanation": p.explanation or "", "error": p.error or ""} for p in predictions],
-                     hide_index=True, column_config={"P(toxic)": st.column_config.NumberColumn(format="%.3f")})
-    else:
-        st.caption("No model has judged this meme yet.")
+# Full width under the meme, verdict first: in the narrow right column the label, P(toxic) and the
+# explanation sat behind a horizontal scroll bar.
+st.subheader("Models")
+if predictions:
+    failed = any(p.error for p in predictions)
+    st.dataframe([{"label": p.label, "P(toxic)": p.prob_toxic, "explanation": p.explanation or "",
+                   "run": f"{p.run_name} ({p.kind})", **({"error": p.error or ""} if failed else {})}
+                  for p in predictions],
+                 hide_index=True, width="stretch", key="lbl_models",
+                 column_config={"label": st.column_config.TextColumn(width="small"),
+                                "P(toxic)": st.column_config.NumberColumn(format="%.3f", width="small"),
+                                "explanation": st.column_config.TextColumn(width="large"),
+                                "run": st.column_config.TextColumn(width="medium")})
+else:
+    st.caption("No model has judged this meme yet.")

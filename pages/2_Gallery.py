@@ -12,6 +12,7 @@ import streamlit as st  # noqa: E402
 from workbench.store import catalog, labels  # noqa: E402
 from workbench.store.db import in_batches  # noqa: E402
 from workbench.store.ocr_texts import best_texts, save_correction  # noqa: E402
+from workbench.ui.text import plural  # noqa: E402
 
 LABEL_FILTERS = {"any label": None, "toxic": "toxic", "neutral": "non_toxic", "unlabeled": "unlabeled"}
 LABEL_BADGES = {"toxic": ":red[toxic]", "non_toxic": ":green[neutral]", None: ":gray[unlabeled]"}
@@ -53,7 +54,7 @@ def _turn(delta: int) -> None:
 nav = st.columns([1, 1, 3, 1])
 nav[0].button("← Previous", key="gal_prev", on_click=_turn, args=(-1,), disabled=state["gal_page"] == 0)
 nav[1].button("Next →", key="gal_next", on_click=_turn, args=(1,), disabled=state["gal_page"] >= n_pages - 1)
-nav[2].caption(f"{total} memes match · page {state['gal_page'] + 1} of {n_pages}")
+nav[2].caption(f"{plural(total, 'meme')} {'matches' if total == 1 else 'match'} · page {state['gal_page'] + 1} of {n_pages}")
 editing = nav[3].toggle("Edit meme texts", key="gal_edit", disabled=not ctx.annotator,
                         help="Correct the OCR text of the memes on this page, then press Save texts."
                         if ctx.annotator else "Type your name in the sidebar (Annotator) to correct texts.")
@@ -91,6 +92,6 @@ if saved:
         with ctx.session() as session:
             for image_id, new_text in changed.items():
                 save_correction(session, image_id, new_text, ctx.annotator)
-        st.toast(f"Saved {len(changed)} text correction{'s' if len(changed) != 1 else ''}.")
+        st.toast(f"Saved {plural(len(changed), 'text correction')}.")
     else:
         st.toast("No text was changed.")

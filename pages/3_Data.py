@@ -11,6 +11,7 @@ import streamlit as st  # noqa: E402
 
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.store import annotations, demo_memes, ingest, users  # noqa: E402
+from workbench.ui.text import plural  # noqa: E402
 
 UPLOAD_TARGETS = {"unlabeled (uploads/)": None, "toxic (Негативно/)": "toxic", "neutral (Нейтрально/)": "non_toxic"}
 IMPORT_MODES = {
@@ -23,7 +24,7 @@ state = st.session_state
 def show_ingest_report(report: ingest.IngestReport, key: str) -> None:
     """Summary line + the per-file table (problems first)."""
     rejected = report.count("rejected")
-    (st.warning if rejected else st.success)(f"{len(report.files)} files: {report.summary()}")
+    (st.warning if rejected else st.success)(f"{plural(len(report.files), 'file')}: {report.summary()}")
     order = {"rejected": 0, "duplicate": 1, "moved": 2, "added": 3, "ignored": 4, "unchanged": 5}
     rows = sorted(report.rows(), key=lambda r: order.get(str(r["status"]), 9))
     if rows:
@@ -62,7 +63,7 @@ uploaded = st.file_uploader("jpg / png / gif / webp, up to 25 MB each — drag a
 label = UPLOAD_TARGETS[target]
 if label and not ctx.annotator:
     st.caption("Without an annotator name the label is stored as coming from the folder ('folder').")
-if st.button(f"Store {len(uploaded or [])} files", key="data_store", disabled=not uploaded or not admin):
+if st.button(f"Store {plural(len(uploaded or []), 'file')}", key="data_store", disabled=not uploaded or not admin):
     try:
         with ctx.session() as session:
             report = ingest.store_uploads(session, ctx.settings.memes_dir, ((f.name, f.getvalue()) for f in uploaded),
@@ -108,14 +109,14 @@ if st.button("Generate demo set", key="data_demo", disabled=not admin):
         written = demo_memes.write_sample_memes(ctx.settings.memes_dir, n=int(n_demo), seed=seed)
         with ctx.session() as session:
             report = ingest.scan_folder(session, ctx.settings.memes_dir, actor=ctx.actor)
-    st.success(ui.md_escape(f"Generated {len(written)} memes. Ingest: {report.summary()}"))
+    st.success(ui.md_escape(f"Generated {plural(len(written), 'meme')}. Ingest: {report.summary()}"))
 
 # ---- export ------------------------------------------------------------------
 st.subheader("Export annotations.csv")
 with ctx.session() as session:
     csv_text = annotations.export_annotations(session)
 n_rows = csv_text.count("\n") - 1
-st.caption(f"{n_rows} labeled memes, one row each with the consensus label "
+st.caption(f"{plural(n_rows, 'labeled meme')}, one row each with the consensus label "
            "(people outrank folder/import labels; majority; a tie goes to the most recent label).")
 st.download_button("Download annotations.csv", data=csv_text.encode("utf-8"), file_name="annotations.csv",
                    mime="text/csv", key="data_export", disabled=n_rows == 0)

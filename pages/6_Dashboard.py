@@ -40,6 +40,11 @@ def _agreement(db_url: str, version: tuple[int, ...]) -> dict:
         return outcomes.annotator_agreement(session)
 
 
+def table(rows: list[dict]) -> list[dict]:
+    """Every table's numbers alike: 3 decimals (p-values 3 significant digits), '—' where undefined."""
+    return dashboard.display_rows(rows)
+
+
 def _cell_key(run_id: int, human: str, answer: str) -> str:
     return f"{run_id}|{human}|{answer}"
 
@@ -54,8 +59,8 @@ if not runs:
 
 titles = {r.id: r.title for r in runs}
 top = st.columns([4, 1, 1])
-chosen = top[0].multiselect("Runs", list(titles), default=[r.id for r in runs[:3]], format_func=titles.get,
-                            key="dash_runs")
+chosen = top[0].multiselect("Runs", list(titles), default=dashboard.default_runs(runs), format_func=titles.get,
+                            key="dash_runs", help="Opens with the newest run of each kind.")
 n_boot = top[1].number_input("Bootstrap resamples", 100, 10_000, DEFAULT_N_BOOT, step=100, key="dash_n_boot")
 seed = top[2].number_input("Seed", 0, 2**31 - 1, 0, key="dash_seed")
 if not chosen:
@@ -71,7 +76,7 @@ st.caption("Toxic is the positive class. Accuracy, precision, recall and F1 are 
            "(human label and a toxic/non_toxic answer); **coverage** says how many labeled images that is, and "
            "**accuracy_strict** counts unknown / failed / missing answers as wrong. Nothing is dropped silently: "
            "the counts are in the table.")
-st.dataframe(pd.DataFrame(dash.metrics_rows).set_index("run_id"), width="stretch")
+st.dataframe(pd.DataFrame(table(dash.metrics_rows)).set_index("run_id"), width="stretch")
 
 # --- confusion heatmaps --------------------------------------------------------------
 st.subheader("Confusion matrices")
@@ -154,7 +159,7 @@ if prob_runs:
     st.subheader("Threshold")
     threshold = st.slider("Call toxic when p(toxic) ≥", 0.0, 1.0, 0.5, 0.01, key="dash_threshold")
     st.caption("Metrics of the probabilistic runs at this threshold, on labeled images that have a probability.")
-    st.dataframe(pd.DataFrame(dash.threshold_rows(threshold)), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(table(dash.threshold_rows(threshold))), hide_index=True, width="stretch")
     sweep = alt.Chart(pd.DataFrame(dash.sweep_rows())).mark_line().encode(
         x=alt.X("threshold:Q"), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color=alt.Color("metric:N"),
         strokeDash=alt.StrokeDash("run:N"), tooltip=_tips("run:N", "metric:N", "threshold:Q", "value:Q"))
@@ -168,15 +173,15 @@ st.subheader("By folder and source")
 by = st.radio("Break down by", ["folder", "source"], horizontal=True, key="dash_by")
 rows = dash.folder_rows if by == "folder" else dash.source_rows
 if rows:
-    frame = pd.DataFrame(rows)
-    frame["accuracy_ci"] = [dashboard.fmt_ci(a, ci) for a, ci in zip(frame["accuracy"], frame["accuracy_ci"])]
-    st.dataframe(frame.drop(columns=["run_id"]), hide_index=True, width="stretch")
+    shown = [{**{k: v for k, v in r.items() if k != "run_id"}, "accuracy_ci": dashboard.fmt_ci(r["accuracy"], r["accuracy_ci"])}
+             for r in rows]
+    st.dataframe(pd.DataFrame(table(shown)), hide_index=True, width="stretch")
 
 st.subheader("Latency and failures")
+failures = {r["run"]: {"unknown": r["unknown"], "failed": r["failed"], "missing": r["missing"]} for r in dash.metrics_rows}
+st.dataframe(pd.DataFrame(table([{**r, **failures[r["run"]]} for r in dash.latency_rows])), hide_index=True,
+             width="stretch")
 lat = pd.DataFrame(dash.latency_rows)
-counts = pd.DataFrame([{"run": r["run"], "unknown": r["unknown"], "failed": r["failed"], "missing": r["missing"]}
-                       for r in dash.metrics_rows])
-st.dataframe(lat.merge(counts, on="run"), hide_index=True, width="stretch")
 if lat["mean_ms"].notna().any():
     st.altair_chart(alt.Chart(lat.dropna(subset=["mean_ms"])).mark_bar().encode(
         x=alt.X("mean_ms:Q", title="mean latency (ms)"), y=alt.Y("run:N", title=None),
@@ -186,23 +191,31 @@ if dash.pair_rows:
     st.subheader("Run vs run")
     st.caption("Exact McNemar test on the labeled images both runs answered (small p: their accuracies really "
                "differ); Cohen's kappa on every image both answered (agreement beyond chance).")
-    st.dataframe(pd.DataFrame(dash.pair_rows), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(table(dash.pair_rows)), hide_index=True, width="stretch")
 
 st.subheader("Annotators")
 if st.toggle("Show annotator agreement", key="dash_agreement",
              help="Agreement and Cohen's kappa of each annotator with the consensus and with each other."):
     agreement = _agreement(ctx.db_url, version)
     if agreement["annotators"]:
-        st.caption("“vs others” compares each annotator with the consensus of everyone else on the same images.")
-        st.dataframe(pd.DataFrame(agreement["annotators"]), hide_index=True, width="stretch")
+        st.caption("People. “vs others” compares each annotator with the consensus of everyone else on the same "
+                   "images.")
+        st.dataframe(pd.DataFrame(table(agreement["annotators"])), hide_index=True, width="stretch")
     if agreement["pairs"]:
-        st.dataframe(pd.DataFrame(agreement["pairs"]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(table(agreement["pairs"])), hide_index=True, width="stretch")
+    system = agreement["system"]
+    if system["annotators"]:
+        st.caption("System annotators, apart from the people: `folder` (labels from folder names) and `import` "
+                   "(annotations.csv), against the consensus and each person.")
+        st.dataframe(pd.DataFrame(table(system["annotators"])), hide_index=True, width="stretch")
+        if system["pairs"]:
+            st.dataframe(pd.DataFrame(table(system["pairs"])), hide_index=True, width="stretch")
     alpha = agreement.get("alpha")  # people only: Krippendorff's alpha overall, per folder, per week
     if alpha and alpha["overall"]["n_memes"]:
         st.caption("Krippendorff's alpha (people only, memes two or more labeled): overall, per folder, per week.")
-        st.dataframe(pd.DataFrame([{"group": "overall", **alpha["overall"]}]
-                                  + [{"group": r.pop("folder"), **r} for r in map(dict, alpha["by_folder"])]
-                                  + [{"group": r.pop("week"), **r} for r in map(dict, alpha["by_week"])]),
+        st.dataframe(pd.DataFrame(table([{"group": "overall", **alpha["overall"]}]
+                                        + [{"group": r.pop("folder"), **r} for r in map(dict, alpha["by_folder"])]
+                                        + [{"group": r.pop("week"), **r} for r in map(dict, alpha["by_week"])])),
                      hide_index=True, width="stretch")
-    if not agreement["annotators"]:
+    if not agreement["annotators"] and not system["annotators"]:
         st.caption("No labels yet.")

@@ -12,6 +12,7 @@ from workbench.analysis.report import render  # noqa: E402
 from workbench.store import annotations, predictions_csv  # noqa: E402
 from workbench.store.catalog import stats  # noqa: E402
 from workbench.store.db import session_scope  # noqa: E402
+from workbench.ui.text import plural  # noqa: E402
 
 settings = ctx.settings
 with ctx.session() as session:
@@ -23,7 +24,7 @@ st.caption("CSV cells that start with = + - @ get a leading ' so spreadsheets ne
 
 # ---- annotations.csv ---------------------------------------------------------------
 st.subheader("Labels — annotations.csv")
-st.write(f"{counts['labeled']} labeled memes (consensus label; header `filename,label`, the notebook's format).")
+st.write(f"{plural(counts['labeled'], 'labeled meme')} (consensus label; header `filename,label`, the notebook's format).")
 
 
 def _annotations() -> bytes:

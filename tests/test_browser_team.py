@@ -85,9 +85,8 @@ def test_team_labeling_with_sign_in_overlap_and_adjudication(tmp_path: Path) -> 
                         web.button(page, "auth_sign_in").click()
                         page.locator("input[name=sub]").fill(email)  # the provider's own form
                         page.get_by_role("button", name="Authorize", exact=True).click()
-                        page.wait_for_url(base + "/**")
-                        web.settle(page)
-                        page.goto(base + path)
+                        # back on the page the sign-in started from (Streamlit itself lands on Home)
+                        page.wait_for_url(base + path + "**")
                         web.settle(page)
                         return page
 
@@ -104,6 +103,16 @@ def test_team_labeling_with_sign_in_overlap_and_adjudication(tmp_path: Path) -> 
                                 web.wait_for_image_change(page, image_id)
                         expect(page.get_by_text("No meme needs your label right now")).to_be_visible()
                         return seen
+
+                    # Opened under another host than the redirect URI's: a clear message, not a sign-in loop
+                    other = browser.new_context().new_page()
+                    other.set_default_timeout(web.TIMEOUT_MS)
+                    other.goto(f"http://127.0.0.1:{port}/Label")
+                    web.settle(other)
+                    expect(other.get_by_text(f"Open the app at {base} (the redirect URI's host)")).to_be_visible()
+                    expect(web.button(other, "auth_sign_in")).to_be_disabled()
+                    expect(other.get_by_role("link", name=f"Open {base}/Label")).to_be_visible()
+                    other.context.close()
 
                     # Anna labels every meme; she is the annotator, there is no name field
                     anna = signed_in(ANNA, "/Label")

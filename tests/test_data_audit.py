@@ -158,6 +158,7 @@ def test_pages_show_the_ranking_method_and_the_audit(settings, world, clear_stre
 
     at = AppTest.from_file(str(PAGES / "7_Disagreements.py"), default_timeout=120)
     at.session_state["annotator"] = "tester"
+    at.session_state["dis_view"] = "Suspected label issues"  # only the open tab runs
     at.run()
     assert not at.exception
     at.multiselect(key="dis_queue_runs").set_value([world["head_run"]]).run()

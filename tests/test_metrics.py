@@ -164,11 +164,15 @@ def test_threshold_sweep_and_calibration_match_sklearn():
     assert sum(b["count"] for b in bins) == 200
 
 
-@pytest.mark.parametrize("table", [[[10, 3], [9, 4]], [[5, 0], [0, 5]], [[0, 12], [1, 0]], [[30, 7], [7, 2]]])
+@pytest.mark.parametrize("table", [[[10, 3], [9, 4]], [[5, 0], [0, 5]], [[0, 12], [1, 0]], [[30, 7], [7, 2]],
+                                   [[0, 0], [0, 0]], [[9, 500], [524, 1]], [[0, 300], [724, 0]],
+                                   [[7, 3011], [2917, 2]], [[1, 50000], [50400, 1]], [[0, 0], [1025, 0]]])
 def test_mcnemar_matches_statsmodels(table):
     got = metrics.mcnemar_from_table(table)
     ref = mcnemar(np.array(table), exact=True)
-    assert got.pvalue == ref.pvalue and got.statistic == ref.statistic and got.n == sum(map(sum, table))
+    # exact integer sums up to 1024 discordant items, log space above: equal to statsmodels within rounding
+    assert got.pvalue == pytest.approx(ref.pvalue, rel=1e-10, abs=0)
+    assert got.statistic == ref.statistic and got.n == sum(map(sum, table))
     # from per-item correctness, with items lacking a verdict excluded
     a, b = [], []
     for (ra, rb), k in (((True, True), table[0][0]), ((True, False), table[0][1]), ((False, True), table[1][0]),
@@ -178,7 +182,7 @@ def test_mcnemar_matches_statsmodels(table):
     a += [None, True]
     b += [False, None]
     got2 = metrics.mcnemar_exact(a, b)
-    assert got2.table == table and got2.pvalue == ref.pvalue and got2.n_excluded == 2
+    assert got2.table == table and got2.pvalue == got.pvalue and got2.n_excluded == 2
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -286,11 +290,15 @@ def test_list_runs_breakdown_and_annotator_agreement(session, world):
     assert [r["folder"] for r in rows] == ["synthetic"] and rows[0]["n_labeled"] == 7
     agreement = outcomes.annotator_agreement(session)
     by_name = {r["annotator"]: r for r in agreement["annotators"]}
+    assert set(by_name) == {"alice", "bob"}  # people only at the top level
     assert by_name["alice"]["n_labels"] == 2 and by_name["alice"]["agreement_others"] == 0.0
     # folder vs consensus: 7 folder labels, consensus differs on ids[6] and ids[0]
-    assert by_name["folder"]["agreement_consensus"] == 5 / 7
+    (folder,) = agreement["system"]["annotators"]
+    assert folder["annotator"] == "folder" and folder["agreement_consensus"] == 5 / 7
     pair = {(p["a"], p["b"]): p for p in agreement["pairs"]}
+    assert set(pair) == {("alice", "bob")}
     assert pair[("alice", "bob")]["n"] == 1 and pair[("alice", "bob")]["agreement"] == 0.0
+    assert {(p["a"], p["b"]) for p in agreement["system"]["pairs"]} == {("alice", "folder"), ("bob", "folder")}
 
 
 def test_relabel_changes_outcomes_and_data_version(session, world):

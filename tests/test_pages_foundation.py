@@ -5,6 +5,7 @@ every page rendering when opened first on a fresh database."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -127,8 +128,15 @@ def test_deep_link_text_correction_and_model_verdicts(settings, session, memes, 
     assert shown_image_id(at) == target.id
     area = at.text_area(key=f"lbl_ocr_{target.id}")
     assert area.value == "<script>КОТ</script>"  # shown as text in an input, never as HTML
-    models = at.dataframe[-1].value
-    assert list(models["run"]) == ["tiny vlm"] and list(models["explanation"]) == ["Оскорбление в подписи"]
+    table = next(d for d in at.dataframe if "P(toxic)" in d.value.columns)
+    models = table.value
+    # the verdict first, at full width under the meme (not in the narrow column behind a scroll bar)
+    assert list(models.columns) == ["label", "P(toxic)", "explanation", "run"]  # no error column: none failed
+    assert list(models["run"]) == ["tiny vlm (vlm)"] and list(models["explanation"]) == ["Оскорбление в подписи"]
+    in_columns = [d.value.columns.tolist() for column in at.main.columns for d in column.dataframe]
+    assert in_columns and ["label", "P(toxic)", "explanation", "run"] not in in_columns  # the labels table is there
+    widths = {c: cfg.get("width") for c, cfg in json.loads(table.proto.columns).items() if c != "_index"}
+    assert widths == {"label": "small", "P(toxic)": "small", "explanation": "large", "run": "medium"}
     area.input("кот спит")
     at.button(key="lbl_save_text").click().run()
     no_exception(at)
@@ -152,6 +160,7 @@ def test_gallery_filters_and_links(settings, session, memes, clear_streamlit_cac
     at.text_input(key="gal_text").input("кот").run()  # lower-case query, upper-case OCR text
     linked = {int(link.proto.query_string.split("=")[1]) for link in at.main.get("page_link")}
     assert linked == {memes[0].id}
+    assert any(c.value.startswith("1 meme matches ·") for c in at.caption)  # not "1 memes match"
     at.text_input(key="gal_text").input("nothing like this").run()
     assert any("No memes match" in i.value for i in at.info)
 
@@ -213,3 +222,15 @@ def test_home_demo_button_fills_an_empty_db(settings, session, clear_streamlit_c
     at.button(key="home_demo").click().run()
     no_exception(at)
     assert [m.value for m in at.metric][:2] == ["40", "40"]
+
+
+def test_the_app_menu_has_no_deploy_button() -> None:
+    """Streamlit reads .streamlit/config.toml from where the app starts: its own parser must see
+    the toolbar without developer options (the Deploy button is one of them)."""
+    import subprocess
+    import sys
+
+    code = ("from streamlit import config; config.get_config_options(force_reparse=True); "
+            "print(config.get_option('client.toolbarMode'), config.get_option('server.address'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["viewer", "127.0.0.1"]

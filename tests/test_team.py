@@ -132,7 +132,14 @@ def test_cli_users_and_who_ran_what(settings, capsys, monkeypatch) -> None:
     assert run("users", "remove", ANNA, "--as", "not an email")[0] == 2
     assert run("users", "remove", ANNA)[0] == 0  # the operator, recorded as the OS user
     code, out, _ = run("audit", "--json")
-    entries = [(e["actor"], e["action"]) for e in json.loads(out)]
+    log = json.loads(out)
+    for e in log:  # stored UTC, serialised with the offset (SQLite itself keeps none)
+        at = datetime.fromisoformat(e["at"])
+        assert e["at"].endswith("+00:00") and at.utcoffset() == timedelta(0)
+        assert abs(datetime.now(UTC) - at) < timedelta(minutes=10)
+    code, text, _ = run("audit")
+    assert text.splitlines()[0].startswith(datetime.fromisoformat(log[0]["at"]).strftime("%Y-%m-%d %H:%M:%S+00:00"))
+    entries = [(e["actor"], e["action"]) for e in log]
     assert entries[0][0].startswith("os:") and entries[0][1] == "user remove"
     assert (ADMIN, "labels per meme") in entries and (ADMIN, "scan") in entries and (ADMIN, "user add") in entries
     assert not any(actor == ANNA for actor, _ in entries)  # refused actions leave nothing behind
@@ -234,6 +241,69 @@ def test_kappa_and_alpha_match_the_libraries(session) -> None:
     assert agreement.krippendorff_alpha({1: {"a": "toxic", "b": "toxic"}, 2: {"a": "toxic", "b": "toxic"}}) is None
 
 
+def test_agreement_json_is_people_only_with_the_system_annotators_apart(settings, session, capsys) -> None:
+    ids = add_images(session, 4)
+    folder = ["toxic", "toxic", "non_toxic", "non_toxic"]
+    session.execute(insert(Label), [{"image_id": i, "label": lab, "annotator": "folder"} for i, lab in zip(ids, folder)]
+                    + [{"image_id": i, "label": lab, "annotator": "anna"} for i, lab in zip(ids, folder)]
+                    + [{"image_id": i, "label": lab, "annotator": "boris"}
+                       for i, lab in zip(ids, ["toxic", "non_toxic", "non_toxic", "toxic"])])
+    session.commit()
+    assert main(["agreement", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["annotator"] for r in report["annotators"]] == ["anna", "boris"]
+    assert [(p["a"], p["b"]) for p in report["pairs"]] == [("anna", "boris")]  # not anna–folder (kappa 1.0)
+    assert report["pairs"][0]["kappa"] == pytest.approx(cohen_kappa_score(folder, ["toxic", "non_toxic", "non_toxic",
+                                                                                   "toxic"]))
+    assert [r["annotator"] for r in report["system"]["annotators"]] == ["folder"]
+    system_pairs = {(p["a"], p["b"]): p["kappa"] for p in report["system"]["pairs"]}
+    assert set(system_pairs) == {("anna", "folder"), ("boris", "folder")} and system_pairs[("anna", "folder")] == 1.0
+    assert report["alpha"]["overall"]["n_people"] == 2
+    assert main(["agreement"]) == 0
+    text = capsys.readouterr().out
+    assert text.index("people:") < text.index("anna × boris") < text.index("system annotators") < text.index("\n  folder ")
+
+
+@pytest.mark.parametrize(("host", "redirect_uri", "want"), [
+    ("127.0.0.1:8501", "http://localhost:8501/oauth2callback", "http://localhost:8501"),
+    ("localhost:8501", "http://localhost:8501/oauth2callback", None),
+    ("LOCALHOST:8501", "http://localhost:8501/oauth2callback", None),
+    ("localhost:8502", "http://localhost:8501/oauth2callback", "http://localhost:8501"),
+    ("memes.example.org", "https://memes.example.org/oauth2callback", None),  # a proxy keeps the host, no port
+    ("memes.example.org:443", "https://memes.example.org/oauth2callback", None),
+    ("10.0.0.5:8501", "https://memes.example.org/oauth2callback", "https://memes.example.org"),
+    (None, "http://localhost:8501/oauth2callback", None),
+    ("127.0.0.1:8501", None, None),
+    ("[::1]:8501", "http://localhost:8501/oauth2callback", "http://localhost:8501"),
+    ("localhost:port", "http://localhost:8501/oauth2callback", None),  # malformed: nothing to compare
+])
+def test_sign_in_detects_a_host_the_redirect_uri_does_not_name(host, redirect_uri, want) -> None:
+    from workbench.ui.auth import host_mismatch
+
+    assert host_mismatch(host, redirect_uri) == want
+
+
+def test_sign_in_returns_to_the_page_it_started_from_once() -> None:
+    from streamlit.web.server.starlette.starlette_app_utils import generate_xsrf_token_string
+
+    from workbench.ui import auth
+
+    token = os.urandom(16)
+    first, second = generate_xsrf_token_string(token, 1), generate_xsrf_token_string(token, 1)
+    assert first != second  # Streamlit masks the token anew in every response ...
+    key = auth.browser_key(first)
+    assert key == auth.browser_key(second) and key == auth.browser_key(f'"{second}"')  # ... the key stays
+    assert auth.browser_key(generate_xsrf_token_string(os.urandom(16), 1)) != key
+    assert auth.browser_key(None) is None and auth.browser_key("2|zz|zz|1") is None and auth.browser_key("x") is None
+    auth.remember_return(key, "/app/pages/1_Label.py", {"image": "12"}, now=1000.0)
+    assert auth.take_return(key, now=1010.0) == ("/app/pages/1_Label.py", {"image": "12"})
+    assert auth.take_return(key, now=1011.0) is None  # once
+    auth.remember_return(key, "/app/pages/1_Label.py", {}, now=1000.0)
+    assert auth.take_return(key, now=1000.0 + auth.RETURN_TTL_S + 1) is None  # a sign-in that took too long
+    auth.remember_return(None, "/app/pages/1_Label.py", {})  # no cookie (sign-in not configured): nothing kept
+    assert auth.take_return(None) is None
+
+
 # ---- the sign-in gate on the real pages ------------------------------------------------------------
 
 def open_as(page: str | None, email: str | None, **claims) -> AppTest:
@@ -330,6 +400,50 @@ def test_admin_actions_are_off_for_others_and_a_reviewer_decides(settings, sessi
     session.commit()
 
 
+def test_deciding_and_undoing_filter_the_queue_without_rescanning_every_label(settings, session,
+                                                                              clear_streamlit_cache) -> None:
+    """Undo took 3.6 s: every decision and undo rescanned every label for the queue and recomputed
+    the agreement. Now the disputed memes are kept until a label changes, and decisions only filter them."""
+    from sqlalchemy import event
+
+    rng = np.random.default_rng(2)
+    ids = add_images(session, 300)
+    session.execute(insert(Label), [{"image_id": i, "label": ("toxic", "non_toxic")[int(rng.integers(2))],
+                                     "annotator": person} for person in ("anna", "boris", "carol") for i in ids])
+    overlap.set_labels_per_meme(session, 2)
+    session.commit()
+    expected = adjudication.conflicts(session, 2)
+    session.commit()  # every SQLite transaction here takes the write lock: never hold one while a page runs
+    at = AppTest.from_file(str(REPO_ROOT / "pages" / "13_Adjudication.py"), default_timeout=120)
+    at.session_state["annotator"] = "rev"
+    at.run()
+    no_exception(at)
+    first = expected[0].image_id
+    assert f"#{first}**" in at.markdown[0].value
+    at.button(key="adj_toxic").click().run()
+    assert f"{len(expected) - 1} memes to decide" in at.subheader[0].value
+
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:  # noqa: ANN001 - SQLAlchemy's event signature
+        statements.append(statement)
+
+    engine = db.get_engine(settings.db_url)
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        at.button(key="adj_undo").click().run()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    no_exception(at)
+    assert f"{len(expected)} memes to decide" in at.subheader[0].value
+    assert f"#{first}**" in at.markdown[0].value  # back at the head of the queue
+    assert adjudication.conflicts(session, 2) == expected
+    session.commit()
+    every_label = [s for s in statements if "FROM labels" in s and "labels.label" in s  # not one meme's labels
+                   and "labels.image_id = " not in s and "labels.image_id IN" not in s]
+    assert not every_label, every_label  # neither the queue nor the agreement read every label again
+
+
 # ---- PostgreSQL ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -371,6 +485,7 @@ def test_team_queue_adjudication_and_agreement_on_postgres(pg_server, monkeypatc
         assert labels.consensus_labels(s)[b] == "toxic" and adjudication.conflicts(s, 2) == []
         assert agreement.agreement_report(s)["pairs"][0]["n"] == 1
         assert [e["actor"] for e in audit.recent(s)][0] == REVIEWER
+        assert audit.recent(s)[0]["at"].endswith("+00:00")  # timestamptz in the server's zone, shown in UTC
 
 
 def test_job_commands_check_the_role_and_record_who_ran_them(settings, session, monkeypatch, capsys) -> None:

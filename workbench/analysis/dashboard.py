@@ -5,16 +5,19 @@ exactly this call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from workbench.analysis.metrics import DEFAULT_N_BOOT, HEADLINE, Evaluation
 from workbench.analysis.outcomes import (
     RunData,
+    RunInfo,
     breakdown,
     compare,
     confusion_cells,
@@ -65,11 +68,58 @@ class Dashboard:
         return rows
 
 
+MISSING = "—"  # how every table shows an undefined or absent value (never None / nan)
+DIGITS = 3  # decimals of every rate, score and probability in the tables
+TABLE_FORMATS = {"McNemar p": ".3g", "mean_ms": ".1f", "p95_ms": ".1f"}  # columns read otherwise
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
+def display_rows(rows: Sequence[Mapping[str, Any]], formats: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Rows made uniform for a table: a column holding any float or missing value becomes text,
+    its numbers with DIGITS decimals (or the column's format in `formats` / TABLE_FORMATS: p-values
+    keep their significant digits) and missing values (None, nan, or no such key in a row) as
+    MISSING; whole-number and text columns are left as they are."""
+    specs = {**TABLE_FORMATS, **(formats or {})}
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    as_text = {c for c in columns for row in rows
+               if _is_missing(row.get(c)) or isinstance(row.get(c), float | np.floating)}
+    out = []
+    for row in rows:
+        shown = {c: row.get(c) for c in columns}  # a row without a column shows it as missing
+        for c in as_text:
+            value = shown[c]
+            if _is_missing(value):
+                shown[c] = MISSING
+            elif isinstance(value, float | np.floating):
+                shown[c] = format(float(value), specs.get(c, f".{DIGITS}f"))
+            else:
+                shown[c] = str(value)
+        out.append(shown)
+    return out
+
+
 def fmt_ci(value: float | None, ci: tuple[float, float] | None) -> str:
     """'0.812 [0.705, 0.901]' (— for undefined)."""
-    if value is None:
-        return "—"
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    if _is_missing(value):
+        return MISSING
+    return f"{value:.{DIGITS}f}" + (f" [{ci[0]:.{DIGITS}f}, {ci[1]:.{DIGITS}f}]" if ci else "")
+
+
+DEFAULT_MAX_RUNS = 6
+
+
+def default_runs(runs: Sequence[RunInfo]) -> list[int]:
+    """The runs the Dashboard opens with: the newest run of each kind that has predictions
+    (the latest VLM, CLIP, TF-IDF, … side by side, not just the three newest runs), newest
+    first, at most DEFAULT_MAX_RUNS; `runs` newest first, as list_runs gives them."""
+    newest: dict[str, int] = {}
+    for r in runs:
+        if r.n_predictions:
+            newest.setdefault(r.kind, r.id)
+    return list(newest.values())[:DEFAULT_MAX_RUNS] or [r.id for r in runs[:1]]
 
 
 def metrics_row(data: RunData, ev: Evaluation) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from workbench.analysis.metrics import (
     kappa_from_confusion,
     mcnemar_from_table,
 )
+from workbench.config import SYSTEM_ANNOTATORS
 from workbench.store.labels import CurrentLabel, consensus_from, consensus_labels, current_labels
 from workbench.store.schema import Image, Label, ModelRun, Prediction
 
@@ -373,7 +374,12 @@ def annotator_agreement(session: Session) -> dict[str, Any]:
     Per annotator: agreement and kappa with the consensus (which includes their own vote,
     so one lone annotator scores 1.0), and with the consensus of the *other* annotators
     (the honest number; None where nobody else labeled the same images).
-    Pairs: agreement and kappa on the images both labeled."""
+    Pairs: agreement and kappa on the images both labeled.
+
+    People only at the top level ("annotators", "pairs", and "alpha": Krippendorff's alpha
+    overall, per folder and per week); the system annotators (`folder`, `import`: labels from
+    folder names and annotations.csv) are listed apart under "system", with every pair that
+    has one of them, so a folder label never reads as a person agreeing."""
     per_image: dict[int, list[CurrentLabel]] = {}
     for c in current_labels(session):
         per_image.setdefault(c.image_id, []).append(c)
@@ -405,8 +411,14 @@ def annotator_agreement(session: Session) -> dict[str, Any]:
             kappa, n = cohen_kappa(la, lb)
             pairs.append({"a": name_a, "b": name_b, "n": n, "agreement": _rate([p == q for p, q in zip(la, lb)]),
                           "kappa": kappa})
-    # alpha: people only (no folder/import labels), Krippendorff's alpha overall, per folder and per week
-    return {"annotators": rows, "pairs": pairs, "alpha": agreement_report(session)}
+    def person(name: str) -> bool:
+        return name not in SYSTEM_ANNOTATORS
+
+    return {"annotators": [r for r in rows if person(r["annotator"])],
+            "pairs": [p for p in pairs if person(p["a"]) and person(p["b"])],
+            "system": {"annotators": [r for r in rows if not person(r["annotator"])],
+                       "pairs": [p for p in pairs if not (person(p["a"]) and person(p["b"]))]},
+            "alpha": agreement_report(session)}
 
 
 def _rate(flags: Sequence[bool]) -> float | None:

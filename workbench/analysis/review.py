@@ -33,7 +33,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.analysis.metrics import McNemar, mcnemar_from_table
-from workbench.analysis.outcomes import RunData, paired_arrays
+from workbench.analysis.outcomes import RunData, RunInfo, paired_arrays
+from workbench.config import LABELS
 from workbench.store.db import in_batches
 from workbench.store.labels import adjudicated_labels, consensus_from, current_labels
 from workbench.store.ocr_texts import best_texts
@@ -79,6 +80,55 @@ def pair_table(a: RunData, b: RunData) -> PairTable:
     cells = {name: ids[m].tolist() for name, m in masks.items()}
     table = [[len(cells[CELLS[0]]), len(cells[CELLS[1]])], [len(cells[CELLS[2]]), len(cells[CELLS[3]])]]
     return PairTable(a.run.id, b.run.id, cells, mcnemar_from_table(table, len(cells[EXCLUDED])))
+
+
+DEFAULT_PAIR_RUNS = 8  # newest runs searched for a comparable pair when the VLM/CLIP default has none
+
+
+def default_cell(counts: dict[str, int]) -> str:
+    """The cell the page opens on: the label-error candidates when there are any, else the
+    cell with the most memes (the first of CELLS + EXCLUDED on a tie)."""
+    if counts.get(AGREE_WRONG):
+        return AGREE_WRONG
+    return max([*CELLS, EXCLUDED], key=lambda c: counts.get(c, 0))
+
+
+def _answered_labeled(session: Session, run_id: int, labeled: np.ndarray) -> np.ndarray:
+    """Sorted ids of labeled images the run gave a class (toxic / non_toxic, no error)."""
+    from workbench.analysis.outcomes import fetch_tuples
+
+    rows = fetch_tuples(session, select(Prediction.image_id).where(
+        Prediction.run_id == run_id, Prediction.error.is_(None), Prediction.label.in_(LABELS)))
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    return np.sort(ids[np.isin(ids, labeled)])
+
+
+def default_pair(session: Session, runs: Sequence[RunInfo]) -> tuple[int, int]:
+    """Runs A and B the Disagreements page opens with: the latest VLM vs the latest CLIP run
+    (else the two newest runs) when they share labeled memes both gave a class; otherwise the
+    pair of the newest DEFAULT_PAIR_RUNS runs that shares the most, so the first view is never
+    an empty 2x2 while a comparable pair exists. `runs` newest first, as list_runs gives them."""
+    from workbench.analysis.outcomes import latest_run_of_kind, load_truth
+
+    a = latest_run_of_kind(runs, "vlm") or runs[0]
+    b = latest_run_of_kind(runs, "clip") or next((r for r in runs if r.id != a.id), runs[0])
+    if a.id == b.id:
+        return a.id, b.id
+    labeled = load_truth(session).image_ids
+    answered: dict[int, np.ndarray] = {}
+
+    def shared(x: int, y: int) -> int:
+        for r in (x, y):
+            if r not in answered:
+                answered[r] = _answered_labeled(session, r, labeled)
+        return len(np.intersect1d(answered[x], answered[y], assume_unique=True))
+
+    if shared(a.id, b.id):
+        return a.id, b.id
+    newest = [r.id for r in runs[:DEFAULT_PAIR_RUNS]]
+    pairs = [(x, y) for k, x in enumerate(newest) for y in newest[k + 1:]]
+    best = max(pairs, key=lambda p: shared(*p), default=(a.id, b.id))
+    return best if shared(*best) else (a.id, b.id)
 
 
 @dataclass(frozen=True)
@@ -156,14 +206,21 @@ class IssueQueue:
     issues: list[LabelIssue]
     method: str  # "cleanlab" | "mean confidence"
     prob_runs: list[int]  # runs whose out-of-fold probabilities cleanlab ranked with
+    available: list[int] = field(default_factory=list)  # complete out-of-fold runs that were not chosen
 
     def describe(self) -> str:
         if self.method == "cleanlab":
             runs = ", ".join(f"#{r}" for r in self.prob_runs)
             return (f"Ranked by cleanlab (label quality and confident-learning flags) on the out-of-fold "
                     f"probabilities of run {runs}, which cover every labeled meme.")
-        return ("Ranked by the runs' mean confidence in the other class (no chosen run has out-of-fold "
-                "probabilities for every labeled meme: train the TF-IDF baseline or a head for cleanlab's ranking).")
+        if self.available:
+            runs = ", ".join(f"#{r}" for r in self.available)
+            return ("Ranked by the runs' mean confidence in the other class: no chosen run has out-of-fold "
+                    f"probabilities for every labeled meme. Run {runs} has them: add it to the runs to use for "
+                    "cleanlab's ranking.")
+        return ("Ranked by the runs' mean confidence in the other class (no run has out-of-fold probabilities "
+                "for every labeled meme: train the TF-IDF baseline or a head, again if memes were labeled since, "
+                "for cleanlab's ranking).")
 
 
 def label_issue_queue(session: Session, run_ids: Sequence[int] | None = None, min_score: float = 0.5,
@@ -176,10 +233,22 @@ def label_issue_queue(session: Session, run_ids: Sequence[int] | None = None, mi
     ids = list(run_ids) if run_ids is not None else sorted(r.id for r in list_runs(session))
     truth = load_truth(session)
     datas = load_runs(session, ids, truth)
-    oof = out_of_fold_runs(session, truth.labels, ids) if datas and len(set(truth.codes.tolist())) == 2 else {}
+    complete = out_of_fold_runs(session, truth.labels) if datas and len(set(truth.codes.tolist())) == 2 else {}
+    oof = {run_id: probs for run_id, probs in complete.items() if run_id in ids}
     if oof:
         return IssueQueue(cleanlab_label_issues(datas, oof, min_score, limit), "cleanlab", sorted(oof))
-    return IssueQueue(suspected_label_issues(datas, min_score, limit), "mean confidence", [])
+    return IssueQueue(suspected_label_issues(datas, min_score, limit), "mean confidence", [], sorted(complete))
+
+
+def default_issue_runs(session: Session, pair: Sequence[int]) -> list[int]:
+    """The runs the Disagreements page's queue starts with: every run whose out-of-fold
+    probabilities cover every labeled meme (so cleanlab ranks), then the compared pair."""
+    from workbench.analysis.data_audit import out_of_fold_runs
+    from workbench.analysis.outcomes import load_truth
+
+    truth = load_truth(session)
+    complete = out_of_fold_runs(session, truth.labels) if len(set(truth.codes.tolist())) == 2 else {}
+    return list(dict.fromkeys([*sorted(complete, reverse=True), *pair]))
 
 
 def without_reviewed(session: Session, issues: Sequence[LabelIssue], annotator: str) -> list[LabelIssue]:

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_label_issues)
 
-    p = sub.add_parser("agreement", help="annotator agreement with the consensus and with each other (kappa)")
+    p = sub.add_parser("agreement", help="people's agreement with the consensus and with each other (kappa, "
+                                        "Krippendorff's alpha); folder/import labels apart")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_agreement)
 
@@ -143,10 +144,16 @@ def cmd_agreement(args: argparse.Namespace, settings: Settings) -> int:
     report = in_session(settings, annotator_agreement)
     if args.json:
         return print_json(report)
-    for r in report["annotators"]:
-        print(f"{r['annotator']:20} n={r['n_labels']:5}  vs consensus {_fmt(r['agreement_consensus'])} "
-              f"(kappa {_fmt(r['kappa_consensus'])})  vs others {_fmt(r['agreement_others'])} "
-              f"(kappa {_fmt(r['kappa_others'])}, n={r['n_with_others']})")
-    for p in report["pairs"]:
-        print(f"{p['a']} × {p['b']}: n={p['n']} agreement {_fmt(p['agreement'])} kappa {_fmt(p['kappa'])}")
+    for title, part in (("people", report), ("system annotators (folder names, annotations.csv)", report["system"])):
+        if not part["annotators"]:
+            continue
+        print(f"{title}:")
+        for r in part["annotators"]:
+            print(f"  {r['annotator']:20} n={r['n_labels']:5}  vs consensus {_fmt(r['agreement_consensus'])} "
+                  f"(kappa {_fmt(r['kappa_consensus'])})  vs others {_fmt(r['agreement_others'])} "
+                  f"(kappa {_fmt(r['kappa_others'])}, n={r['n_with_others']})")
+        for p in part["pairs"]:
+            print(f"  {p['a']} × {p['b']}: n={p['n']} agreement {_fmt(p['agreement'])} kappa {_fmt(p['kappa'])}")
+    overall = report["alpha"]["overall"]
+    print(f"Krippendorff's alpha (people, memes labeled by 2+: {overall['n_memes']}): {_fmt(overall['alpha'])}")
     return 0

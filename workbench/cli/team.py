@@ -106,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_actor_option(p)
     p.set_defaults(func=cmd_adjudicate)
 
-    p = sub.add_parser("audit", help="who changed what, newest first")
+    p = sub.add_parser("audit", help="who changed what, newest first (times in UTC, with their offset)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit)
@@ -192,11 +192,14 @@ def cmd_adjudicate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import datetime
+
     from workbench.store.audit import recent
 
     rows = in_session(settings, recent, args.limit)
     if args.json:
         return print_json(rows)
     for r in rows:
-        print(f"{r['at'][:19]}  {r['actor']:30} {r['action']:20} {r['detail']}")
+        at = datetime.fromisoformat(r["at"]).isoformat(sep=" ", timespec="seconds")  # with its +00:00
+        print(f"{at}  {r['actor']:30} {r['action']:20} {r['detail']}")
     return 0

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from workbench.config import SYSTEM_ANNOTATORS
 from workbench.store import users
 from workbench.store.db import in_batches
-from workbench.store.labels import adjudicated_labels, checked_input
+from workbench.store.labels import checked_input
 from workbench.store.schema import Adjudication, Image, Label, utcnow
 
 
@@ -63,20 +63,46 @@ def _human_current(session: Session) -> dict[int, dict[str, str]]:
     return out
 
 
+SCAN_ABOVE = 2000  # split memes above which one scan of the images beats IN (...) lookups
+
+
 def conflicts(session: Session, k: int, folder: str | None = None, limit: int | None = None) -> list[Conflict]:
     """The adjudication queue (module docstring), present images only."""
+    decided = decided_ids(session)
+    found = [c for c in disputed(session, k, folder) if c.image_id not in decided]
+    return found[:limit] if limit else found
+
+
+def disputed(session: Session, k: int, folder: str | None = None) -> list[Conflict]:
+    """Present memes with current labels from at least k people that do not all agree, decided
+    or not, in the queue's order. It depends on the labels only, so a page may keep it while
+    decisions come and go (conflicts() = these minus decided_ids())."""
     split = {i: people for i, people in _human_current(session).items()
              if len(people) >= k and len(set(people.values())) > 1}
-    found = []
-    for chunk in in_batches(list(split)):
-        decided = adjudicated_labels(session, chunk)
-        query = select(Image.id, Image.path, Image.folder).where(Image.id.in_(chunk), Image.missing.is_(False))
-        if folder is not None:
-            query = query.where(Image.folder == folder)
-        found += [Conflict(i, path, fold, tuple(sorted(split[i].items())))
-                  for i, path, fold in session.execute(query) if i not in decided]
-    found.sort(key=lambda c: (not c.tie, -min(c.votes.values()), c.path, c.image_id))
-    return found[:limit] if limit else found
+    if not split:
+        return []
+    query = select(Image.id, Image.path, Image.folder).where(Image.missing.is_(False))
+    if folder is not None:
+        query = query.where(Image.folder == folder)
+    if len(split) > SCAN_ABOVE:
+        rows = [r for r in session.execute(query) if r[0] in split]
+    else:
+        rows = [r for chunk in in_batches(list(split)) for r in session.execute(query.where(Image.id.in_(chunk)))]
+    found = [Conflict(i, path, fold, tuple(sorted(split[i].items()))) for i, path, fold in rows]
+    found.sort(key=_queue_order)
+    return found
+
+
+def decided_ids(session: Session) -> set[int]:
+    """Memes with a current adjudication: any decision that is not undone (workbench.store.labels
+    takes the latest of those)."""
+    return set(session.scalars(select(Adjudication.image_id).where(Adjudication.revoked_at.is_(None)).distinct()))
+
+
+def _queue_order(c: Conflict) -> tuple:
+    """Ties first, then the most split, then by file name (votes counted once per meme)."""
+    counts = c.votes.values()
+    return len(set(counts)) != 1, -min(counts), c.path, c.image_id
 
 
 def adjudicate(session: Session, image_id: int, label: str, reviewer: str, note: str | None = None) -> Adjudication:

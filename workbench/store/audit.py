@@ -1,12 +1,14 @@
 """The audit log: who changed what, when (users and roles, settings, scans, uploads, imports,
 jobs, adjudications).
 
-An actor is the signed-in user's email, or `os:<login>` for the command line without
+Times are stored in UTC and read back as aware UTC datetimes (`recent` gives ISO 8601 with
++00:00). An actor is the signed-in user's email, or `os:<login>` for the command line without
 `--as` and for local use without sign-in (see workbench.store.users.actor_name).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -32,10 +34,17 @@ def record(session: Session, actor: str, action: str, detail: dict[str, Any] | N
     session.add(AuditEntry(actor=actor[:320], action=action[:64], detail=detail))
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC datetime. Times are stored in UTC; SQLite keeps no offset
+    (it hands back naive datetimes), PostgreSQL's timestamptz comes back in the session's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def recent(session: Session, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
-    """The newest entries first, as plain dicts (at as ISO text)."""
+    """The newest entries first, as plain dicts; `at` is ISO 8601 in UTC with its offset
+    (2026-12-05T12:00:00.123456+00:00), on SQLite and PostgreSQL alike."""
     query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
     if action:
         query = query.where(AuditEntry.action == action)
-    return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "detail": e.detail}
+    return [{"at": as_utc(e.at).isoformat(), "actor": e.actor, "action": e.action, "detail": e.detail}
             for e in session.scalars(query)]

@@ -125,9 +125,10 @@ def _dataset(session: Session) -> dict[str, Any]:
     return {
         "counts": [(title, counts.get(key, 0)) for key, title in DATASET_COUNTS],
         "by_label": sorted(by_label.items()),
-        "annotators": agreement["annotators"][:MAX_ANNOTATOR_ROWS],
-        "more_annotators": max(0, len(agreement["annotators"]) - MAX_ANNOTATOR_ROWS),
-        "pairs": agreement["pairs"][:MAX_ANNOTATOR_ROWS],
+        "annotators": (agreement["annotators"] + agreement["system"]["annotators"])[:MAX_ANNOTATOR_ROWS],
+        "more_annotators": max(0, len(agreement["annotators"]) + len(agreement["system"]["annotators"])
+                               - MAX_ANNOTATOR_ROWS),
+        "pairs": (agreement["pairs"] + agreement["system"]["pairs"])[:MAX_ANNOTATOR_ROWS],
     }
 
 
