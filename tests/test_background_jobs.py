@@ -202,6 +202,27 @@ def test_run_page_follows_the_job_drops_cancel_when_it_ends_and_offers_resume(se
         assert [(j["status"], j["done"], j["skipped"]) for j in list_jobs(session)] == [("done", 1, 2), ("resumed", 3, 0)]
 
 
+def test_worker_processes_do_not_run_the_main_script(settings, tmp_path, monkeypatch) -> None:
+    """Under `streamlit run`, `__main__` is the page script; spawned OCR workers used to import
+    it first, running the whole page once per worker (the flood of "missing ScriptRunContext")."""
+    import types
+
+    from workbench.runs.runner import run_step
+
+    ids = _ingest(settings, 4)
+    marker = tmp_path / "page_ran_in_a_worker"
+    page = tmp_path / "a_page.py"
+    page.write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n", encoding="utf-8")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(page)  # as Streamlit's script module: a file, no __spec__
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    summary = run_step(settings.db_url, fast_step(), ids, memes_dir=settings.memes_dir,
+                       lock_dir=settings.artefacts_dir, batch_size=1, workers=2)
+    assert (summary.status, summary.done) == ("done", 4)
+    assert not marker.exists()
+    assert sys.modules["__main__"] is fake_main  # put back after the workers started
+
+
 def test_a_failed_jobs_headline_does_not_contradict_itself() -> None:
     failed = JobSummary(7, "failed", 52, 0, 0, 0, error="no model", seconds=0.4)
     assert failed.describe() == "failed before any meme was processed (52 selected, 0 already done) in 0.4 s — no model"

@@ -5,7 +5,8 @@ The Run page is the first page the fresh server serves (a deep link). Start OCR 
 open every page from the sidebar (each grouped link, each page rendering without an
 exception, the running job shown in the sidebar), and come back: the job went on while
 other pages were open, finished, and read every meme exactly once. The server log has no
-"missing ScriptRunContext" warning (the job's thread never touches Streamlit).
+"missing ScriptRunContext" warning (the job's thread never touches Streamlit, and its
+worker processes never run the page script).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy import func, select
 
 from tests.support.browser import CHROMIUM_ARGS, TIMEOUT_MS, button, chromium_path, no_exceptions, settle, streamlit_server
 
-N_MEMES = 24  # one Tesseract worker: long enough to still be running when the test leaves the page
+N_MEMES = 24  # two Tesseract workers: long enough to still be running when the test leaves the page
 
 pytestmark = pytest.mark.browser
 
@@ -77,7 +78,7 @@ def test_every_page_from_the_sidebar_while_an_ocr_job_runs_on_the_server(tmp_pat
                 page.get_by_role("option", name=re.compile(r"^tesseract")).click()
                 settle(page)
                 workers = page.locator(".st-key-run_workers input")
-                workers.fill("1")
+                workers.fill("2")  # a process pool: its workers must not run the page (the log is checked)
                 workers.press("Enter")
                 settle(page)
                 button(page, "run_start").click()

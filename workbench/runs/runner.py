@@ -23,11 +23,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -185,7 +187,9 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
             pending: set[Future] = set()
             try:
                 for batch_ids in batches:
-                    pending.add(pool.submit(_work, items_for(batch_ids)))
+                    items = items_for(batch_ids)
+                    with _main_script_hidden(step):  # a submit may start a worker process
+                        pending.add(pool.submit(_work, items))
                     if len(pending) >= workers * 2:
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for fut in finished:
@@ -213,6 +217,28 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
         if should_stop and should_stop():
             return "cancelled", "cancelled by user"
     return "done", None
+
+
+@contextmanager
+def _main_script_hidden(step: Step) -> Iterator[None]:
+    """While worker processes start: a bare `__main__`, so they do not run the parent's main
+    script. A spawned (or forkserver) child imports the parent's `__main__` by its file before
+    anything else, and under `streamlit run` that is the page script being run: every OCR
+    worker ran the whole page in bare mode (~150 "missing ScriptRunContext" warnings a run,
+    migrations and queries included). Kept when the step itself is defined in `__main__` (a
+    script of one's own), which the workers need to unpickle it."""
+    main = sys.modules.get("__main__")
+    if (main is None or type(step).__module__ == "__main__" or getattr(main, "__spec__", None) is not None
+            or not getattr(main, "__file__", None)):
+        yield  # `python -m ...` (a module name: the child skips a `__main__` module), or nothing to hide
+        return
+    bare = types.ModuleType("__main__")
+    sys.modules["__main__"] = bare
+    try:
+        yield
+    finally:
+        if sys.modules.get("__main__") is bare:  # a script run may have set its own meanwhile: keep that
+            sys.modules["__main__"] = main
 
 
 def job_params(step: Step, ids: Sequence[int], **settings: object) -> dict[str, object]:
