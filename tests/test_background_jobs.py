@@ -202,6 +202,33 @@ def test_run_page_follows_the_job_drops_cancel_when_it_ends_and_offers_resume(se
         assert [(j["status"], j["done"], j["skipped"]) for j in list_jobs(session)] == [("done", 1, 2), ("resumed", 3, 0)]
 
 
+def test_the_command_line_lists_cancels_and_resumes_jobs(settings, capsys) -> None:
+    """`python -m workbench jobs`: what the Run page does, in the foreground."""
+    import json
+
+    from workbench.cli import main
+
+    ids = _ingest(settings, 6)
+    ticket = _submit(settings, fast_step(), ids, batch_size=1)
+    _wait_until(lambda: ticket.progress is not None and ticket.progress.processed >= 1, "the first batch")
+    assert main(["jobs", "cancel", str(ticket.job_id)]) == 0  # as from another terminal: through the row
+    assert ticket.wait(WAIT_S) and ticket.summary.status == "cancelled"
+    assert main(["jobs", "cancel", str(ticket.job_id)]) == 1
+    assert "is not running" in capsys.readouterr().err
+    assert main(["jobs", "list", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["job"], row["status"], row["resumable"]) == (ticket.job_id, "cancelled", True)
+
+    assert main(["jobs", "resume", str(ticket.job_id), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f"job {ticket.job_id} resumed as job {ticket.job_id + 1}: done: {6 - ticket.summary.done} done" in out
+    assert _ocr_rows(settings) == (6, 6)
+    assert main(["jobs", "resume", str(ticket.job_id)]) == 2  # resumed already
+    assert f"job {ticket.job_id} is resumed; only interrupted, cancelled, failed" in capsys.readouterr().err
+    assert main(["jobs", "list"]) == 0
+    assert "resumed" in capsys.readouterr().out
+
+
 def test_worker_processes_do_not_run_the_main_script(settings, tmp_path, monkeypatch) -> None:
     """Under `streamlit run`, `__main__` is the page script; spawned OCR workers used to import
     it first, running the whole page once per worker (the flood of "missing ScriptRunContext")."""

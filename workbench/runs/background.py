@@ -212,10 +212,23 @@ def rebuild_step(spec: dict[str, Any], settings: Any) -> Step:
     return cls.from_recipe(dict(spec.get("recipe") or {}), settings)
 
 
-def resume(settings: Any, job_id: int) -> Ticket:
-    """Submit again the job `job_id` (interrupted, cancelled or failed) over the same images
-    with the same step and batch settings; what it finished is skipped. Its row becomes
-    `resumed`. Raises ValueError when it cannot be resumed, saying why."""
+@dataclass(frozen=True)
+class RebuiltJob:
+    """A stopped job made runnable again from its row: what `run_step` takes."""
+
+    job_id: int
+    step: Step
+    image_ids: list[int]
+    batch_size: int
+    workers: int
+    prefetch: int | None
+
+
+def rebuild_job(settings: Any, job_id: int) -> RebuiltJob:
+    """The job `job_id` (interrupted, cancelled or failed) rebuilt from its row: the same step
+    (checked by its fingerprint), the same images and batch settings; its row becomes `resumed`.
+    Raises ValueError when it cannot be resumed, saying why. Resuming skips what is done
+    (no `force`), as every re-run does."""
     from workbench.store.db import session_scope
     from workbench.store.schema import Job
 
@@ -233,8 +246,15 @@ def resume(settings: Any, job_id: int) -> Ticket:
             raise ValueError(f"job {job_id} cannot be rebuilt as it was (config {fingerprint}, now "
                              f"{step.fingerprint()}): start it again from its page")
         job.status = "resumed"
-    return jobs().submit(
-        settings.db_url, step, ids_from_ranges(params.get("image_ids") or []), memes_dir=settings.memes_dir,
-        lock_dir=settings.artefacts_dir, batch_size=int(params.get("batch_size") or 8),
-        workers=int(params.get("workers") or 1), prefetch=params.get("prefetch"),
-    )
+    prefetch = params.get("prefetch")
+    return RebuiltJob(job_id, step, ids_from_ranges(params.get("image_ids") or []),
+                      int(params.get("batch_size") or 8), int(params.get("workers") or 1),
+                      None if prefetch is None else int(prefetch))
+
+
+def resume(settings: Any, job_id: int) -> Ticket:
+    """Submit again the job `job_id` to this process's worker (`rebuild_job`); returns its ticket."""
+    job = rebuild_job(settings, job_id)
+    return jobs().submit(settings.db_url, job.step, job.image_ids, memes_dir=settings.memes_dir,
+                         lock_dir=settings.artefacts_dir, batch_size=job.batch_size, workers=job.workers,
+                         prefetch=job.prefetch)
