@@ -176,6 +176,27 @@ def test_a_restart_marks_the_dead_job_interrupted_and_resume_does_every_meme_onc
     assert _ocr_rows(settings) == (8, 8)
 
 
+def test_a_model_job_resumes_from_its_row_too(settings) -> None:
+    """A predictor built from its kind and options (the Models page, `predict`) keeps them as its recipe."""
+    from tests.support.tiny_models import tiny_model_dir
+    from workbench.predictors.base import PredictorStep
+    from workbench.predictors.run import build_predictor
+    from workbench.runs.runner import run_step
+    from workbench.store.schema import Prediction
+
+    ids = _ingest(settings, 4)
+    step = PredictorStep(build_predictor("clip", {"model": str(tiny_model_dir("clip")), "device": "cpu"}))
+    first = run_step(settings.db_url, step, ids, memes_dir=settings.memes_dir, lock_dir=settings.artefacts_dir,
+                     batch_size=1, should_stop=lambda: True)
+    assert (first.status, first.done) == ("cancelled", 1)
+    resumed = background.resume(settings, first.job_id)
+    assert resumed.wait(WAIT_S)
+    assert (resumed.summary.status, resumed.summary.skipped, resumed.summary.done) == ("done", 1, 3)
+    assert resumed.summary.run_id == first.run_id  # the same model run, not a new one
+    with session_scope(settings.db_url) as session:
+        assert sorted(session.scalars(select(Prediction.image_id))) == ids
+
+
 def test_run_page_follows_the_job_drops_cancel_when_it_ends_and_offers_resume(settings, clear_streamlit_cache) -> None:
     from streamlit.testing.v1 import AppTest
 
