@@ -184,7 +184,7 @@ def _active_lines(db_url: str) -> list[str]:
 def _job_indicator_body(db_url: str) -> None:
     lines = _active_lines(db_url)
     if lines:
-        st.caption("  \n".join(f"⏳ {md_escape(line)}" for line in lines))
+        st.caption("  \n".join(f":material/hourglass_top: {md_escape(line)}" for line in lines))
         page_link("pages/4_Run.py", label="Jobs", icon=":material/pending_actions:")
 
 
