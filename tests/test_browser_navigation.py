@@ -18,21 +18,20 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from tests.support.browser import CHROMIUM_ARGS, TIMEOUT_MS, button, chromium_path, no_exceptions, settle, streamlit_server
+from tests.support.browser import (
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    button,
+    chromium_path,
+    no_exceptions,
+    open_from_sidebar,
+    settle,
+    streamlit_server,
+)
 
 N_MEMES = 24  # two Tesseract workers: long enough to still be running when the test leaves the page
 
 pytestmark = pytest.mark.browser
-
-
-def open_from_sidebar(page, label: str, title: str) -> None:  # noqa: ANN001
-    """Click the sidebar link named `label` and wait for the page titled `title` to finish its run."""
-    link = page.locator("[data-testid='stSidebar'] [data-testid='stPageLink'] a").filter(
-        has=page.get_by_text(label, exact=True))
-    link.click()
-    page.wait_for_function("t => document.title === t", arg=f"{title} · VLMemes Workbench", timeout=TIMEOUT_MS)
-    settle(page)
-    no_exceptions(page)
 
 
 def test_every_page_from_the_sidebar_while_an_ocr_job_runs_on_the_server(tmp_path):

@@ -177,7 +177,7 @@ def _active_lines(db_url: str) -> list[str]:
     lines = [f"{'cancelling' if r['status'] == 'cancelling' else 'running'}: "
              f"{background.KIND_LABEL.get(r['step'], r['name'])} {r['done'] + r['failed']:,}/{r['total'] - r['skipped']:,}"
              for r in rows]
-    lines += [f"queued: {t.describe()}" for t in background.jobs().active() if t.state == "queued"]
+    lines += [t.describe() for t in background.jobs().active() if t.state == "queued"]  # "OCR queued (N memes)"
     return lines
 
 
