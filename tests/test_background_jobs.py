@@ -24,6 +24,7 @@ from workbench.ocr.step import OcrStep
 from workbench.ocr.tesseract import TesseractEngine
 from workbench.runs import background
 from workbench.runs.listing import list_jobs, mark_interrupted
+from workbench.runs.lock import heavy_job_lock
 from workbench.runs.runner import id_ranges, ids_from_ranges, request_cancel
 from workbench.runs.step import JobSummary
 from workbench.store.db import session_scope
@@ -127,6 +128,13 @@ def test_a_cancel_request_in_the_job_row_stops_the_job_and_resume_finishes_it(se
         assert not request_cancel(session, ticket.job_id)  # only a running job can be cancelled
         row = list_jobs(session)[0]
     assert (row["status"], row["resumable"]) == ("cancelled", True)
+
+    with heavy_job_lock(settings.artefacts_dir):  # a CLI job holds the lock: the resume cannot start
+        busy = background.resume(settings, ticket.job_id)
+        assert busy.wait(WAIT_S)
+    assert busy.summary is None and busy.error.startswith("another job is running")
+    with session_scope(settings.db_url) as session:
+        assert list_jobs(session)[0]["resumable"]  # still offered
 
     resumed = background.resume(settings, ticket.job_id)
     assert resumed.wait(WAIT_S)

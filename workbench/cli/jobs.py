@@ -59,7 +59,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from workbench.runs.background import rebuild_job
+    from workbench.runs.background import mark_resumed, rebuild_job
     from workbench.runs.lock import JobBusy
     from workbench.runs.runner import run_step
     from workbench.runs.step import Progress
@@ -72,7 +72,12 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(str(exc)) from None
     bar = tqdm(total=len(job.image_ids), unit="img", desc=job.step.name, disable=args.quiet)
 
+    started: list[int] = []
+
     def on_progress(p: Progress) -> None:
+        if not started and p.job_id is not None:  # it started: the old row is resumed (not if this never starts)
+            started.append(p.job_id)
+            mark_resumed(settings.db_url, args.job, p.job_id)
         bar.n = p.skipped + p.processed
         bar.refresh()
 

@@ -58,6 +58,7 @@ class Ticket:
     summary: JobSummary | None = None
     error: str | None = None  # JobBusy, or a failure outside the runner's own handling
     submitted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    resumes: int | None = None  # the stopped job this one resumes (its row turns `resumed` once this starts)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -112,6 +113,7 @@ class BackgroundJobs:
     def submit(
         self, db_url: str, step: Step, image_ids: Sequence[int], *, memes_dir: Path, lock_dir: Path,
         batch_size: int = 8, workers: int = 1, force: bool = False, prefetch: int | None = None,
+        resumes: int | None = None,
     ) -> Ticket:
         """Queue `run_step(db_url, step, image_ids, ...)` on the worker; returns its ticket.
         The same step (fingerprint) over the same images already queued or running is not
@@ -123,7 +125,7 @@ class BackgroundJobs:
                 if (not ticket.finished and not ticket.cancel_requested and ticket.fingerprint == fingerprint
                         and ticket.image_ids == ids):
                     return ticket
-            ticket = Ticket(step.name, step.kind, fingerprint, ids)
+            ticket = Ticket(step.name, step.kind, fingerprint, ids, resumes=resumes)
             self._tickets[ticket.key] = ticket
             self._prune()
         kwargs = {"db_url": db_url, "memes_dir": memes_dir, "lock_dir": lock_dir, "batch_size": batch_size,
@@ -170,10 +172,13 @@ class BackgroundJobs:
             return
         ticket.state = "running"
 
+        db_url = kwargs.pop("db_url")
+
         def on_progress(progress: Progress) -> None:
+            if ticket.progress is None and ticket.resumes is not None and progress.job_id is not None:
+                mark_resumed(db_url, ticket.resumes, progress.job_id)
             ticket.progress = progress  # the runner's own object: pages read it, nothing writes it
 
-        db_url = kwargs.pop("db_url")
         try:
             ticket.summary = run_step(db_url, step, list(ticket.image_ids), on_progress=on_progress,
                                       should_stop=ticket._cancel.is_set, **kwargs)
@@ -226,9 +231,9 @@ class RebuiltJob:
 
 def rebuild_job(settings: Any, job_id: int) -> RebuiltJob:
     """The job `job_id` (interrupted, cancelled or failed) rebuilt from its row: the same step
-    (checked by its fingerprint), the same images and batch settings; its row becomes `resumed`.
-    Raises ValueError when it cannot be resumed, saying why. Resuming skips what is done
-    (no `force`), as every re-run does."""
+    (checked by its fingerprint), the same images and batch settings. Raises ValueError when
+    it cannot be resumed, saying why. Resuming skips what is done (no `force`), as every
+    re-run does."""
     from workbench.store.db import session_scope
     from workbench.store.schema import Job
 
@@ -245,16 +250,28 @@ def rebuild_job(settings: Any, job_id: int) -> RebuiltJob:
         if step.fingerprint() != fingerprint:
             raise ValueError(f"job {job_id} cannot be rebuilt as it was (config {fingerprint}, now "
                              f"{step.fingerprint()}): start it again from its page")
-        job.status = "resumed"
     prefetch = params.get("prefetch")
     return RebuiltJob(job_id, step, ids_from_ranges(params.get("image_ids") or []),
                       int(params.get("batch_size") or 8), int(params.get("workers") or 1),
                       None if prefetch is None else int(prefetch))
 
 
+def mark_resumed(db_url: str, job_id: int, by_job: int) -> None:
+    """The stopped job `job_id` is resumed by job `by_job`, which has started: no Resume for it any more."""
+    from workbench.store.db import session_scope
+    from workbench.store.schema import Job
+
+    with session_scope(db_url) as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            job.status = "resumed"
+            job.params = {**(job.params or {}), "resumed_by": by_job}
+
+
 def resume(settings: Any, job_id: int) -> Ticket:
-    """Submit again the job `job_id` to this process's worker (`rebuild_job`); returns its ticket."""
+    """Submit again the job `job_id` to this process's worker (`rebuild_job`); returns its ticket.
+    The old row turns `resumed` when the new job starts (not if it never does: then Resume stays)."""
     job = rebuild_job(settings, job_id)
     return jobs().submit(settings.db_url, job.step, job.image_ids, memes_dir=settings.memes_dir,
                          lock_dir=settings.artefacts_dir, batch_size=job.batch_size, workers=job.workers,
-                         prefetch=job.prefetch)
+                         prefetch=job.prefetch, resumes=job_id)
