@@ -100,10 +100,10 @@ def run_step(
     `prefetch`: threads that prefetch a prefetching step's items (None = one per core,
     0 = none: everything in this thread, one batch after another).
 
-    `on_progress` is called after each committed batch (in this thread); `should_stop` is polled
-    between batches (Cancel), and so is the job row's status (`request_cancel`). A model that
-    cannot load ends the job as `failed` with its message; nothing is raised for it. KeyboardInterrupt and other BaseExceptions mark the job
-    `cancelled` and propagate.
+    `on_progress` is called after each committed batch (in this thread); `should_stop` is
+    polled between batches (Cancel), and so is the job row's status (`request_cancel`). A
+    model that cannot load ends the job as `failed` with its message; nothing is raised for
+    it. KeyboardInterrupt and other BaseExceptions mark the job `cancelled` and propagate.
     """
     Session_ = get_sessionmaker(db_url)
     ids = list(dict.fromkeys(image_ids))
