@@ -168,14 +168,27 @@ def test_a_restart_marks_the_dead_job_interrupted_and_resume_does_every_meme_onc
         session.add(Job(step_kind="ocr", step_name="ocr:old", fingerprint="x", status="running", total=1,
                         pid=os.getpid(), started_at=background.PROCESS_STARTED - timedelta(hours=1),
                         heartbeat_at=utcnow()))
+        # a live process's job with a slow batch (no heartbeat for an hour) is left alone
+        session.add(Job(step_kind="ocr", step_name="ocr:slow", fingerprint="y", status="running", total=1,
+                        pid=os.getppid(), started_at=utcnow() - timedelta(hours=2),
+                        heartbeat_at=utcnow() - timedelta(hours=1)))
+        # another host's job (a team's PostgreSQL): its pid means nothing here, its stale heartbeat does
+        session.add(Job(step_kind="ocr", step_name="ocr:remote", fingerprint="z", status="running", total=1,
+                        pid=os.getppid(), params={"host": "another-host"}, started_at=utcnow() - timedelta(hours=2),
+                        heartbeat_at=utcnow() - timedelta(hours=1)))
         session.commit()
         killed = session.scalars(select(Job.id).where(Job.step_name == "ocr:tesseract")).one()
         marked = mark_interrupted(session, background.PROCESS_STARTED)
         session.commit()
-        assert len(marked) == 2 and killed in marked
+        assert len(marked) == 3 and killed in marked
         rows = {r["job"]: r for r in list_jobs(session)}
     assert (rows[killed]["status"], rows[killed]["resumable"]) == ("interrupted", True)
-    assert not any(r["resumable"] for j, r in rows.items() if j != killed)  # the other keeps no recipe
+    with session_scope(settings.db_url) as session:
+        statuses = dict(session.execute(select(Job.step_name, Job.status)).all())
+    assert statuses == {"ocr:tesseract": "interrupted", "ocr:old": "interrupted", "ocr:slow": "running",
+                        "ocr:remote": "interrupted"}
+    assert [r["status"] for r in rows.values()] == ["interrupted", "running", "interrupted", "interrupted"]
+    assert not any(r["resumable"] for j, r in rows.items() if j != killed)  # the others keep no recipe
 
     resumed = background.resume(settings, killed)
     assert resumed.image_ids == tuple(ids)  # the CLI's whole selection, from the row

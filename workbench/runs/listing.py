@@ -22,16 +22,14 @@ RESUMABLE = (INTERRUPTED, "cancelled", "failed")  # a job that stopped early, re
 
 def job_status(job: Job, now: datetime | None = None) -> str:
     """The job's status, with a running (or cancelling) job whose process is gone shown as
-    'interrupted'. A job's pid is only checked on the host that ran it (a team's PostgreSQL
-    serves several); elsewhere a heartbeat older than STALE_AFTER tells."""
+    'interrupted'. On the host that ran it (a team's PostgreSQL serves several) its pid tells;
+    elsewhere, or without a pid, a heartbeat older than STALE_AFTER does."""
     if job.status not in ACTIVE:
         return job.status
-    now = now or datetime.now(UTC)
+    if job.pid and (job.params or {}).get("host") in (None, socket.gethostname()):
+        return job.status if _pid_alive(job.pid) else INTERRUPTED
     beat = _aware(job.heartbeat_at or job.started_at)
-    host = (job.params or {}).get("host")
-    if job.pid and host in (None, socket.gethostname()) and not _pid_alive(job.pid):
-        return INTERRUPTED
-    if now - beat > STALE_AFTER:
+    if (now or datetime.now(UTC)) - beat > STALE_AFTER:
         return INTERRUPTED
     return job.status
 
@@ -51,9 +49,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def mark_interrupted(session: Session, process_started: datetime) -> list[int]:
-    """Store `interrupted` on every job a dead process left running: its pid is gone, its
-    heartbeat is stale, or it has this process's pid (reused after a restart, as in a
-    container) but began before this process did. Returns their ids; the caller commits."""
+    """Store `interrupted` on every job a dead process left running (`job_status`), and on a
+    job with this process's pid (reused after a restart, as in a container) that began before
+    this process did. A live local job with a slow batch is left alone (and the runner sets
+    `running` again at its next batch anyway). Returns their ids; the caller commits."""
     marked = []
     for job in session.scalars(select(Job).where(Job.status.in_(ACTIVE))):
         reused_pid = (job.pid == os.getpid() and (job.params or {}).get("host") in (None, socket.gethostname())

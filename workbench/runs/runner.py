@@ -32,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from workbench.runs.lock import heavy_job_lock
@@ -290,13 +290,13 @@ def _failed_before_start(session: Session, step: Step, ids: list[int], exc: Exce
 
 
 def _update_job(session: Session, job_id: int, progress: Progress, status: str | None = None) -> None:
-    # One Core UPDATE per batch: no ORM load and flush on the model thread. The status is left
-    # alone while running, so a cancel request written meanwhile is not overwritten.
+    # One Core UPDATE per batch: no ORM load and flush on the model thread. While running, the
+    # status says "running" (a row some sweep took for dead comes back) unless a cancel request
+    # is waiting there, which is kept.
     table = Job.__table__
-    values = {"done": progress.done, "failed": progress.failed, "skipped": progress.skipped, "heartbeat_at": utcnow()}
-    if status is not None:
-        values["status"] = status
-    session.execute(update(table).where(table.c.id == job_id).values(**values))
+    session.execute(update(table).where(table.c.id == job_id).values(
+        done=progress.done, failed=progress.failed, skipped=progress.skipped, heartbeat_at=utcnow(),
+        status=status if status is not None else case((table.c.status == CANCELLING, CANCELLING), else_="running")))
 
 
 def _close_job(Session_, step: Step, job_id: int, progress: Progress, status: str, error: str | None) -> None:  # noqa: ANN001
