@@ -1,8 +1,9 @@
-"""Run: OCR a selection of memes through the job runner, and a table of every job
-(OCR, predictors, embeddings, CAM) with its status and counts.
+"""Run: OCR a selection of memes as a server job, and every job (OCR, predictors,
+embeddings, CAM, hashes) with its progress, throughput and ETA, Cancel while it runs, and
+Resume for one a restart or a cancel stopped.
 
-Running the same engine and config again reads only the memes still missing, so a
-closed tab or a cancel resumes where it stopped.
+Jobs run on the server: leaving this page, closing the tab or signing out does not stop
+them. Running the same engine and config again reads only the memes still missing.
 """
 
 from workbench import ui
@@ -15,7 +16,6 @@ import streamlit as st  # noqa: E402
 
 from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS, make_engine  # noqa: E402
 from workbench.ocr.step import PARALLEL_ENGINES, OcrStep  # noqa: E402
-from workbench.runs.listing import list_jobs  # noqa: E402
 from workbench.store import catalog, users  # noqa: E402
 
 SELECTIONS = {"all": "All memes", "unlabeled": "Unlabeled memes", "folder": "One folder"}
@@ -62,10 +62,6 @@ if not admin:
 if st.button("Start OCR", type="primary", disabled=not ids or not admin, key="run_start"):
     ui.run_job_widget(ctx, OcrStep(engine), ids, workers=workers if parallel else 1, force=force, key="run_job")
 
-st.subheader("All jobs")
-with ctx.session() as session:
-    rows = list_jobs(session, limit=None)
-if rows:
-    st.dataframe(rows, hide_index=True, width="stretch")
-else:
-    st.caption("No jobs yet.")
+st.subheader("Jobs")
+st.caption("Jobs run on the server: they go on when you leave this page. One runs at a time; others wait their turn.")
+ui.jobs_panel(ctx, limit=None)

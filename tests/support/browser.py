@@ -98,3 +98,14 @@ def wait_for_image_change(page, before: int) -> int:  # noqa: ANN001
         page.wait_for_timeout(100)
     settle(page)
     return now
+
+
+def open_from_sidebar(page, label: str, title: str) -> None:  # noqa: ANN001
+    """Click the sidebar link named `label` (workbench.ui.NAV) and wait for the page whose
+    title is `title` (its ui.bootstrap title) to finish its run without an exception."""
+    link = page.locator("[data-testid='stSidebar'] [data-testid='stPageLink'] a").filter(
+        has=page.get_by_text(label, exact=True))
+    link.click()
+    page.wait_for_function("t => document.title === t", arg=f"{title} · VLMemes Workbench", timeout=TIMEOUT_MS)
+    settle(page)
+    no_exceptions(page)

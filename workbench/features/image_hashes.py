@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -152,6 +153,13 @@ class HashStep(Step):
 
     def fingerprint(self) -> str:
         return hash_fingerprint()
+
+    def recipe(self) -> dict[str, Any] | None:
+        return {}  # no options: the hashing config is the code's
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], settings: Any) -> HashStep:
+        return cls()
 
     def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
         fp = self.fingerprint()

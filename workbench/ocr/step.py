@@ -3,8 +3,10 @@ row per (image, engine+config fingerprint), errors included."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,6 +19,7 @@ from workbench.store.schema import OcrResult, utcnow
 
 # Tesseract-based engines are CPU-bound, single-threaded and light: one per worker process.
 PARALLEL_ENGINES = ("tesseract", "accurate")
+_FROM_SETTINGS = ("name", "tessdata_dir", "easyocr_dir")  # engine fields make_engine fills, not a recipe
 
 
 class OcrStep(Step):
@@ -31,6 +34,23 @@ class OcrStep(Step):
 
     def fingerprint(self) -> str:
         return f"{self.engine.name}:{fingerprint(self.engine.config())}"
+
+    def recipe(self) -> dict[str, Any] | None:
+        """The engine's name and constructor options (folders come from settings on rebuild)."""
+        if not dataclasses.is_dataclass(self.engine):
+            return None
+        options = {f.name: getattr(self.engine, f.name) for f in dataclasses.fields(self.engine)
+                   if f.init and not f.name.startswith("_") and f.name not in _FROM_SETTINGS}
+        return {"engine": self.engine.name,
+                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], settings: Any) -> OcrStep:
+        from workbench.ocr import make_engine
+
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(recipe.get("options") or {}).items()}
+        lang = options.pop("lang", "rus")
+        return cls(make_engine(str(recipe["engine"]), settings, lang=lang, **options))
 
     def done_ids(self, session: Session, image_ids: Sequence[int]) -> set[int]:
         done: set[int] = set()

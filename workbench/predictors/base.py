@@ -201,6 +201,17 @@ class PredictorStep(Step):
     def fingerprint(self) -> str:
         return self.predictor.fingerprint()
 
+    def recipe(self) -> dict[str, Any] | None:
+        """The kind and options `build_predictor` made the predictor from (None for one built otherwise)."""
+        built = getattr(self.predictor, "built_from", None)
+        return dict(built) if built else None
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], settings: Any) -> PredictorStep:
+        from workbench.predictors.run import build_predictor
+
+        return cls(build_predictor(str(recipe["kind"]), dict(recipe.get("options") or {})))
+
     def begin(self, session: Session) -> int | None:
         self.predictor.prepare(session)
         run = get_or_create_run(session, self.predictor)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,9 +109,12 @@ def build_predictor(kind: str, values: dict[str, Any] | None = None) -> Predicto
                          f"known: {', '.join(known) or '(none)'}")
     kwargs = {name: parse_option(known[name], value) for name, value in values.items()}
     try:
-        return spec.factory(**kwargs)
+        predictor = spec.factory(**kwargs)
     except TypeError as exc:  # a factory that rejects an option combination
         raise ValueError(f"{kind}: {exc}") from exc
+    with suppress(AttributeError, TypeError):  # what rebuilds it after a restart (PredictorStep.recipe)
+        predictor.built_from = {"kind": kind, "options": kwargs}
+    return predictor
 
 
 def run_predictions(

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-
-STALE_AFTER = timedelta(minutes=10)
 
 
 class JobBusy(RuntimeError):

@@ -11,21 +11,28 @@ Guarantees, for every step alike:
   the CPU; CPU-bound steps may use a process pool (`workers`);
 - steps that prefetch (predictors, embeddings, CAM) get their decoding and preprocessing
   done in worker threads a few batches ahead of the model (pipeline.py), with the same
-  results as the sequential path (`prefetch=0`).
+  results as the sequential path (`prefetch=0`);
+- a job can be cancelled from anywhere, another process included: `request_cancel` marks
+  its row `cancelling`, and the runner stops after the batch in flight;
+- the job row records what rebuilds it (the step's recipe, the image ids, the batch
+  settings), so a job a restart interrupted can be resumed (workbench.runs.background).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
+import sys
 import time
-from collections.abc import Callable, Iterable
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from workbench.runs.lock import heavy_job_lock
@@ -33,6 +40,8 @@ from workbench.runs.pipeline import default_threads, prefetched_batches
 from workbench.runs.step import ItemResult, JobSummary, Progress, Step, WorkItem
 from workbench.store.db import get_sessionmaker, in_batches
 from workbench.store.schema import Image, Job, utcnow
+
+CANCELLING = "cancelling"  # a job row's status between a cancel request and the runner's stop
 
 # Worker-process side of the pool: the step is loaded once per worker.
 _worker_step: Step | None = None
@@ -91,10 +100,10 @@ def run_step(
     `prefetch`: threads that prefetch a prefetching step's items (None = one per core,
     0 = none: everything in this thread, one batch after another).
 
-    `on_progress` is called after each committed batch; `should_stop` is polled between
-    batches (Cancel). A model that cannot load ends the job as `failed` with its message;
-    nothing is raised for it. KeyboardInterrupt and other BaseExceptions mark the job
-    `cancelled` and propagate.
+    `on_progress` is called after each committed batch (in this thread); `should_stop` is
+    polled between batches (Cancel), and so is the job row's status (`request_cancel`). A
+    model that cannot load ends the job as `failed` with its message; nothing is raised for
+    it. KeyboardInterrupt and other BaseExceptions mark the job `cancelled` and propagate.
     """
     Session_ = get_sessionmaker(db_url)
     ids = list(dict.fromkeys(image_ids))
@@ -108,7 +117,7 @@ def run_step(
                 return _failed_before_start(session, step, ids, exc, t0)
             job = Job(
                 step_kind=step.kind, step_name=step.name, fingerprint=step.fingerprint(), run_id=run_id,
-                params={"batch_size": batch_size, "workers": workers, "force": force, "prefetch": prefetch},
+                params=job_params(step, ids, batch_size=batch_size, workers=workers, force=force, prefetch=prefetch),
                 total=len(ids), pid=os.getpid(), heartbeat_at=utcnow(),
             )
             session.add(job)
@@ -116,7 +125,14 @@ def run_step(
             job_id = job.id
             already = set() if force else step.done_ids(session, ids)
         todo = [i for i in ids if i not in already]
-        progress = Progress(total=len(ids), skipped=len(ids) - len(todo))
+        progress = Progress(total=len(ids), skipped=len(ids) - len(todo), job_id=job_id)
+
+        def stop_requested() -> bool:  # the caller's flag, or a cancel request stored in the job row
+            if should_stop is not None and should_stop():
+                return True
+            with Session_() as session:
+                return session.scalar(select(Job.status).where(Job.id == job_id)) == CANCELLING
+
         summary = JobSummary(job_id, "done", len(ids), 0, progress.skipped, 0, run_id=run_id)
 
         def record(results: list[ItemResult]) -> None:
@@ -128,7 +144,7 @@ def run_step(
                 for r in results:
                     if r.error and len(summary.errors) < 20:
                         summary.errors.append((r.image_id, r.error))
-                _update_job(session, job_id, progress, "running")
+                _update_job(session, job_id, progress)
                 session.commit()
             if on_progress:
                 on_progress(progress)
@@ -138,7 +154,7 @@ def run_step(
             if on_progress:
                 on_progress(progress)
             if todo:
-                status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_stop,
+                status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record, stop_requested,
                                        prefetch)
         except BaseException:
             _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
@@ -171,7 +187,9 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
             pending: set[Future] = set()
             try:
                 for batch_ids in batches:
-                    pending.add(pool.submit(_work, items_for(batch_ids)))
+                    items = items_for(batch_ids)
+                    with _main_script_hidden(step):  # a submit may start a worker process
+                        pending.add(pool.submit(_work, items))
                     if len(pending) >= workers * 2:
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for fut in finished:
@@ -201,6 +219,65 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
     return "done", None
 
 
+@contextmanager
+def _main_script_hidden(step: Step) -> Iterator[None]:
+    """While worker processes start: a bare `__main__`, so they do not run the parent's main
+    script. A spawned (or forkserver) child imports the parent's `__main__` by its file before
+    anything else, and under `streamlit run` that is the page script being run: every OCR
+    worker ran the whole page in bare mode (~150 "missing ScriptRunContext" warnings a run,
+    migrations and queries included). Kept when the step itself is defined in `__main__` (a
+    script of one's own), which the workers need to unpickle it."""
+    main = sys.modules.get("__main__")
+    if (main is None or type(step).__module__ == "__main__" or getattr(main, "__spec__", None) is not None
+            or not getattr(main, "__file__", None)):
+        yield  # `python -m ...` (a module name: the child skips a `__main__` module), or nothing to hide
+        return
+    bare = types.ModuleType("__main__")
+    sys.modules["__main__"] = bare
+    try:
+        yield
+    finally:
+        if sys.modules.get("__main__") is bare:  # a script run may have set its own meanwhile: keep that
+            sys.modules["__main__"] = main
+
+
+def job_params(step: Step, ids: Sequence[int], **settings: object) -> dict[str, object]:
+    """A job row's params: the runner settings, the host, and what rebuilds the job after a
+    restart: the step's recipe (when it has one) and the image ids, as compact ranges."""
+    params: dict[str, object] = dict(settings)
+    params["host"] = socket.gethostname()
+    recipe = step.recipe()
+    if recipe is not None:
+        params["step"] = {"class": f"{type(step).__module__}:{type(step).__qualname__}", "recipe": recipe}
+        params["image_ids"] = id_ranges(ids)
+    return params
+
+
+def id_ranges(ids: Sequence[int]) -> list[list[int]]:
+    """Image ids as [first, last] runs, in their order: a whole collection is a few pairs."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def ids_from_ranges(runs: Iterable[Sequence[int]]) -> list[int]:
+    """The ids `id_ranges` packed, in order."""
+    return [i for first, last in runs for i in range(int(first), int(last) + 1)]
+
+
+def request_cancel(session: Session, job_id: int) -> bool:
+    """Ask a running job (in this process or another) to stop after its current batch.
+    True when the job was running and is now asked; the caller commits."""
+    table = Job.__table__
+    result = session.execute(update(table).where(table.c.id == job_id, table.c.status == "running")
+                             .values(status=CANCELLING))
+    return bool(result.rowcount)
+
+
 def _failed_before_start(session: Session, step: Step, ids: list[int], exc: Exception, t0: float) -> JobSummary:
     from workbench.errors import ModelUnavailable
 
@@ -212,11 +289,14 @@ def _failed_before_start(session: Session, step: Step, ids: list[int], exc: Exce
     return JobSummary(job.id, "failed", len(ids), 0, 0, 0, error=error, seconds=time.monotonic() - t0)
 
 
-def _update_job(session: Session, job_id: int, progress: Progress, status: str) -> None:
-    # One Core UPDATE per batch: no ORM load and flush on the model thread.
+def _update_job(session: Session, job_id: int, progress: Progress, status: str | None = None) -> None:
+    # One Core UPDATE per batch: no ORM load and flush on the model thread. While running, the
+    # status says "running" (a row some sweep took for dead comes back) unless a cancel request
+    # is waiting there, which is kept.
     table = Job.__table__
     session.execute(update(table).where(table.c.id == job_id).values(
-        done=progress.done, failed=progress.failed, skipped=progress.skipped, status=status, heartbeat_at=utcnow()))
+        done=progress.done, failed=progress.failed, skipped=progress.skipped, heartbeat_at=utcnow(),
+        status=status if status is not None else case((table.c.status == CANCELLING, CANCELLING), else_="running")))
 
 
 def _close_job(Session_, step: Step, job_id: int, progress: Progress, status: str, error: str | None) -> None:  # noqa: ANN001

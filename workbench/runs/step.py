@@ -9,15 +9,12 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy.orm import Session
 
 from workbench.store.images import load_rgb
-
-STALE_AFTER = timedelta(minutes=10)
 
 
 def fingerprint(obj: Any, length: int = 16) -> str:
@@ -103,6 +100,17 @@ class Step:
     def finish(self, session: Session, status: str) -> None:
         """Called once after work with the job's final status."""
 
+    def recipe(self) -> dict[str, Any] | None:
+        """What rebuilds this step after a server restart (JSON: names and options, never a
+        model), stored in the job's params so an interrupted job can be resumed; None: this
+        step cannot be rebuilt (start it again from its page). See `from_recipe`."""
+        return None
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], settings: Any) -> Step:
+        """The step `recipe()` described, built again with the app's settings (workbench.config.Settings)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from a recipe")
+
 
 def prefetch_image(item: WorkItem, then: Any, min_side: int = 0) -> Any:
     """What most `Step.prefetch`es do: decode the item's image (the one loader, `load_rgb`;
@@ -120,11 +128,14 @@ def prefetch_image(item: WorkItem, then: Any, min_side: int = 0) -> Any:
 
 @dataclass
 class Progress:
+    """A running job's counts, as the runner reports them after each committed batch."""
+
     total: int
     done: int = 0
     skipped: int = 0
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
+    job_id: int | None = None  # the jobs row, once the runner has made it
 
     @property
     def processed(self) -> int:
@@ -159,6 +170,8 @@ class Progress:
 
 @dataclass
 class JobSummary:
+    """How a job ended: its counts, its error, and the first few per-image errors."""
+
     job_id: int
     status: str  # done | failed | cancelled
     total: int
@@ -171,5 +184,14 @@ class JobSummary:
     errors: list[tuple[int, str]] = field(default_factory=list)  # first few per-item errors
 
     def describe(self) -> str:
-        text = f"{self.status}: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} in {self.seconds:.1f} s"
+        """One line for people. A job that did not finish says how far it got, and its per-image
+        failures are "with errors", so a failed job never reads "0 failed"."""
+        if self.status == "done":
+            head = f"done: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total}"
+        elif self.done + self.failed == 0:
+            head = f"{self.status} before any meme was processed ({self.total} selected, {self.skipped} already done)"
+        else:
+            head = (f"{self.status} after {self.done + self.failed} of {self.total - self.skipped} memes to do "
+                    f"({self.done} done, {self.failed} with errors, {self.skipped} already done)")
+        text = f"{head} in {self.seconds:.1f} s"
         return text + (f" — {self.error}" if self.error else "")

@@ -1,11 +1,14 @@
 """The one Streamlit helper that pages share: bootstrap (page config, settings, cached
-DB engine + migrations, annotator in the sidebar), the job-progress widget, the form built
-from predictor Options, and safe text rendering. The only workbench module that imports streamlit."""
+DB engine + migrations, the grouped navigation, the running-job indicator and the annotator
+in the sidebar), the job widgets (submit to the server's job worker and follow it; the jobs
+panel), the form built from predictor Options, and safe text rendering. The only workbench
+module that imports streamlit."""
 
 from __future__ import annotations
 
 import html
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,19 +21,24 @@ from sqlalchemy.orm import Session
 
 from workbench.config import Settings, load_settings
 from workbench.predictors.base import Option
-from workbench.runs.lock import JobBusy
-from workbench.runs.runner import run_step
-from workbench.runs.step import JobSummary, Progress, Step
+from workbench.runs import background
+from workbench.runs.listing import ACTIVE, active_jobs, list_jobs, mark_interrupted
+from workbench.runs.step import JobSummary, Step
 from workbench.store import db
 from workbench.ui import auth
 
 APP_TITLE = "VLMemes Workbench"
+POLL_S = 0.5  # how often a page following a job redraws its progress
+PANEL_EVERY_S = 2.0  # how often the sidebar indicator and the jobs panel refresh while a job runs
 
 
 @st.cache_resource(show_spinner="Preparing the database…")
 def _migrated(url: str) -> str:
-    """Run migrations once per DB URL per server process (idempotent)."""
+    """Run migrations once per DB URL per server process (idempotent), then mark the jobs a
+    dead process left running as interrupted (a restart: the Run page offers Resume)."""
     db.upgrade(url)
+    with db.session_scope(url) as session:
+        mark_interrupted(session, background.PROCESS_STARTED)
     return url
 
 
@@ -65,22 +73,23 @@ class Ctx:
             yield session
 
 
-# Sidebar navigation (Streamlit's own would call the entry page "streamlit app").
+# Sidebar navigation, grouped (Streamlit's own would call the entry page "streamlit app"):
+# (script relative to the entry script's folder, label, icon, group, permission needed or None).
 NAV = (
-    ("streamlit_app.py", "Home", ":material/home:"),
-    ("pages/1_Label.py", "Label", ":material/label:"),
-    ("pages/2_Gallery.py", "Gallery", ":material/photo_library:"),
-    ("pages/3_Data.py", "Data", ":material/upload_file:"),
-    ("pages/4_Run.py", "Run OCR", ":material/text_fields:"),
-    ("pages/5_Models.py", "Models", ":material/model_training:"),
-    ("pages/6_Dashboard.py", "Dashboard", ":material/monitoring:"),
-    ("pages/7_Disagreements.py", "Disagreements", ":material/compare:"),
-    ("pages/8_Explain.py", "Explain", ":material/visibility:"),
-    ("pages/9_Export.py", "Export", ":material/download:"),
-    ("pages/10_Train.py", "Train", ":material/school:"),
-    ("pages/11_Duplicates.py", "Duplicates", ":material/content_copy:"),
-    ("pages/12_Map.py", "Map", ":material/scatter_plot:"),
-    ("pages/13_Adjudication.py", "Adjudication", ":material/gavel:"),
+    ("streamlit_app.py", "Home", ":material/home:", "", None),
+    ("pages/1_Label.py", "Label", ":material/label:", "Label", None),
+    ("pages/2_Gallery.py", "Gallery", ":material/photo_library:", "Label", None),
+    ("pages/6_Dashboard.py", "Dashboard", ":material/monitoring:", "Review", None),
+    ("pages/7_Disagreements.py", "Disagreements", ":material/compare:", "Review", None),
+    ("pages/8_Explain.py", "Explain", ":material/visibility:", "Review", None),
+    ("pages/12_Map.py", "Map", ":material/scatter_plot:", "Review", None),
+    ("pages/4_Run.py", "Run OCR · jobs", ":material/text_fields:", "Models", None),
+    ("pages/5_Models.py", "Models", ":material/model_training:", "Models", None),
+    ("pages/10_Train.py", "Train", ":material/school:", "Models", None),
+    ("pages/3_Data.py", "Data", ":material/upload_file:", "Data", None),
+    ("pages/11_Duplicates.py", "Duplicates", ":material/content_copy:", "Data", None),
+    ("pages/9_Export.py", "Export", ":material/download:", "Data", None),
+    ("pages/13_Adjudication.py", "Adjudication", ":material/gavel:", "Team", "adjudicate"),
 )
 
 
@@ -90,7 +99,8 @@ def bootstrap(title: str, icon: str = "🧪", layout: str = "wide") -> Ctx:
     settings = load_settings()
     _migrated(settings.db_url)
     signed_in = auth.gate(settings)  # sign-in on: stops here unless signed in with a role
-    _navigation()
+    navigation(None if signed_in is None else signed_in.role, signed_in is not None)
+    _job_indicator(settings.db_url)
     if signed_in is not None:  # the annotator is the signed-in user: no name field
         st.sidebar.caption(f"DB: `{_short_url(settings.db_url)}`  \nMemes: `{settings.memes_dir}`")
         return Ctx(settings=settings, annotator=signed_in.email, user=signed_in.email, role=signed_in.role)
@@ -108,19 +118,74 @@ def page_link(page: str, **kwargs: object) -> None:
         pass
 
 
-def _navigation() -> None:
-    from streamlit.errors import StreamlitAPIException
+def app_pages() -> tuple[Path, dict[str, str]]:
+    """The entry script's folder and the pages Streamlit registered ({real path: page name}),
+    read from the running script, so no path is guessed from this module's location."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-    root = Path(__file__).resolve().parent.parent
+    run_ctx = get_script_run_ctx()
+    if run_ctx is None:
+        return Path.cwd(), {}
+    root = Path(os.path.realpath(run_ctx.main_script_path)).parent
+    pages = run_ctx.pages_manager.get_pages()
+    return root, {os.path.realpath(p["script_path"]): str(p["page_name"]) for p in pages.values()}
+
+
+def nav_entries(role: str | None, signed_in: bool) -> list[tuple[str, str, str, str]]:
+    """(page, label, icon, group) of every NAV page this role may open (all of them with sign-in off)."""
+    from workbench.store.users import has_permission
+
+    return [(page, label, icon, group) for page, label, icon, group, needs in NAV
+            if needs is None or not signed_in or has_permission(role, needs)]
+
+
+def navigation(role: str | None, signed_in: bool) -> None:
+    """The sidebar's page links, grouped, for the pages this role may open; a page Streamlit
+    registered that NAV does not name is listed under "Other", so no page is ever unreachable."""
+    root, registered = app_pages()
+    if len(registered) < 2:  # one page run alone (AppTest of one file): nothing to link to
+        return
     with st.sidebar:
-        try:
-            for page, label, icon in NAV:
-                if (root / page).exists():
-                    st.page_link(page, label=label, icon=icon)
-        except StreamlitAPIException:
-            # A page run on its own (AppTest of one file) has no page registry to link to.
-            pass
+        group_shown = ""
+        for page, label, icon, group in nav_entries(role, signed_in):
+            if os.path.realpath(root / page) not in registered:
+                continue
+            if group and group != group_shown:
+                st.caption(group)
+                group_shown = group
+            st.page_link(page, label=label, icon=icon)
+        other = sorted(set(registered) - {os.path.realpath(root / entry[0]) for entry in NAV})
+        if other:
+            st.caption("Other")
+            for path in other:
+                page_link(os.path.relpath(path, root), label=registered[path])
         st.divider()
+
+
+def _job_indicator(db_url: str) -> None:
+    """"running: OCR 312/5,000" in the sidebar while any job runs (this server's or a CLI's),
+    refreshed every PANEL_EVERY_S seconds without rerunning the page."""
+    if not _active_lines(db_url):
+        return
+    with st.sidebar:
+        st.fragment(_job_indicator_body, run_every=PANEL_EVERY_S)(db_url)
+
+
+def _active_lines(db_url: str) -> list[str]:
+    with db.session_scope(db_url) as session:
+        rows = active_jobs(session)
+    lines = [f"{'cancelling' if r['status'] == 'cancelling' else 'running'}: "
+             f"{background.KIND_LABEL.get(r['step'], r['name'])} {r['done'] + r['failed']:,}/{r['total'] - r['skipped']:,}"
+             for r in rows]
+    lines += [t.describe() for t in background.jobs().active() if t.state == "queued"]  # "OCR queued (N memes)"
+    return lines
+
+
+def _job_indicator_body(db_url: str) -> None:
+    lines = _active_lines(db_url)
+    if lines:
+        st.caption("  \n".join(f":material/hourglass_top: {md_escape(line)}" for line in lines))
+        page_link("pages/4_Run.py", label="Jobs", icon=":material/pending_actions:")
 
 
 def _annotator_sidebar(settings: Settings) -> str:
@@ -194,50 +259,103 @@ def option_widget(option: Option, key: str) -> Any:
     return st.text_input(label, value=str(option.default), help=help_text, key=key)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+# What makes plain text markdown in Streamlit: emphasis, code, links and directives
+# (`[`), headings, tables, strikethrough, LaTeX (`$`). Other punctuation only counts at
+# the start of a line (lists, setext headings), and is escaped only there.
+_MD_INLINE = re.compile(r"([\\`*_\[\]#|~$])")
+_MD_BULLET = re.compile(r"^([ \t]*)([-+=])", re.MULTILINE)  # lists, setext headings, rules
+_MD_NUMBERED = re.compile(r"^([ \t]*\d+)([.)])", re.MULTILINE)  # "1." / "1)" lists
+# A URL is left as it is: Streamlit turns it into a link, and a backslash inside one shows.
+_URL = re.compile(r"(?:https?|ftp)://[^\s<>]+|www\.[^\s<>]+")
+_URL_TRAILING = ".,:;!?'\")]*_~"
 
 
 def md_escape(text: str | None) -> str:
-    """User/model text made inert for st.markdown (no markdown, no HTML)."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text or "", quote=False)).replace("\n", "  \n")
+    """User/model text made inert for st.markdown / st.error and friends: no markdown and no
+    HTML, and no stray backslashes where none are needed (URLs stay as they are)."""
+    text = text or ""
+    out, pos = [], 0
+    for match in _URL.finditer(text):
+        url = match.group(0).rstrip(_URL_TRAILING)
+        out.append(_escape_plain(text[pos:match.start()]))
+        out.append(url)
+        pos = match.start() + len(url)
+    out.append(_escape_plain(text[pos:]))
+    return "".join(out).replace("\n", "  \n")
+
+
+def _escape_plain(text: str) -> str:
+    text = _MD_INLINE.sub(r"\\\1", html.escape(text, quote=False))
+    text = _MD_BULLET.sub(r"\1\\\2", text)
+    return _MD_NUMBERED.sub(r"\1\\\2", text)
+
+
+def _authorized_job(ctx: Ctx, what: str, details: dict[str, Any]) -> bool:
+    """Sign-in on: jobs are for admins, checked and recorded; False (with an error shown) when not."""
+    if ctx.actor is None:
+        return True
+    from workbench.errors import PermissionDenied
+    from workbench.store.users import ADMIN, authorize
+
+    try:
+        with ctx.session() as session:
+            authorize(session, ctx.actor, ADMIN, what, details)
+    except PermissionDenied as exc:
+        st.error(md_escape(str(exc)))
+        return False
+    return True
 
 
 def run_job_widget(
     ctx: Ctx, step: Step, image_ids: Sequence[int], *, batch_size: int = 8, workers: int = 1, force: bool = False,
     key: str = "job",
 ) -> JobSummary | None:
-    """Run a step with a progress bar, rate and ETA. The Cancel button reruns the page,
-    which stops the job after the batch in flight (that batch is already committed)."""
-    if ctx.actor is not None:  # sign-in on: running jobs is for admins, checked and recorded here
-        from workbench.errors import PermissionDenied
-        from workbench.store.users import ADMIN, authorize
-
-        try:
-            with ctx.session() as session:
-                authorize(session, ctx.actor, ADMIN, "job", {"step": step.name, "images": len(image_ids)})
-        except PermissionDenied as exc:
-            st.error(md_escape(str(exc)))
-            return None
-    bar = st.progress(0.0, text=f"{step.name}: starting…")
-    st.button("Cancel", key=f"{key}_cancel", help="Stops after the current batch; finished batches are kept.")
-
-    def on_progress(p: Progress) -> None:
-        bar.progress(p.fraction, text=f"{step.name}: {p.describe()}")
-
-    try:
-        summary = run_step(
-            ctx.db_url, step, image_ids, memes_dir=ctx.settings.memes_dir, lock_dir=ctx.settings.artefacts_dir,
-            batch_size=batch_size, workers=workers, force=force, on_progress=on_progress,
-        )
-    except JobBusy as exc:
-        bar.empty()
-        st.warning(md_escape(str(exc)))
+    """Run a step as a server job (workbench.runs.background) and follow it here: a progress
+    bar with rate and ETA and a Cancel button while it runs, the summary when it ends, which
+    is returned. Leaving the page, closing the tab or signing out stops only the following:
+    the job goes on, the sidebar shows it, and the Run page lists it. None when it did not run
+    (not allowed, another job holding the lock, cancelled while queued) or is followed no more."""
+    if not _authorized_job(ctx, "job", {"step": step.name, "images": len(image_ids)}):
         return None
-    show_job_summary(summary)
-    return summary
+    ticket = background.jobs().submit(
+        ctx.db_url, step, image_ids, memes_dir=ctx.settings.memes_dir, lock_dir=ctx.settings.artefacts_dir,
+        batch_size=batch_size, workers=workers, force=force,
+    )
+    return follow_job(ticket, key=key)
+
+
+def follow_job(ticket: background.Ticket, key: str = "job") -> JobSummary | None:
+    """Poll a ticket from the page's own script thread (the job's thread never touches
+    Streamlit): progress while it runs, Cancel only while it runs, then its summary."""
+    bar = st.progress(0.0, text=f"{ticket.step_name}: {_ticket_text(ticket)}")
+    cancel = st.empty()
+    cancel.button("Cancel", key=f"{key}_cancel", on_click=ticket.cancel,
+                  help="Stops after the current batch; finished batches are kept.")
+    while not ticket.wait(POLL_S):
+        # each redraw is also where Streamlit stops this script when the user leaves the page
+        bar.progress(ticket.fraction, text=f"{ticket.step_name}: {_ticket_text(ticket)}")
+    cancel.empty()
+    if ticket.summary is None:
+        bar.empty()
+        st.warning(md_escape(ticket.error or "the job did not run"))
+        return None
+    bar.progress(ticket.fraction, text=f"{ticket.step_name}: {ticket.summary.status}")
+    show_job_summary(ticket.summary)
+    return ticket.summary
+
+
+def _ticket_text(ticket: background.Ticket) -> str:
+    if ticket.state == "queued":
+        ahead = [t for t in background.jobs().active() if t.key != ticket.key and t.submitted_at <= ticket.submitted_at]
+        return "queued behind " + ", ".join(t.describe() for t in ahead) if ahead else "queued"
+    if ticket.cancel_requested:
+        return "cancelling after the current batch…"
+    return ticket.progress.describe() if ticket.progress is not None else "starting…"
 
 
 def show_job_summary(summary: JobSummary) -> None:
+    """A job's outcome: an error, a warning (cancelled, or some memes failed) or a success box,
+    and the first per-image errors."""
     text = md_escape(summary.describe())  # holds user-typed model ids and model errors
     if summary.status == "failed":
         st.error(text)
@@ -248,6 +366,74 @@ def show_job_summary(summary: JobSummary) -> None:
     if summary.errors:
         with st.expander(f"Per-image errors ({summary.failed})"):
             st.dataframe([{"image": i, "error": e} for i, e in summary.errors], hide_index=True)
+
+
+def jobs_panel(ctx: Ctx, limit: int | None = 50) -> None:
+    """Every job (newest first): running ones with progress, throughput, ETA and Cancel, queued
+    ones, and Resume for those a restart or a cancel stopped. Refreshes itself while a job runs."""
+    every = PANEL_EVERY_S if _active_lines(ctx.db_url) else None
+    st.fragment(_jobs_panel_body, run_every=every)(ctx, limit)
+
+
+def _jobs_panel_body(ctx: Ctx, limit: int | None) -> None:
+    from workbench.store.users import ADMIN
+
+    admin = ctx.can(ADMIN)
+    flash = st.session_state.pop("jobs_flash", None)
+    if flash:
+        (st.warning if flash.startswith("Not ") else st.success)(md_escape(flash))
+    with ctx.session() as session:
+        rows = list_jobs(session, limit=limit)
+    for row in (r for r in rows if r["status"] in ACTIVE):
+        left, right = st.columns([5, 1], vertical_alignment="bottom")
+        rate = f" · {row['per_s']:.2f} img/s" if row["per_s"] else ""
+        eta = f" · ETA {row['eta_s']:,} s" if row["eta_s"] is not None else ""
+        left.progress(row["progress"], text=md_escape(
+            f"job {row['job']} · {row['name']} · {row['status']}: {row['done'] + row['failed']:,}/"
+            f"{row['total'] - row['skipped']:,} ({row['failed']} failed, {row['skipped']} already done){rate}{eta}"))
+        right.button("Cancel", key=f"jobs_cancel_{row['job']}", on_click=_cancel_job, args=(ctx, row["job"]),
+                     disabled=not admin or row["status"] != "running",
+                     help="Stops after the current batch; finished batches are kept.")
+    for ticket in (t for t in background.jobs().active() if t.state == "queued"):
+        left, right = st.columns([5, 1], vertical_alignment="bottom")
+        left.caption(md_escape(f"queued: {ticket.step_name} · {len(ticket.image_ids):,} memes"))
+        right.button("Cancel", key=f"jobs_cancel_q_{ticket.key}", on_click=ticket.cancel, disabled=not admin)
+    for row in (r for r in rows if r["resumable"]):
+        left, right = st.columns([5, 1], vertical_alignment="bottom")
+        left.caption(md_escape(f"job {row['job']} · {row['name']} · {row['status']} at "
+                               f"{row['done'] + row['failed']:,}/{row['total'] - row['skipped']:,}"))
+        right.button("Resume", key=f"jobs_resume_{row['job']}", on_click=_resume_job, args=(ctx, row["job"]),
+                     disabled=not admin, help="Runs the same step over the same memes; what is done is skipped.")
+    if rows:
+        st.dataframe([{k: v for k, v in r.items() if k != "resumable"} for r in rows], hide_index=True, width="stretch",
+                     column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
+    else:
+        st.caption("No jobs yet.")
+
+
+def _cancel_job(ctx: Ctx, job_id: int) -> None:
+    from workbench.runs.runner import request_cancel
+
+    if not _authorized_job(ctx, "job cancel", {"job": job_id}):
+        return
+    for ticket in background.jobs().active():
+        if ticket.job_id == job_id:
+            ticket.cancel()
+    with ctx.session() as session:
+        asked = request_cancel(session, job_id)
+    st.session_state["jobs_flash"] = (f"Job {job_id} stops after its current batch." if asked
+                                      else f"Not cancelled: job {job_id} is not running.")
+
+
+def _resume_job(ctx: Ctx, job_id: int) -> None:
+    if not _authorized_job(ctx, "job resume", {"job": job_id}):
+        return
+    try:
+        ticket = background.resume(ctx.settings, job_id)
+    except ValueError as exc:
+        st.session_state["jobs_flash"] = f"Not resumed: {exc}"
+        return
+    st.session_state["jobs_flash"] = f"Job {job_id} resumed: {ticket.step_name} over {len(ticket.image_ids):,} memes."
 
 
 def thumbnail(ctx: Ctx, sha256: str, rel_path: str) -> Path | None:
