@@ -86,3 +86,31 @@ def test_the_cli_says_disk_full_in_one_line(small_disk, tmp_path, settings):
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: disk full: {out}"
     assert not out.exists()
+
+
+def test_a_job_on_a_full_disk_ends_failed_with_disk_full(small_disk, settings, session):
+    """A CAM job whose maps go to a full disk ends `failed` with "disk full: PATH", never
+    `running`, and no half-written map is left behind."""
+    from sqlalchemy import select
+
+    from tests.support.tiny_models import tiny_model_dir
+    from workbench.explain import cam as explain
+    from workbench.runs.runner import run_step
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ingest import scan_folder
+    from workbench.store.schema import Image, Job
+
+    write_sample_memes(settings.memes_dir, n=3, seed=4, size=(160, 96))
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    ids = list(session.scalars(select(Image.id)))
+    session.commit()
+    fill(small_disk, 0)
+    request = explain.CamRequest.for_class(str(tiny_model_dir("clip")), "gradcam", "toxic", dtype="float32")
+    summary = run_step(settings.db_url, explain.CamStep(request, small_disk / "art"), ids, memes_dir=settings.memes_dir,
+                       lock_dir=settings.artefacts_dir, prefetch=0)
+    assert summary.status == "failed" and summary.error.startswith("disk full: "), summary
+    session.expire_all()
+    job = session.get(Job, summary.job_id)
+    assert job.status == "failed" and job.error.startswith("disk full: ")
+    assert not list((small_disk / "art").rglob("*.png"))

@@ -69,3 +69,43 @@ def test_concurrent_scans_on_two_machines_store_each_meme_once(pg_url, tmp_path)
         assert session.scalar(select(func.count(func.distinct(Image.sha256)))) == N_MEMES
         folder_labels = session.scalar(select(func.count()).select_from(Label).where(Label.annotator == "folder"))
         assert folder_labels == N_MEMES
+
+
+def _empty(url: str) -> None:
+    from workbench.store.schema import Base
+
+    db.upgrade(url)
+    with db.session_scope(url) as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+
+
+@pytest.mark.parametrize("batch_size", [8, 1])
+def test_one_ocr_job_on_two_machines_reads_each_meme_once(pg_url, tmp_path, batch_size):
+    """Two machines start the same OCR job at once: the job lock is a PostgreSQL advisory lock
+    per step fingerprint, so the second is refused (or, if the first already finished, finds
+    everything done); no meme is read twice and no job crashes on a unique key."""
+    from workbench.store.schema import Job, OcrResult
+
+    _empty(pg_url)
+    source = tmp_path / "source"
+    write_sample_memes(source, n=24, seed=22, size=(160, 96))
+    envs = [machine_env(tmp_path, name, pg_url) for name in ("a", "b")]
+    for env in envs:
+        shutil.copytree(source, env["WORKBENCH_MEMES_DIR"])
+    assert subprocess.run([sys.executable, "-m", "workbench", "ingest"], cwd=REPO, env=envs[0],
+                          capture_output=True).returncode == 0
+    command = [sys.executable, "-m", "workbench", "ocr", "--engine", "tesseract", "--workers", "1",
+               "--batch-size", str(batch_size), "--quiet"]
+    procs = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for env in envs]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (_out, err) in zip(procs, results):
+        assert "Traceback" not in err, err[-3000:]
+        assert proc.returncode == 0 or "already running" in err, err[-2000:]
+    with db.session_scope(pg_url) as session:
+        rows = session.execute(select(OcrResult.image_id, OcrResult.fingerprint)).all()
+        assert len(rows) == 24 and len(set(rows)) == 24
+        jobs = session.execute(select(Job.status, Job.done, Job.failed)).all()
+    assert all(status == "done" for status, _, _ in jobs), jobs
+    assert sum(done + failed for _, done, failed in jobs) == 24  # every meme read by exactly one machine

@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 from workbench.models.image_limits import content_box, fit_image
 from workbench.runs.step import ItemResult, Step, WorkItem, fingerprint, prefetch_image
 from workbench.store.db import in_batches
-from workbench.store.files import atomic_write
+from workbench.store.files import DiskFull, atomic_write
 from workbench.store.images import load_rgb, sha256_file
 from workbench.store.schema import Image
 
@@ -509,6 +509,8 @@ class CamStep(Step):
                 result = explain(self.artefacts_dir, item.path, self.request, loader=lambda _r: loaded, force=True,
                                  prepared=prepared)
                 results.append(ItemResult(item.image_id, value=str(result.path), duration_ms=(time.perf_counter() - t0) * 1000))
+            except DiskFull:
+                raise  # the job ends failed with "disk full: PATH"; the next meme would not fit either
             except Exception as exc:  # noqa: BLE001 - one unreadable meme must not stop the batch
                 results.append(ItemResult(item.image_id, error=f"{type(exc).__name__}: {exc}"))
         return results

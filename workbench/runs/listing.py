@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from workbench.store.schema import Job, utcnow
 
-STALE_AFTER = timedelta(minutes=10)
+# A running job's row gets a heartbeat every 15 s (runs.runner); eight missed beats and it is dead.
+STALE_AFTER = timedelta(minutes=2)
 ACTIVE = ("running", "cancelling")  # a job row a live runner still owns
 INTERRUPTED = "interrupted"
 RESUMABLE = (INTERRUPTED, "cancelled", "failed")  # a job that stopped early, resumed from its stored recipe
@@ -82,6 +83,7 @@ def job_row(job: Job, now: datetime | None = None) -> dict[str, Any]:
         "failed": job.failed, "progress": min(1.0, processed / todo) if todo > 0 else 1.0,
         "per_s": round(rate, 2) if rate is not None else None, "eta_s": round(eta) if eta is not None else None,
         "started": job.started_at, "finished": job.finished_at, "error": job.error,
+        "host": (job.params or {}).get("host"), "pid": job.pid,
         "resumable": status in RESUMABLE and bool((job.params or {}).get("step")),
     }
 

@@ -20,10 +20,12 @@ Guarantees, for every step alike:
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import socket
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,12 +35,14 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 from sqlalchemy import case, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from workbench.runs.lock import heavy_job_lock
+from workbench.runs.lock import JobBusy, heavy_job_lock
 from workbench.runs.pipeline import default_threads, prefetched_batches
 from workbench.runs.step import ItemResult, JobSummary, Progress, Step, WorkItem
-from workbench.store.db import get_sessionmaker, in_batches
+from workbench.store.db import get_engine, get_sessionmaker, in_batches
 from workbench.store.schema import Image, Job, utcnow
 
 CANCELLING = "cancelling"  # a job row's status between a cancel request and the runner's stop
@@ -63,6 +67,10 @@ def safe_process(step: Step, items: list[WorkItem]) -> list[ItemResult]:
     """step.process, with an unexpected batch-level exception turned into per-item errors."""
     try:
         results = step.process(items)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise  # a full disk ends the job ("disk full: PATH"): every later batch would fail too
+        return [ItemResult(it.image_id, error=f"{type(exc).__name__}: {exc}") for it in items]
     except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
         return [ItemResult(it.image_id, error=f"{type(exc).__name__}: {exc}") for it in items]
     got = {r.image_id for r in results}
@@ -108,7 +116,7 @@ def run_step(
     Session_ = get_sessionmaker(db_url)
     ids = list(dict.fromkeys(image_ids))
     t0 = time.monotonic()
-    with heavy_job_lock(lock_dir):
+    with heavy_job_lock(lock_dir), _cluster_lock(get_engine(db_url), Session_, step):
         with Session_() as session:
             try:
                 run_id = step.begin(session)
@@ -136,26 +144,29 @@ def run_step(
         summary = JobSummary(job_id, "done", len(ids), 0, progress.skipped, 0, run_id=run_id)
 
         def record(results: list[ItemResult]) -> None:
-            with Session_() as session:
-                step.save(session, results, force)
-                n_failed = sum(1 for r in results if r.error)
-                progress.failed += n_failed
-                progress.done += len(results) - n_failed
-                for r in results:
-                    if r.error and len(summary.errors) < 20:
-                        summary.errors.append((r.image_id, r.error))
-                _update_job(session, job_id, progress)
-                session.commit()
+            n_failed = sum(1 for r in results if r.error)
+            progress.failed += n_failed
+            progress.done += len(results) - n_failed
+            for r in results:
+                if r.error and len(summary.errors) < 20:
+                    summary.errors.append((r.image_id, r.error))
+            _save_batch(Session_, step, results, force, job_id, progress)
             if on_progress:
                 on_progress(progress)
 
         status, error = "done", None
         try:
-            if on_progress:
-                on_progress(progress)
-            if todo:
-                status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record, stop_requested,
-                                       prefetch)
+            with _heartbeat(Session_, job_id):
+                if on_progress:
+                    on_progress(progress)
+                if todo:
+                    status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record,
+                                           stop_requested, prefetch)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
+                raise
+            status, error = "failed", f"disk full: {exc.filename or exc}"
         except BaseException:
             _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
             raise
@@ -164,6 +175,72 @@ def run_step(
         summary.done, summary.failed = progress.done, progress.failed
         summary.seconds = time.monotonic() - t0
         return summary
+
+
+HEARTBEAT_SECONDS = 15.0  # a running job's row is touched this often, also during a long batch
+
+
+@contextmanager
+def _heartbeat(Session_, job_id: int) -> Iterator[None]:  # noqa: ANN001
+    """Touch the job row's heartbeat every HEARTBEAT_SECONDS while the block runs: other
+    machines sharing the database tell a live job from a dead one by it (runs.listing)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                with Session_() as session:
+                    table = Job.__table__
+                    session.execute(update(table).where(table.c.id == job_id).values(heartbeat_at=utcnow()))
+                    session.commit()
+            except Exception:  # noqa: BLE001 - a missed beat (database busy, disk full) is retried next time
+                continue
+
+    thread = threading.Thread(target=beat, name=f"job-{job_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def _cluster_lock(engine: Engine, Session_, step: Step) -> Iterator[None]:  # noqa: ANN001
+    """On PostgreSQL, one job per step fingerprint across every machine sharing the database
+    (an advisory lock held for the whole job, released when its process dies); the file lock
+    only holds on one machine. On SQLite a no-op: the file lock is what holds."""
+    from workbench.store.db_locks import LockBusy, advisory_lock
+
+    try:
+        with advisory_lock(engine, f"workbench:job:{step.fingerprint()}", wait=False):
+            yield
+    except LockBusy:
+        with Session_() as session:
+            other = session.scalars(select(Job).where(Job.fingerprint == step.fingerprint(),
+                                                      Job.status.in_(("running", "cancelling")))
+                                    .order_by(Job.id.desc())).first()
+        where = (f"job #{other.id} on {(other.params or {}).get('host', 'another machine')}, pid {other.pid}"
+                 if other is not None else "another machine")
+        raise JobBusy(f"this job is already running ({where}); wait for it or cancel it first") from None
+
+
+def _save_batch(Session_, step: Step, results: list[ItemResult], force: bool, job_id: int,  # noqa: ANN001
+                progress: Progress, attempts: int = 3) -> None:
+    """Save one batch's results and the job's counters in one transaction. A unique-key race
+    with another writer (a second machine, a CLI job beside the app) is retried: the step's
+    save reads what the other wrote and updates it, so a race never crashes a job."""
+    for attempt in range(attempts):
+        try:
+            with Session_() as session:
+                step.save(session, results, force)
+                _update_job(session, job_id, progress)
+                session.commit()
+            return
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_stop,  # noqa: ANN001

@@ -10,6 +10,7 @@ import html
 import math
 import os
 import re
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -388,9 +389,11 @@ def _jobs_panel_body(ctx: Ctx, limit: int | None) -> None:
         left, right = st.columns([5, 1], vertical_alignment="bottom")
         rate = f" · {row['per_s']:.2f} img/s" if row["per_s"] else ""
         eta = f" · ETA {row['eta_s']:,} s" if row["eta_s"] is not None else ""
+        where = f" · on {row['host']}" if row["host"] and row["host"] != socket.gethostname() else ""
         left.progress(row["progress"], text=md_escape(
             f"job {row['job']} · {row['name']} · {row['status']}: {row['done'] + row['failed']:,}/"
-            f"{row['total'] - row['skipped']:,} ({row['failed']} failed, {row['skipped']} already done){rate}{eta}"))
+            f"{row['total'] - row['skipped']:,} ({row['failed']} failed, {row['skipped']} already done)"
+            f"{rate}{eta}{where}"))
         right.button("Cancel", key=f"jobs_cancel_{row['job']}", on_click=_cancel_job, args=(ctx, row["job"]),
                      disabled=not admin or row["status"] != "running",
                      help="Stops after the current batch; finished batches are kept.")
