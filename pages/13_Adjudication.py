@@ -112,8 +112,8 @@ if queue:
     b[2].button("Skip", key="adj_skip", shortcut="Right", on_click=_skip, args=(conflict.image_id,), width="stretch")
     left, right = st.columns([3, 2], gap="large")
     with left:
-        path = ctx.settings.memes_dir / conflict.path
-        if meme is None or meme.missing or not path.is_file():
+        path = ui.meme_file(ctx, conflict.path)
+        if meme is None or meme.missing or path is None or not path.is_file():
             st.error("The file is missing from the memes folder.")
         else:
             st.image(str(path), width=560)

@@ -246,8 +246,8 @@ b[3].button("Back (undo)", key="lbl_back", shortcut="Left", on_click=_back, widt
 
 left, right = st.columns([3, 2], gap="large")
 with left:
-    path = ctx.settings.memes_dir / meme.path
-    if meme.missing or not path.is_file():
+    path = ui.meme_file(ctx, meme.path)
+    if meme.missing or path is None or not path.is_file():
         st.error("The file is missing from the memes folder (moved or deleted since the last scan).")
     else:
         st.image(str(path), width=640)  # large, but capped so a whole meme fits on a laptop screen

@@ -79,7 +79,10 @@ def _cam_slot(card: review.Card) -> None:
         st.caption("No CAM cached for this meme yet.")
         return
     try:
-        image = load_rgb(ctx.settings.memes_dir / card.path)
+        path = ui.meme_file(ctx, card.path)
+        if path is None:
+            raise FileNotFoundError("its stored path is outside the memes folder")
+        image = load_rgb(path)
         for request, path in found[:2]:
             st.image(overlay(image, read_cam(path), 0.5), caption=request.describe(), width="stretch")
     except Exception as exc:  # noqa: BLE001 - a broken cache file must not break the review card

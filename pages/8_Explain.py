@@ -75,10 +75,12 @@ except ValueError as exc:
     st.stop()
 
 # ---- the maps --------------------------------------------------------------------
-path = ctx.settings.memes_dir / card.path
+path = ui.meme_file(ctx, card.path)
 try:
     from workbench.store.images import load_rgb
 
+    if path is None:
+        raise FileNotFoundError("its stored path is outside the memes folder")
     image = load_rgb(path)
 except Exception as exc:  # noqa: BLE001 - a broken file is shown as such
     st.error(f"Cannot read this meme: {type(exc).__name__}")

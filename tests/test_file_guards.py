@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -80,3 +81,46 @@ def test_scan_skips_fifos_devices_outside_links_and_files_past_the_cap(session, 
     assert by_name["batch/z_inside_link.png"].status == "duplicate"  # same content as ok.png, inside the folder
     session.commit()
     assert sorted(session.scalars(select(Image.path))) == ["batch/ok.png"]
+
+
+def test_stored_rows_that_point_outside_are_never_read_or_served(session, settings, tmp_path, clear_streamlit_cache):
+    """Rows as a hostile bundle restored them before restore checked paths: OCR refuses them per
+    image (the outside file, a readable image, is never read), the Label page shows the meme as
+    missing, and no thumbnail is made of the outside file."""
+    from sqlalchemy import insert
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.ocr.step import OcrStep
+    from workbench.ocr.tesseract import TesseractEngine
+    from workbench.runs.runner import run_step
+    from workbench.store.schema import OcrResult
+
+    secret = tmp_path / "secret.png"
+    render_meme("СЕКРЕТ", seed=9, size=(200, 120)).save(secret)
+    (settings.memes_dir / "in").mkdir(parents=True)
+    (settings.memes_dir / "in" / "ok.png").write_bytes(png_bytes(8))
+    scan_folder(session, settings.memes_dir)
+    base = {"format": "PNG", "width": 1, "height": 1, "bytes": 10, "n_frames": 1, "source": "folder", "folder": "",
+            "missing": False, "original_name": "x"}
+    session.execute(insert(Image), [{**base, "sha256": "a" * 64, "path": "../secret.png"},
+                                    {**base, "sha256": "b" * 64, "path": str(secret)}])
+    session.commit()
+    ids = dict((p, i) for i, p in session.execute(select(Image.id, Image.path)))
+    session.commit()
+    summary = run_step(settings.db_url, OcrStep(TesseractEngine()), list(ids.values()), memes_dir=settings.memes_dir,
+                       lock_dir=settings.artefacts_dir)
+    assert (summary.done, summary.failed) == (1, 2)
+    rows = {i: (text, error) for i, text, error in session.execute(
+        select(OcrResult.image_id, OcrResult.text, OcrResult.error))}
+    for rel in ("../secret.png", str(secret)):
+        text, error = rows[ids[rel]]
+        assert error.startswith("refused:") and "СЕКРЕТ" not in (text or "")
+    session.commit()  # no transaction held while the page runs
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=120)
+    at.switch_page("pages/1_Label.py")
+    at.session_state["annotator"] = "alice"
+    at.query_params.update({"image": str(ids["../secret.png"])})
+    at.run()
+    assert not at.exception
+    assert any("missing" in e.value for e in at.error)
+    assert not list(settings.artefacts_dir.rglob("*.jpg"))

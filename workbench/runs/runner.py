@@ -78,9 +78,21 @@ def safe_process(step: Step, items: list[WorkItem]) -> list[ItemResult]:
     return results + missing
 
 
-def _work_items(session: Session, ids: list[int], memes_dir: Path, with_text: bool) -> list[WorkItem]:
+def _work_items(session: Session, ids: list[int], memes_dir: Path, with_text: bool,
+                refused: list[ItemResult] | None = None) -> list[WorkItem]:
+    """The batch's items, each with its file through the guarded resolver (store.paths): an
+    image whose stored path leaves the memes folder is never handed to a step; it goes to
+    `refused` as that image's error."""
+    from workbench.store.paths import UnsafePath, image_file
+
     rows = session.execute(select(Image.id, Image.path).where(Image.id.in_(ids))).all()
-    paths = {i: memes_dir / p for i, p in rows}
+    paths: dict[int, Path] = {}
+    for i, rel in rows:
+        try:
+            paths[i] = image_file(memes_dir, rel)
+        except UnsafePath as exc:
+            if refused is not None:
+                refused.append(ItemResult(i, error=f"refused: {exc}"))
     texts: dict[int, str] = {}
     if with_text:
         from workbench.store.ocr_texts import best_texts
@@ -247,9 +259,16 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
            prefetch) -> tuple[str, str | None]:
     from workbench.errors import ModelUnavailable
 
+    refused: list[ItemResult] = []  # images whose path leaves the memes folder (filled by items_for)
+    plain_record = record
+
+    def record(results: list[ItemResult]) -> None:  # noqa: F811 - the refused go with the next batch's results
+        taken = [refused.pop() for _ in range(len(refused))]  # pop is atomic: items_for may run in a thread
+        plain_record(results + taken)
+
     def items_for(batch_ids: list[int]) -> list[WorkItem]:
         with Session_() as session:
-            return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text)
+            return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text, refused)
 
     batches = in_batches(todo, batch_size)
     try:

@@ -149,7 +149,10 @@ def stats(session: Session) -> dict[str, object]:
 
 
 def image_path(memes_dir: Path, image: Image) -> Path:
-    return memes_dir / image.path
+    """The image's file through the guarded resolver (UnsafePath when it leaves the folder)."""
+    from workbench.store.paths import image_file
+
+    return image_file(memes_dir, image.path)
 
 
 @dataclass(frozen=True)

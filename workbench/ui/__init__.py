@@ -26,6 +26,7 @@ from workbench.runs import background
 from workbench.runs.listing import ACTIVE, active_jobs, list_jobs, mark_interrupted
 from workbench.runs.step import JobSummary, Step
 from workbench.store import db
+from workbench.store.paths import UnsafePath, image_file
 from workbench.ui import auth
 
 APP_TITLE = "VLMemes Workbench"
@@ -439,11 +440,20 @@ def _resume_job(ctx: Ctx, job_id: int) -> None:
     st.session_state["jobs_flash"] = f"Job {job_id} resumed: {ticket.step_name} over {len(ticket.image_ids):,} memes."
 
 
+def meme_file(ctx: Ctx, rel_path: str) -> Path | None:
+    """The meme's file through the guarded resolver (store.paths), or None when its stored path
+    leaves the memes folder (such a meme shows as missing, its file is never served)."""
+    try:
+        return image_file(ctx.settings.memes_dir, rel_path)
+    except UnsafePath:
+        return None
+
+
 def thumbnail(ctx: Ctx, sha256: str, rel_path: str) -> Path | None:
     """Cached thumbnail path for display (None when the file is unreadable)."""
     from workbench.store.images import ensure_thumbnail
 
     try:
-        return ensure_thumbnail(ctx.settings.thumbnails_dir, sha256, ctx.settings.memes_dir / rel_path)
+        return ensure_thumbnail(ctx.settings.thumbnails_dir, sha256, image_file(ctx.settings.memes_dir, rel_path))
     except Exception:  # noqa: BLE001 - a broken file shows as a placeholder, never breaks the page
         return None
