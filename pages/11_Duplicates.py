@@ -86,8 +86,8 @@ with tab_groups:
                                         key="dup_job")
             if summary is not None and summary.status != "failed":
                 try:
-                    with heavy_job_lock(ctx.settings.artefacts_dir), ctx.session() as session:
-                        result, saved = nd.regroup(session, nd.GroupingParams(threshold, use_embeddings))
+                    with heavy_job_lock(ctx.settings.artefacts_dir):  # regroup holds no transaction while it computes
+                        result, saved = nd.regroup(ctx.settings.db_url, nd.GroupingParams(threshold, use_embeddings))
                     st.success(f"Grouped {result.n_hashes} memes in {result.seconds:.2f} s: {saved.describe()}.")
                 except JobBusy as exc:
                     st.warning(ui.md_escape(str(exc)))
@@ -119,8 +119,8 @@ with tab_audit:
     kind = c[1].selectbox("Embeddings", ["(default)", *kinds], key="audit_kind")
     if c[2].button("Run the audit", key="audit_run"):
         try:
-            with ctx.session() as session, st.spinner("cleanlab Datalab…"):
-                state["audit"] = data_audit.run_audit(session, runs or None,
+            with st.spinner("cleanlab Datalab…"):  # reads in a short read-only session; computes with none open
+                state["audit"] = data_audit.run_audit(ctx.settings.db_url, runs or None,
                                                       None if kind == "(default)" else kind).to_dict()
         except data_audit.AuditError as exc:
             state.pop("audit", None)

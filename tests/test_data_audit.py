@@ -6,6 +6,7 @@ near-duplicate and outlier in cached embeddings, and a real head trained on thos
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,7 @@ def world(settings):
 
 
 def test_audit_finds_flipped_labels_the_near_duplicate_the_outlier_and_reports_balance(settings, world):
-    with session_scope(settings.db_url) as session:
-        result = run_audit(session)
+    result = run_audit(settings.db_url)
     assert result.n_images == 40 and result.prob_runs == [world["head_run"]]
     assert result.embedding and result.embedding.startswith("clip-image")
     summary = {r["issue_type"]: r for r in result.summary}
@@ -81,6 +81,21 @@ def test_audit_finds_flipped_labels_the_near_duplicate_the_outlier_and_reports_b
     assert set(world["dup"]) <= dups
     assert result.issues["outlier"][0]["image_id"] == world["outlier"]
     assert summary["class_imbalance"]["num_issues"] == 0  # 20 / 20
+
+
+FORKS: list[int] = []  # pids that forked since this module was imported (os.register_at_fork)
+os.register_at_fork(before=lambda: FORKS.append(os.getpid()))
+
+
+def test_the_audit_and_the_cleanlab_queue_fork_no_process(settings, world):
+    """cleanlab's label filter used to fork a multiprocessing pool (n_jobs = physical cores): a fork of
+    the threaded Streamlit server hung. Both cleanlab paths now run in this process."""
+    before = len(FORKS)
+    result = run_audit(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        queue = review.label_issue_queue(session)
+    assert result.issues["label"] and queue.method == "cleanlab"  # cleanlab's label filter did run
+    assert FORKS[before:] == []
 
 
 def test_quality_cli_json_and_clear_errors(settings, world, capsys):
@@ -100,8 +115,8 @@ def test_quality_cli_json_and_clear_errors(settings, world, capsys):
 
 
 def test_audit_without_labels_is_refused(settings):
-    with session_scope(settings.db_url) as session, pytest.raises(AuditError, match="no labeled memes"):
-        run_audit(session)
+    with pytest.raises(AuditError, match="no labeled memes"):
+        run_audit(settings.db_url)
 
 
 def add_run_clip(settings, world) -> int:
