@@ -385,7 +385,7 @@ def bench_map(n: int) -> None:
                                              for k, i in enumerate(ids)])
     with session_scope(settings.db_url) as session:
         (emb_set,) = embedding_sets(session)
-        data = compute_map(session, settings.artefacts_dir, emb_set)
+    data = compute_map(settings.db_url, settings.artefacts_dir, emb_set)
     print(f"\n## Map of {n} points: {data.method.upper()} took {data.seconds:.1f} s (once; cached per set)")
     import logging
 

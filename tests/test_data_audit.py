@@ -184,3 +184,38 @@ def test_pages_show_the_ranking_method_and_the_audit(settings, world, clear_stre
     assert not page.exception
     summary = page.dataframe[0].value
     assert set(summary["issue_type"]) == {"label", "near_duplicate", "outlier", "class_imbalance"}
+
+
+def test_the_audit_page_holds_no_write_lock_while_cleanlab_runs(settings, world, monkeypatch,
+                                                                  clear_streamlit_cache):
+    """The page held one BEGIN IMMEDIATE session through the whole audit: every other page waited for
+    SQLite's write lock. While cleanlab computes, another connection now takes the write lock at once."""
+    import sqlite3
+
+    from cleanlab import Datalab
+    from sqlalchemy.engine import make_url
+    from streamlit.testing.v1 import AppTest
+
+    db_file = make_url(settings.db_url).database
+    probes: list[str] = []
+    original = Datalab.find_issues
+
+    def find_issues_with_a_probe(self, *args, **kwargs):  # noqa: ANN001, ANN202 - cleanlab's boundary, not ours
+        other = sqlite3.connect(db_file, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # what any other page's session does first
+            other.execute("ROLLBACK")
+            probes.append("free")
+        except sqlite3.OperationalError as exc:
+            probes.append(str(exc))
+        finally:
+            other.close()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Datalab, "find_issues", find_issues_with_a_probe)
+    page = AppTest.from_file(str(PAGES / "11_Duplicates.py"), default_timeout=120)
+    page.session_state["annotator"] = "tester"
+    page.run()
+    page.button(key="audit_run").click().run()
+    assert not page.exception and page.dataframe
+    assert probes == ["free"]

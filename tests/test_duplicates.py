@@ -321,6 +321,8 @@ def test_duplicates_page_finds_groups_and_labels_a_whole_group(settings, clear_s
     at.run()
     assert not at.exception
     assert any("No near-duplicate groups yet" in i.value for i in at.info)
+    # the empty state points at the button: the box that holds it is open (it was collapsed)
+    assert _finder(at).proto.expanded
     at.button(key="dup_run").click().run()  # hash (job runner, both cores) and group
     assert not at.exception
     assert any("Grouped 6 memes" in s.value and "2 groups (2 new" in s.value for s in at.success)
@@ -339,6 +341,14 @@ def test_duplicates_page_finds_groups_and_labels_a_whole_group(settings, clear_s
     assert not at.exception
     with session_scope(settings.db_url) as session:
         assert gid not in nd.active_groups(session)
+    again = AppTest.from_file(str(PAGES / "11_Duplicates.py"), default_timeout=120)
+    again.session_state["annotator"] = "carol"
+    again.run()
+    assert not again.exception and not _finder(again).proto.expanded  # groups to show: the box is closed
+
+
+def _finder(at):  # noqa: ANN001, ANN202
+    return next(e for e in at.expander if e.label == "Find near-duplicates")
 
 
 def test_near_copies_panel_shows_count_labels_and_links(settings, clear_streamlit_cache, capsys) -> None:

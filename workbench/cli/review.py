@@ -123,17 +123,17 @@ def cmd_quality(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_map(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.analysis.embedding_map import MapError, compute_map, embedding_sets
-    from workbench.store.db import session_scope
+    from workbench.store.db import read_scope
 
-    with session_scope(settings.db_url) as session:
+    with read_scope(settings.db_url) as session:
         sets = [s for s in embedding_sets(session) if not args.embedding or s.kind == args.embedding]
-        if not sets:
-            raise CliError("no cached embeddings" + (f" of kind {args.embedding}" if args.embedding else "")
-                           + " (python -m workbench embed clip)")
-        try:
-            data = compute_map(session, settings.artefacts_dir, sets[0])
-        except MapError as exc:
-            raise CliError(str(exc)) from None
+    if not sets:
+        raise CliError("no cached embeddings" + (f" of kind {args.embedding}" if args.embedding else "")
+                       + " (python -m workbench embed clip)")
+    try:
+        data = compute_map(settings.db_url, settings.artefacts_dir, sets[0])  # no transaction open while it projects
+    except MapError as exc:
+        raise CliError(str(exc)) from None
     info = {"set": sets[0].title, "method": data.method, "points": len(data.image_ids), "seconds": data.seconds}
     if args.json:
         return print_json(info)
