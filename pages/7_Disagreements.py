@@ -11,6 +11,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from workbench.analysis import outcomes, review  # noqa: E402
+from workbench.store import db  # noqa: E402
 from workbench.store.labels import LabelError, add_label  # noqa: E402
 
 PAGE_SIZE = 5
@@ -184,7 +185,7 @@ with tab_queue:
     min_score = q[1].slider("Minimum score", 0.0, 1.0, 0.5, 0.05, key="dis_min_score")
     hide_mine = q[2].checkbox("Hide memes I labeled", value=True, key="dis_hide_mine",
                               help="Skip memes that already carry your label (reviewed).", disabled=not ctx.annotator)
-    with ctx.session() as session:
+    with db.read_scope(ctx.settings.db_url) as session:  # cleanlab computes here: no write lock held
         queue = review.label_issue_queue(session, queue_runs, min_score=min_score)
         issues = queue.issues
         if hide_mine and ctx.annotator:
