@@ -285,20 +285,40 @@ def save_groups(session: Session, groups: Sequence[FoundGroup], params: dict[str
     return SavedGrouping(sorted(created), sorted(kept), superseded)
 
 
+@dataclass
+class GroupingInputs:
+    """What a grouping reads: the hashes, the CLIP image vectors (when used) and the "not duplicates" pairs."""
+
+    table: HashTable
+    embedding: str | None
+    vectors: dict[int, np.ndarray]
+    cannot: set[tuple[int, int]]
+
+
+def grouping_inputs(session: Session, params: GroupingParams) -> GroupingInputs:
+    """Read what `find_groups` needs (reads only)."""
+    emb_fp, vectors = clip_image_vectors(session) if params.use_embeddings else (None, {})
+    return GroupingInputs(load_hash_table(session), emb_fp if vectors else None, vectors, distinct_pairs(session))
+
+
+def store_grouping(session: Session, result: GroupingResult, cannot_read: set[tuple[int, int]]) -> SavedGrouping:
+    """Store a grouping computed on inputs read earlier: when someone marked a group "not duplicates"
+    since then, the same links are merged again with their pairs kept apart (cheap, no hashes read)."""
+    cannot_now = distinct_pairs(session)
+    if cannot_now != cannot_read:
+        result.groups = merge_pairs(result.edges, cannot_now)
+    return save_groups(session, result.groups, result.params)
+
+
 def regroup(db_url: str, params: GroupingParams) -> tuple[GroupingResult, SavedGrouping]:
     """Group every stored hash of the current config and store the groups (the step after hashing):
     read in a read-only session, compute with none open, write in one short transaction."""
     with read_scope(db_url) as session:
-        table = load_hash_table(session)
-        emb_fp, vectors = clip_image_vectors(session) if params.use_embeddings else (None, {})
-        cannot = distinct_pairs(session)
-    result = find_groups(table, params, vectors or None, cannot)
-    result.params.update(hash=hash_fingerprint(), crop_levels=list(CROP_LEVELS), embedding=emb_fp if vectors else None)
+        inputs = grouping_inputs(session, params)
+    result = find_groups(inputs.table, params, inputs.vectors or None, inputs.cannot)
+    result.params.update(hash=hash_fingerprint(), crop_levels=list(CROP_LEVELS), embedding=inputs.embedding)
     with session_scope(db_url) as session:
-        now_cannot = distinct_pairs(session)
-        if now_cannot != cannot:  # someone marked "not duplicates" meanwhile: merge the same links again
-            result.groups = merge_pairs(result.edges, now_cannot)
-        return result, save_groups(session, result.groups, result.params)
+        return result, store_grouping(session, result, inputs.cannot)
 
 
 def dismiss_group(session: Session, group_id: int, annotator: str) -> int:
