@@ -9,7 +9,7 @@ Opening a cached map reads one small file: no vector is loaded.
 
 UMAP takes a while (numba compiles it on first use: ~20 s even for 50 points; ~45 s for 10,000
 points on two cores), so the Map page never runs it in the server: `start_umap` runs it in a
-new Python process (never a fork of the threaded server, and nothing a server stop waits for)
+new Python process (never a fork of the threaded server; a server stop ends it, never waits for it)
 that writes the cached map, and the page shows a PCA projection of the same vectors until then
 (`preview`: under a second). Every computation reads the vectors in a short
 read-only session and computes with no transaction open.
@@ -17,6 +17,7 @@ read-only session and computes with no transaction open.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import subprocess
@@ -215,6 +216,13 @@ _jobs: dict[Path, MapJob] = {}
 _jobs_lock = threading.Lock()
 
 
+def _end_jobs() -> None:
+    """At exit (a server stop): end the projections still running; nothing waits for them."""
+    for job in list(_jobs.values()):
+        if job.running():
+            job.process.terminate()
+
+
 def map_job(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJob | None:
     """The UMAP job of the set as it is now, if one was started in this process."""
     with read_scope(db_url) as session:
@@ -246,6 +254,8 @@ def start_umap(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJo
         process = subprocess.Popen([sys.executable, "-m", "workbench.analysis.embedding_map", str(path), str(threads)],
                                    env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
+        if not _jobs:
+            atexit.register(_end_jobs)
         job = _jobs[path] = MapJob(path, process)
         return job
 
