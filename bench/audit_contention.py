@@ -141,13 +141,17 @@ def open_label_page():  # noqa: ANN201
     return at
 
 
-def time_clicks(at, clicks: int, min_audits: int = 0, loop: AuditLoop | None = None) -> list[float | None]:  # noqa: ANN001
+def time_clicks(at, clicks: int, min_audits: int = 0, loop: AuditLoop | None = None,  # noqa: ANN001
+                min_seconds: float = 0.0) -> list[float | None]:
     """Server time (ms) of label → next on the open Label page: `clicks` of them, and more until
-    `loop` has finished `min_audits` audits. None: the click failed (database is locked)."""
+    `loop` has finished `min_audits` audits and `min_seconds` have passed. None: the click failed
+    (database is locked)."""
     from ui import _timed
 
     times: list[float | None] = []
-    while len(times) < clicks or (loop is not None and len(loop.seconds) < min_audits):
+    t0 = time.monotonic()
+    while (len(times) < clicks or (loop is not None and len(loop.seconds) < min_audits)
+           or time.monotonic() - t0 < min_seconds):
         before = at.query_params.get("image")
         at.button(key="lbl_toxic").click()
         try:
@@ -187,8 +191,9 @@ def main() -> int:
     alone_audit = audit_once(url)
     print(f"one audit alone: {alone_audit:.1f} s")
     time_clicks(open_label_page(), 2)  # warm-up: imports, the queue's queries
-    rows: dict[str, tuple[list[float | None], list[float]]] = {"alone": (time_clicks(open_label_page(), args.clicks),
-                                                                         [])}
+    # alone for as long as two audits take: the same span as the rows beside an audit
+    rows: dict[str, tuple[list[float | None], list[float]]] = {
+        "alone": (time_clicks(open_label_page(), args.clicks, min_seconds=2 * alone_audit), [])}
     for where in ["thread", "process"] + (["thread, old"] if args.old else []):
         at = open_label_page()  # before the audit starts: only clicks are timed
         with AuditLoop(url, where, tmp) as loop:
@@ -196,7 +201,7 @@ def main() -> int:
                                 loop)
         rows[f"audit in a {where}"] = (times, loop.seconds)
     print(f"\n{args.n} memes, SQLite: label → next server time (ms); at least {args.clicks} clicks per row, and "
-          "clicks go on until two audits have run beside them")
+          "clicks go on until two audits have run beside them (alone: as long as two audits take)")
     print(f"{'while':26} {'clicks':>6} {'median':>7} {'p95':>6} {'max':>6} {'>300ms':>6} {'locked':>6} {'audits':>6} "
           f"{'s/audit':>7}")
     for name, (times, audits) in rows.items():
