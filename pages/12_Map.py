@@ -86,7 +86,7 @@ if data is None or not data.current:
                 + "The page shows UMAP as soon as it is ready.")
         _rerun_when_done(job)
         if data is None:
-            data, preview = em.preview(url, artefacts, emb_set), True
+            data, preview = job.preview, True
     else:
         with db.read_scope(url) as session:
             data = em.cached_map(session, artefacts, emb_set)

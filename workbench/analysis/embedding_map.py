@@ -9,10 +9,11 @@ Opening a cached map reads one small file: no vector is loaded.
 
 UMAP takes a while (numba compiles it on first use: ~20 s even for 50 points; ~45 s for 10,000
 points on two cores), so the Map page never runs it in the server: `start_umap` runs it in a
-new Python process (never a fork of the threaded server; a server stop ends it, never waits for it)
-that writes the cached map, and the page shows a PCA projection of the same vectors until then
-(`preview`: under a second). Every computation reads the vectors in a short
-read-only session and computes with no transaction open.
+new Python process (never a fork of the threaded server; a server stop ends it, never waits
+for it) that writes the cached map, and the page shows a PCA projection of the same vectors
+until then (`MapJob.preview`, made once when the job starts: under a second for 10,000 memes).
+Every computation reads the vectors in a short read-only session and computes with no
+transaction open.
 """
 
 from __future__ import annotations
@@ -170,22 +171,16 @@ def compute_map(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapD
     return MapData(ids, xy, method, seconds, True)
 
 
-def preview(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapData:
-    """A PCA projection of the set as it is now, not cached: what the Map page shows while UMAP runs."""
-    _, ids, vectors = _read_set(db_url, artefacts_dir, emb_set)
-    t0 = time.perf_counter()
-    xy, method = project(vectors, method="pca")
-    return MapData(ids, xy, method, time.perf_counter() - t0, False)
-
-
 # ---------------------------------------------------------------- UMAP in the background
 
 @dataclass
 class MapJob:
-    """A UMAP projection running in another process; it writes `path` (or `path`.error) when it ends."""
+    """A UMAP projection running in another process; it writes `path` (or `path`.error) when it ends.
+    `preview`: a PCA projection of the same vectors (not cached), to show until then."""
 
     path: Path
     process: subprocess.Popen
+    preview: MapData
     started: float = field(default_factory=time.monotonic)
 
     def running(self) -> bool:
@@ -232,7 +227,8 @@ def map_job(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJob |
 
 def start_umap(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJob:
     """Start projecting the set as it is now with UMAP in a new Python process (one per set; a set
-    already being projected returns its running job). The process leaves one core to the server.
+    already being projected returns its running job), and make its PCA preview here. The process
+    leaves one core to the server.
 
     A new interpreter, not multiprocessing: a fork of the threaded server can hang, and
     multiprocessing's spawn re-runs the parent's __main__, which under Streamlit is the page."""
@@ -243,6 +239,9 @@ def start_umap(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJo
         job = _jobs.get(path)
         if job is not None and (job.running() or job.path.exists()):
             return job
+        t0 = time.perf_counter()
+        xy, method = project(vectors, method="pca")  # under a second for 10,000 memes
+        preview = MapData(ids, xy, method, time.perf_counter() - t0, False)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".error").unlink(missing_ok=True)
         inputs = path.with_suffix(".input")
@@ -256,7 +255,7 @@ def start_umap(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJo
                                    stderr=subprocess.DEVNULL)
         if not _jobs:
             atexit.register(_end_jobs)
-        job = _jobs[path] = MapJob(path, process)
+        job = _jobs[path] = MapJob(path, process, preview)
         return job
 
 
