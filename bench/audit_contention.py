@@ -3,9 +3,10 @@ press Toxic, the page shows the next meme) alone, and while cleanlab's data audi
 same N memes (default 10,000), on SQLite. Target: label → next <= 300 ms.
 
 The audit runs, over and over until the clicks are timed:
-- in a thread of this process: what a Streamlit server does (one process, a thread per session),
-  so the clicks also compete for the GIL and the cores;
-- in another process: the CLI's `quality` beside the app (only the database is shared);
+- in another process: how the Duplicates page runs it (`run_audit_isolated`), and the CLI's
+  `quality` beside the app: only the database and the cores are shared;
+- in a thread of this process: how a page would run it in the server (a thread per session), so
+  the clicks also compete for the GIL;
 - (with --old) in a thread, the way the Duplicates page ran it before: inside one committing
   session, which on SQLite holds the write lock (BEGIN IMMEDIATE) for the whole audit.
 
@@ -194,7 +195,7 @@ def main() -> int:
     # alone for as long as two audits take: the same span as the rows beside an audit
     rows: dict[str, tuple[list[float | None], list[float]]] = {
         "alone": (time_clicks(open_label_page(), args.clicks, min_seconds=2 * alone_audit), [])}
-    for where in ["thread", "process"] + (["thread, old"] if args.old else []):
+    for where in ["process", "thread"] + (["thread, old"] if args.old else []):
         at = open_label_page()  # before the audit starts: only clicks are timed
         with AuditLoop(url, where, tmp) as loop:
             times = time_clicks(at, args.clicks if where != "thread, old" else 3, 0 if where == "thread, old" else 2,

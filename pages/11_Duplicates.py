@@ -121,9 +121,9 @@ with tab_audit:
     kind = c[1].selectbox("Embeddings", ["(default)", *kinds], key="audit_kind")
     if c[2].button("Run the audit", key="audit_run"):
         try:
-            with st.spinner("cleanlab Datalab…"):  # reads in a short read-only session; computes with none open
-                state["audit"] = data_audit.run_audit(ctx.settings.db_url, runs or None,
-                                                      None if kind == "(default)" else kind).to_dict()
+            with st.spinner("cleanlab Datalab…"):  # in its own process; no transaction open here meanwhile
+                state["audit"] = data_audit.run_audit_isolated(ctx.settings.db_url, runs or None,
+                                                               None if kind == "(default)" else kind).to_dict()
         except data_audit.AuditError as exc:
             state.pop("audit", None)
             st.warning(ui.md_escape(str(exc)))

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from tests.support.synthetic_runs import Pred, add_run
 from workbench.analysis import review
-from workbench.analysis.data_audit import AuditError, run_audit
+from workbench.analysis.data_audit import AuditError, run_audit, run_audit_isolated
 from workbench.analysis.outcomes import load_runs
 from workbench.cli import main as cli_main
 from workbench.features.embeddings import ClipImageEmbedder, store_embeddings
@@ -186,36 +186,45 @@ def test_pages_show_the_ranking_method_and_the_audit(settings, world, clear_stre
     assert set(summary["issue_type"]) == {"label", "near_duplicate", "outlier", "class_imbalance"}
 
 
-def test_the_audit_page_holds_no_write_lock_while_cleanlab_runs(settings, world, monkeypatch,
-                                                                  clear_streamlit_cache):
+def test_the_audit_page_runs_cleanlab_in_its_own_process_holding_no_write_lock(settings, world, monkeypatch,
+                                                                            clear_streamlit_cache):
     """The page held one BEGIN IMMEDIATE session through the whole audit: every other page waited for
-    SQLite's write lock. While cleanlab computes, another connection now takes the write lock at once."""
+    SQLite's write lock. Now the audit runs in a new Python process, and while it does, another
+    connection takes the write lock at once."""
     import sqlite3
+    import subprocess
 
-    from cleanlab import Datalab
     from sqlalchemy.engine import make_url
     from streamlit.testing.v1 import AppTest
 
     db_file = make_url(settings.db_url).database
     probes: list[str] = []
-    original = Datalab.find_issues
+    original = subprocess.run
 
-    def find_issues_with_a_probe(self, *args, **kwargs):  # noqa: ANN001, ANN202 - cleanlab's boundary, not ours
-        other = sqlite3.connect(db_file, timeout=0.2, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # what any other page's session does first
-            other.execute("ROLLBACK")
-            probes.append("free")
-        except sqlite3.OperationalError as exc:
-            probes.append(str(exc))
-        finally:
-            other.close()
-        return original(self, *args, **kwargs)
+    def run_with_a_probe(argv, *args, **kwargs):  # noqa: ANN001, ANN202 - the subprocess boundary, not ours
+        if argv[-1] == "workbench.analysis.data_audit":
+            other = sqlite3.connect(db_file, timeout=0.2, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # what any other page's session does first
+                other.execute("ROLLBACK")
+                probes.append("free")
+            except sqlite3.OperationalError as exc:
+                probes.append(str(exc))
+            finally:
+                other.close()
+        return original(argv, *args, **kwargs)
 
-    monkeypatch.setattr(Datalab, "find_issues", find_issues_with_a_probe)
-    page = AppTest.from_file(str(PAGES / "11_Duplicates.py"), default_timeout=120)
+    monkeypatch.setattr(subprocess, "run", run_with_a_probe)
+    page = AppTest.from_file(str(PAGES / "11_Duplicates.py"), default_timeout=180)
     page.session_state["annotator"] = "tester"
     page.run()
     page.button(key="audit_run").click().run()
-    assert not page.exception and page.dataframe
-    assert probes == ["free"]
+    assert not page.exception and probes == ["free"]
+    summary = page.dataframe[0].value
+    assert set(summary["issue_type"]) == {"label", "near_duplicate", "outlier", "class_imbalance"}
+    assert page.session_state["audit"] == run_audit(settings.db_url).to_dict()  # the same audit as in-process
+
+
+def test_the_isolated_audit_says_why_there_is_nothing_to_audit(settings):
+    with pytest.raises(AuditError, match="no labeled memes"):
+        run_audit_isolated(settings.db_url)

@@ -176,6 +176,42 @@ def run_audit(db_url: str, run_ids: Sequence[int] | None = None, embedding_kind:
     return audit(inputs, top)
 
 
+def run_audit_isolated(db_url: str, run_ids: Sequence[int] | None = None, embedding_kind: str | None = None,
+                       top: int = 20) -> AuditResult:
+    """`run_audit` in a new Python process (workbench.analysis.isolated): what the Duplicates page
+    calls, so cleanlab never shares the server's GIL and cores (nor forks it). AuditError as here."""
+    import json
+    import subprocess
+
+    from workbench.analysis.isolated import ROOT, module_command
+
+    request = json.dumps({"db_url": db_url, "run_ids": list(run_ids) if run_ids is not None else None,
+                          "embedding_kind": embedding_kind, "top": top})
+    argv, env = module_command("workbench.analysis.data_audit")
+    done = subprocess.run(argv, input=request, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode == 2:
+        raise AuditError(done.stderr.strip().splitlines()[-1])
+    if done.returncode != 0:
+        raise AuditError(f"the audit process failed (exit code {done.returncode}): "
+                         f"{done.stderr.strip()[-500:] or 'no message'}")
+    return AuditResult(**json.loads(done.stdout.strip().splitlines()[-1]))  # the last line: a library may print
+
+
+def _audit_main() -> int:
+    """The process run_audit_isolated starts: a JSON request on stdin, the AuditResult as JSON on stdout."""
+    import json
+    import sys
+
+    request = json.loads(sys.stdin.read())
+    try:
+        result = run_audit(request["db_url"], request["run_ids"], request["embedding_kind"], request["top"])
+    except AuditError as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
 def _paths(session: Session, ids: Sequence[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     for chunk in in_batches(ids):
@@ -198,3 +234,7 @@ def _issue_rows(lab: Any, issue_type: str, rows: list[int], paths: dict[int, str
             row["near_duplicates"] = [rows[int(j)] for j in rec["near_duplicate_sets"]]
         out.append(row)
     return out
+
+
+if __name__ == "__main__":  # run_audit_isolated's process
+    raise SystemExit(_audit_main())

@@ -34,6 +34,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from workbench.analysis.isolated import ROOT, module_command
 from workbench.features.embeddings import embedding_counts, from_blob
 from workbench.store.db import read_scope
 from workbench.store.files import atomic_write
@@ -228,10 +229,7 @@ def map_job(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJob |
 def start_umap(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJob:
     """Start projecting the set as it is now with UMAP in a new Python process (one per set; a set
     already being projected returns its running job), and make its PCA preview here. The process
-    leaves one core to the server.
-
-    A new interpreter, not multiprocessing: a fork of the threaded server can hang, and
-    multiprocessing's spawn re-runs the parent's __main__, which under Streamlit is the page."""
+    leaves one core to the server (see workbench.analysis.isolated)."""
     path, ids, vectors = _read_set(db_url, artefacts_dir, emb_set)
     if len(ids) < 3:
         raise MapError(f"a map needs at least 3 memes with this embedding, the set has {len(ids)}")
@@ -247,11 +245,9 @@ def start_umap(db_url: str, artefacts_dir: Path, emb_set: EmbeddingSet) -> MapJo
         inputs = path.with_suffix(".input")
         with atomic_write(inputs) as fh:
             np.savez(fh, image_ids=ids, vectors=vectors)
-        root = str(Path(__file__).resolve().parents[2])  # the workbench package's folder: the same code runs
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         threads = max(1, (os.cpu_count() or 1) - 1)
-        process = subprocess.Popen([sys.executable, "-m", "workbench.analysis.embedding_map", str(path), str(threads)],
-                                   env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        argv, env = module_command("workbench.analysis.embedding_map", str(path), str(threads))
+        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         if not _jobs:
             atexit.register(_end_jobs)
