@@ -140,8 +140,8 @@ def bench_pairs(n: int) -> None:
             source_of[write_variant(kind, path, target, seed=k)] = (path, kind)
     ids = ingest(settings)
     hash_all(settings, 2)
+    result, _ = regroup(settings.db_url, GroupingParams())
     with session_scope(settings.db_url) as session:
-        result, _ = regroup(session, GroupingParams())
         table = load_hash_table(session)
     by_id = {i: memes / p for p, i in ids.items()}
     id_of = {path: i for i, path in by_id.items()}
@@ -340,8 +340,7 @@ def bench_oof(n: int) -> None:
         for image_id, path in session.execute(select(Image.id, Image.path)):
             save_correction(session, image_id, captions[Path(path).name], "bench")
     hash_all(settings, 2)
-    with session_scope(settings.db_url) as session:
-        regroup(session, GroupingParams())
+    regroup(settings.db_url, GroupingParams())
     row(f"{n} generated + 2 reposts each, random labels", _oof(settings))
     remove_workspace(root)
 
@@ -358,8 +357,7 @@ def bench_oof(n: int) -> None:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):  # progress bars
             assert cli_main(["ocr", "--engine", "tesseract", "--workers", "2"]) in (0, 1)
         hash_all(settings, 2)
-        with session_scope(settings.db_url) as session:
-            regroup(session, GroupingParams())
+        regroup(settings.db_url, GroupingParams())
         name = "51 real memes + 2 reposts each (tesseract)" if with_reposts else "51 real memes alone (tesseract)"
         row(name, _oof(settings))
         remove_workspace(root)
@@ -387,7 +385,7 @@ def bench_map(n: int) -> None:
                                              for k, i in enumerate(ids)])
     with session_scope(settings.db_url) as session:
         (emb_set,) = embedding_sets(session)
-        data = compute_map(session, settings.artefacts_dir, emb_set)
+    data = compute_map(settings.db_url, settings.artefacts_dir, emb_set)
     print(f"\n## Map of {n} points: {data.method.upper()} took {data.seconds:.1f} s (once; cached per set)")
     import logging
 

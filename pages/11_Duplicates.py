@@ -18,7 +18,7 @@ from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.features import near_duplicates as nd  # noqa: E402
 from workbench.features.image_hashes import HASH_BATCH, HashStep  # noqa: E402
 from workbench.runs.lock import JobBusy, heavy_job_lock  # noqa: E402
-from workbench.store import catalog  # noqa: E402
+from workbench.store import catalog, db  # noqa: E402
 from workbench.store.labels import LabelError  # noqa: E402
 from workbench.ui import review as rv  # noqa: E402
 
@@ -72,7 +72,9 @@ def show_group(view: duplicates.GroupView) -> None:
 
 
 with tab_groups:
-    with st.expander("Find near-duplicates", expanded=False):
+    with db.read_scope(ctx.settings.db_url) as session:
+        views = duplicates.group_views(session)
+    with st.expander("Find near-duplicates", expanded=not views):  # open while there is nothing else to show
         lo, hi = nd.THRESHOLD_RANGE
         c = st.columns([2, 2, 1])
         threshold = c[0].slider("Threshold (fraction of differing hash bits)", lo, hi, nd.DEFAULT_THRESHOLD, 0.01,
@@ -80,23 +82,23 @@ with tab_groups:
         use_embeddings = c[1].checkbox("Use cached CLIP image embeddings as a second signal", value=True,
                                        key="dup_use_embeddings")
         if c[2].button("Find near-duplicates", type="primary", key="dup_run"):
-            with ctx.session() as session:
+            with db.read_scope(ctx.settings.db_url) as session:
                 ids = catalog.image_ids(session, "all")
             summary = ui.run_job_widget(ctx, HashStep(), ids, batch_size=HASH_BATCH, workers=os.cpu_count() or 1,
                                         key="dup_job")
             if summary is not None and summary.status != "failed":
                 try:
-                    with heavy_job_lock(ctx.settings.artefacts_dir), ctx.session() as session:
-                        result, saved = nd.regroup(session, nd.GroupingParams(threshold, use_embeddings))
+                    with heavy_job_lock(ctx.settings.artefacts_dir):  # regroup holds no transaction while it computes
+                        result, saved = nd.regroup(ctx.settings.db_url, nd.GroupingParams(threshold, use_embeddings))
                     st.success(f"Grouped {result.n_hashes} memes in {result.seconds:.2f} s: {saved.describe()}.")
                 except JobBusy as exc:
                     st.warning(ui.md_escape(str(exc)))
-    with ctx.session() as session:
-        views = duplicates.group_views(session)
+            with db.read_scope(ctx.settings.db_url) as session:
+                views = duplicates.group_views(session)  # the groups just found
     only_conflicts = st.checkbox("Only groups whose members are labeled differently", key="dup_only_conflicts")
     shown = [v for v in views if v.conflict] if only_conflicts else views
     if not views:
-        st.info("No near-duplicate groups yet: press Find near-duplicates above "
+        st.info("No near-duplicate groups yet: press **Find near-duplicates** in the box above "
                 "(or run `python -m workbench duplicates`).")
     n_pages = max(1, -(-len(shown) // PAGE_SIZE))
     page = st.number_input("Page", 1, n_pages, 1, key="dup_page") - 1
@@ -109,7 +111,7 @@ with tab_audit:
     st.caption("cleanlab's Datalab over the labeled memes: label issues (on out-of-fold probabilities of the "
                "TF-IDF baseline or a head, when they cover every labeled meme), near-duplicates and outliers (on "
                "cached embeddings) and class imbalance. Lower scores are worse.")
-    with ctx.session() as session:
+    with db.read_scope(ctx.settings.db_url) as session:
         learned = [r for r in outcomes.list_runs(session) if r.kind in data_audit.OUT_OF_FOLD_KINDS]
         kinds = sorted({s.kind for s in embedding_sets(session)})
     c = st.columns([3, 1, 1])
@@ -119,9 +121,9 @@ with tab_audit:
     kind = c[1].selectbox("Embeddings", ["(default)", *kinds], key="audit_kind")
     if c[2].button("Run the audit", key="audit_run"):
         try:
-            with ctx.session() as session, st.spinner("cleanlab Datalab…"):
-                state["audit"] = data_audit.run_audit(session, runs or None,
-                                                      None if kind == "(default)" else kind).to_dict()
+            with st.spinner("cleanlab Datalab…"):  # in its own process; no transaction open here meanwhile
+                state["audit"] = data_audit.run_audit_isolated(ctx.settings.db_url, runs or None,
+                                                               None if kind == "(default)" else kind).to_dict()
         except data_audit.AuditError as exc:
             state.pop("audit", None)
             st.warning(ui.md_escape(str(exc)))

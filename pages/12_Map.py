@@ -1,10 +1,13 @@
 """Map: a 2-D projection (UMAP; PCA for tiny sets) of a cached embedding set, computed once and
 cached per set, coloured by consensus label, a run's right/wrong, near-duplicate group or
-label-issue score. Drag a rectangle on the map to see those memes as a grid with relabel buttons."""
+label-issue score. Drag a rectangle on the map to see those memes as a grid with relabel buttons.
+UMAP runs in a background process; until it is done the page shows a PCA projection at once."""
 
 from workbench import ui
 
 ctx = ui.bootstrap("Map", "🗺️")
+
+import time  # noqa: E402
 
 import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -13,6 +16,7 @@ import streamlit as st  # noqa: E402
 from workbench.analysis import embedding_map as em  # noqa: E402
 from workbench.analysis import outcomes  # noqa: E402
 from workbench.analysis.duplicates import Member  # noqa: E402
+from workbench.store import db  # noqa: E402
 from workbench.store.catalog import image_card  # noqa: E402
 from workbench.ui import review as rv  # noqa: E402
 
@@ -21,7 +25,8 @@ state = st.session_state
 
 st.title("Embedding map")
 rv.flash()
-with ctx.session() as session:
+url, artefacts = ctx.settings.db_url, ctx.settings.artefacts_dir
+with db.read_scope(url) as session:
     sets, runs = em.embedding_sets(session), outcomes.list_runs(session)
 if not sets:
     st.info("No cached embeddings yet: extract them on the Train page (or `python -m workbench embed clip`).")
@@ -36,23 +41,59 @@ run_id = None
 if colour_by in ("run right/wrong", "label-issue score") and runs:
     run_id = c[2].selectbox("Run", list(run_titles), format_func=run_titles.get, key="map_run")
 
-with ctx.session() as session:
-    data = em.cached_map(session, ctx.settings.artefacts_dir, emb_set)
+
+
+@st.fragment(run_every=2.0)
+def _rerun_when_done(job: em.MapJob) -> None:
+    """Polls the background UMAP; the whole page reruns (and shows it) once it is done."""
+    if job.done():
+        st.rerun()
+
+
+def _compute() -> em.MapJob | None:
+    """PCA of a small set here and now (cached); else UMAP started in the background."""
+    if emb_set.images < em.UMAP_MIN_POINTS:
+        em.compute_map(url, artefacts, emb_set)
+        return None
+    return em.start_umap(url, artefacts, emb_set)
+
+
+with db.read_scope(url) as session:
+    data = em.cached_map(session, artefacts, emb_set)
+preview = False
 if data is None or not data.current:
-    if data is not None:
-        st.warning("This map is older than the embedding set (memes were added or re-embedded since). "
-                   "Recompute it to include them.")
-    if st.button("Compute the map" if data is None else "Recompute the map", key="map_compute", type="primary",
-                 help="UMAP takes about a minute for 10,000 memes on two cores; the result is cached."):
-        try:
-            with ctx.session() as session, st.spinner("Projecting…"):
-                data = em.compute_map(session, ctx.settings.artefacts_dir, emb_set)
-        except em.MapError as exc:
-            st.warning(ui.md_escape(str(exc)))
+    job = em.map_job(url, artefacts, emb_set)
+    failed = job.error() if job is not None else None
+    try:
+        if failed:
+            st.warning(ui.md_escape(f"UMAP failed: {failed}"))
+            job = _compute() if st.button("Compute the map again", key="map_compute", type="primary") else None
+        elif data is None and job is None:
+            job = _compute()  # no map yet: start it without a click
+        elif data is not None and job is None:
+            st.warning("This map is older than the embedding set (memes were added or re-embedded since). "
+                       "Recompute it to include them.")
+            if st.button("Recompute the map", key="map_compute", type="primary",
+                         help="UMAP runs in a background process (about a minute for 10,000 memes on two cores); "
+                              "the result is cached."):
+                job = _compute()
+    except em.MapError as exc:
+        st.warning(ui.md_escape(str(exc)))
+    if job is not None and not job.done():
+        st.info(f"UMAP is being computed in a background process ({time.monotonic() - job.started:.0f} s so far; "
+                "about a minute for 10,000 memes). " + ("Meanwhile: the older map below. " if data else
+                                                        "Meanwhile: a PCA projection. ")
+                + "The page shows UMAP as soon as it is ready.")
+        _rerun_when_done(job)
+        if data is None:
+            data, preview = job.preview, True
+    else:
+        with db.read_scope(url) as session:
+            data = em.cached_map(session, artefacts, emb_set)
 if data is None:
     st.stop()
 
-with ctx.session() as session:
+with db.read_scope(url) as session:
     if colour_by in ("run right/wrong",) and run_id is None:
         st.info("No model runs yet: colouring by consensus label.")
         colour_by = "consensus label"
@@ -74,8 +115,8 @@ chart = (alt.Chart(frame).mark_circle(size=28, opacity=0.75)
          .encode(x=alt.X("x:Q", axis=None), y=alt.Y("y:Q", axis=None), color=color,
                  tooltip=[alt.Tooltip("image_id:Q"), alt.Tooltip("value", title=colour_by)])
          .add_params(region).properties(height=560))
-st.caption(f"{len(frame)} memes · {data.method.upper()} ({data.seconds:.1f} s to compute, cached) · "
-           "drag a rectangle to see those memes")
+how = "a preview until UMAP is ready" if preview else f"{data.seconds:.1f} s to compute, cached"
+st.caption(f"{len(frame)} memes · {data.method.upper()} ({how}) · drag a rectangle to see those memes")
 event = st.altair_chart(chart, on_select="rerun", key="map_chart", width="stretch")
 
 picked = (event.selection.get("region") or {}) if event else {}
@@ -85,7 +126,7 @@ box = state.get("map_region")
 if box:
     ids = em.points_in_box(data, box["x"], box["y"])
     st.subheader(f"{len(ids)} memes in the selected region" + (f" (first {GRID_MAX})" if len(ids) > GRID_MAX else ""))
-    with ctx.session() as session:
+    with db.read_scope(url) as session:
         cards = [card for i in ids[:GRID_MAX] if (card := image_card(session, i)) is not None]
     members = [Member(card.id, card.path, card.sha256, False, card.label, [], None, None) for card in cards]
     rv.meme_grid(ctx, members, key="map")

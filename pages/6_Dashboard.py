@@ -30,13 +30,13 @@ def _tips(*fields: str) -> list:
 def _dashboard(db_url: str, run_ids: tuple[int, ...], version: tuple[int, ...], n_boot: int,
                seed: int) -> dashboard.Dashboard:
     """Cached on the data version: a relabel or a new prediction recomputes, a widget change does not."""
-    with db.session_scope(db_url) as session:
+    with db.read_scope(db_url) as session:  # reads only: no write lock while the bootstrap runs
         return dashboard.dashboard(session, run_ids, n_boot=n_boot, seed=seed)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _agreement(db_url: str, version: tuple[int, ...]) -> dict:
-    with db.session_scope(db_url) as session:
+    with db.read_scope(db_url) as session:
         return outcomes.annotator_agreement(session)
 
 

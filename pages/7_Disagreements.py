@@ -216,7 +216,7 @@ def queue_view() -> None:
     min_score = q[1].slider("Minimum score", 0.0, 1.0, 0.5, 0.05, key="dis_min_score")
     hide_mine = q[2].checkbox("Hide memes I labeled", value=True, key="dis_hide_mine",
                               help="Skip memes that already carry your label (reviewed).", disabled=not ctx.annotator)
-    with ctx.session() as session:
+    with db.read_scope(ctx.settings.db_url) as session:  # cleanlab computes here: no write lock held
         queue = review.label_issue_queue(session, queue_runs, min_score=min_score)
         issues = queue.issues
         if hide_mine and ctx.annotator:

@@ -273,6 +273,54 @@ def test_sigkilled_job_resumes_with_exactly_one_prediction_per_image(memes, sett
         assert session.scalar(select(func.count()).select_from(ModelRun)) == 1
 
 
+def _other_writer_can_begin(settings) -> bool:
+    """Whether another connection gets SQLite's write lock at once (no waiting)."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    other = sqlite3.connect(make_url(settings.db_url).database, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc)
+        return False
+    finally:
+        other.close()
+
+
+def test_a_read_scope_takes_no_write_lock_and_waits_for_no_writer(memes, settings):
+    """Every session_scope begins IMMEDIATE, so one left open through slow work (the Duplicates page's
+    audit) held the write lock and every page waited. A read_scope's transaction is deferred."""
+    if not memes.startswith("sqlite"):
+        pytest.skip("SQLite's write lock (PostgreSQL readers never take one)")
+    with db.session_scope(memes) as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == N_IMAGES
+        assert not _other_writer_can_begin(settings)  # a reading session_scope holds the write lock
+    with db.read_scope(memes) as session:
+        assert session.scalar(select(func.count()).select_from(Image)) == N_IMAGES
+        assert _other_writer_can_begin(settings)  # a read_scope does not
+    with db.session_scope(memes) as writer:  # a writer holds the lock: a reader does not wait for it
+        writer.add(Label(image_id=1, label="toxic", annotator="w"))
+        writer.flush()
+        t0 = time.monotonic()
+        with db.read_scope(memes) as reader:
+            assert reader.scalar(select(func.count()).select_from(Label).where(Label.annotator == "w")) == 0
+        assert time.monotonic() - t0 < 5  # the busy timeout is 60 s
+
+
+def test_a_read_scope_refuses_to_write(memes, settings):
+    from workbench.store.labels import add_label
+
+    with db.read_scope(memes) as session, pytest.raises(RuntimeError, match="read_scope"):
+        add_label(session, 1, "toxic", "reader")
+        session.flush()
+    with db.session_scope(memes) as session:
+        assert session.scalar(select(func.count()).select_from(Label).where(Label.annotator == "reader")) == 0
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "scan":

@@ -6,6 +6,7 @@ near-duplicate and outlier in cached embeddings, and a real head trained on thos
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from sqlalchemy import select
 
 from tests.support.synthetic_runs import Pred, add_run
 from workbench.analysis import review
-from workbench.analysis.data_audit import AuditError, run_audit
+from workbench.analysis.data_audit import AuditError, run_audit, run_audit_isolated
 from workbench.analysis.outcomes import load_runs
 from workbench.cli import main as cli_main
 from workbench.features.embeddings import ClipImageEmbedder, store_embeddings
@@ -67,8 +68,7 @@ def world(settings):
 
 
 def test_audit_finds_flipped_labels_the_near_duplicate_the_outlier_and_reports_balance(settings, world):
-    with session_scope(settings.db_url) as session:
-        result = run_audit(session)
+    result = run_audit(settings.db_url)
     assert result.n_images == 40 and result.prob_runs == [world["head_run"]]
     assert result.embedding and result.embedding.startswith("clip-image")
     summary = {r["issue_type"]: r for r in result.summary}
@@ -81,6 +81,21 @@ def test_audit_finds_flipped_labels_the_near_duplicate_the_outlier_and_reports_b
     assert set(world["dup"]) <= dups
     assert result.issues["outlier"][0]["image_id"] == world["outlier"]
     assert summary["class_imbalance"]["num_issues"] == 0  # 20 / 20
+
+
+FORKS: list[int] = []  # pids that forked since this module was imported (os.register_at_fork)
+os.register_at_fork(before=lambda: FORKS.append(os.getpid()))
+
+
+def test_the_audit_and_the_cleanlab_queue_fork_no_process(settings, world):
+    """cleanlab's label filter used to fork a multiprocessing pool (n_jobs = physical cores): a fork of
+    the threaded Streamlit server hung. Both cleanlab paths now run in this process."""
+    before = len(FORKS)
+    result = run_audit(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        queue = review.label_issue_queue(session)
+    assert result.issues["label"] and queue.method == "cleanlab"  # cleanlab's label filter did run
+    assert FORKS[before:] == []
 
 
 def test_quality_cli_json_and_clear_errors(settings, world, capsys):
@@ -100,8 +115,8 @@ def test_quality_cli_json_and_clear_errors(settings, world, capsys):
 
 
 def test_audit_without_labels_is_refused(settings):
-    with session_scope(settings.db_url) as session, pytest.raises(AuditError, match="no labeled memes"):
-        run_audit(session)
+    with pytest.raises(AuditError, match="no labeled memes"):
+        run_audit(settings.db_url)
 
 
 def add_run_clip(settings, world) -> int:
@@ -170,3 +185,47 @@ def test_pages_show_the_ranking_method_and_the_audit(settings, world, clear_stre
     assert not page.exception
     summary = page.dataframe[0].value
     assert set(summary["issue_type"]) == {"label", "near_duplicate", "outlier", "class_imbalance"}
+
+
+def test_the_audit_page_runs_cleanlab_in_its_own_process_holding_no_write_lock(settings, world, monkeypatch,
+                                                                            clear_streamlit_cache):
+    """The page held one BEGIN IMMEDIATE session through the whole audit: every other page waited for
+    SQLite's write lock. Now the audit runs in a new Python process, and while it does, another
+    connection takes the write lock at once."""
+    import sqlite3
+    import subprocess
+
+    from sqlalchemy.engine import make_url
+    from streamlit.testing.v1 import AppTest
+
+    db_file = make_url(settings.db_url).database
+    probes: list[str] = []
+    original = subprocess.run
+
+    def run_with_a_probe(argv, *args, **kwargs):  # noqa: ANN001, ANN202 - the subprocess boundary, not ours
+        if argv[-1] == "workbench.analysis.data_audit":
+            other = sqlite3.connect(db_file, timeout=0.2, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # what any other page's session does first
+                other.execute("ROLLBACK")
+                probes.append("free")
+            except sqlite3.OperationalError as exc:
+                probes.append(str(exc))
+            finally:
+                other.close()
+        return original(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run_with_a_probe)
+    page = AppTest.from_file(str(PAGES / "11_Duplicates.py"), default_timeout=180)
+    page.session_state["annotator"] = "tester"
+    page.run()
+    page.button(key="audit_run").click().run()
+    assert not page.exception and probes == ["free"]
+    summary = page.dataframe[0].value
+    assert set(summary["issue_type"]) == {"label", "near_duplicate", "outlier", "class_imbalance"}
+    assert page.session_state["audit"] == run_audit(settings.db_url).to_dict()  # the same audit as in-process
+
+
+def test_the_isolated_audit_says_why_there_is_nothing_to_audit(settings):
+    with pytest.raises(AuditError, match="no labeled memes"):
+        run_audit_isolated(settings.db_url)

@@ -286,6 +286,30 @@ def test_group_label_dismissal_and_history(settings, capsys) -> None:
             nd.dismiss_group(session, third.id, "alice")
 
 
+def test_a_group_dismissed_while_a_grouping_computes_is_not_stored_again(settings, capsys) -> None:
+    """regroup reads, computes with no transaction open, then writes: a "not duplicates" given in between
+    (another tab) must still keep those memes apart in what it stores."""
+    from workbench.store.db import read_scope
+
+    memes = write_sample_memes(settings.memes_dir, n=4, seed=9, size=(192, 192), into_label_folders=False)
+    plant_reposts([m.path for m in memes[:2]], seed=3)
+    _ingest(settings)
+    assert len(_groups_by_name(settings, capsys)) == 2
+    params = nd.GroupingParams()
+    with read_scope(settings.db_url) as session:
+        inputs = nd.grouping_inputs(session, params)
+    result = nd.find_groups(inputs.table, params, inputs.vectors or None, inputs.cannot)  # no transaction open
+    with session_scope(settings.db_url) as session:  # meanwhile, someone marks a group "not duplicates"
+        gone = min(nd.active_groups(session))
+        members = nd.active_groups(session)[gone]
+        nd.dismiss_group(session, gone, "alice")
+    assert any(set(g.members) == members for g in result.groups)  # the computed grouping still has it
+    with session_scope(settings.db_url) as session:
+        saved = nd.store_grouping(session, result, inputs.cannot)
+        active = nd.active_groups(session)
+    assert members not in active.values() and len(active) == 1 and saved.created == []
+
+
 def test_corrupt_and_vanished_files_are_per_image_errors_and_groups_keep_history(settings, capsys) -> None:
     memes = write_sample_memes(settings.memes_dir, n=3, seed=6, size=(192, 192))
     (repost,) = plant_reposts([memes[0].path], kinds=("reencode",))
@@ -321,6 +345,8 @@ def test_duplicates_page_finds_groups_and_labels_a_whole_group(settings, clear_s
     at.run()
     assert not at.exception
     assert any("No near-duplicate groups yet" in i.value for i in at.info)
+    # the empty state points at the button: the box that holds it is open (it was collapsed)
+    assert _finder(at).proto.expanded
     at.button(key="dup_run").click().run()  # hash (job runner, both cores) and group
     assert not at.exception
     assert any("Grouped 6 memes" in s.value and "2 groups (2 new" in s.value for s in at.success)
@@ -339,6 +365,14 @@ def test_duplicates_page_finds_groups_and_labels_a_whole_group(settings, clear_s
     assert not at.exception
     with session_scope(settings.db_url) as session:
         assert gid not in nd.active_groups(session)
+    again = AppTest.from_file(str(PAGES / "11_Duplicates.py"), default_timeout=120)
+    again.session_state["annotator"] = "carol"
+    again.run()
+    assert not again.exception and not _finder(again).proto.expanded  # groups to show: the box is closed
+
+
+def _finder(at):  # noqa: ANN001, ANN202
+    return next(e for e in at.expander if e.label == "Find near-duplicates")
 
 
 def test_near_copies_panel_shows_count_labels_and_links(settings, clear_streamlit_cache, capsys) -> None:

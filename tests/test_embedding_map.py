@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,8 @@ def test_pca_for_a_tiny_set_cached_until_the_set_changes(settings) -> None:
     assert emb_set.images == 10 and emb_set.dim == 8
     with session_scope(settings.db_url) as session:
         assert em.cached_map(session, settings.artefacts_dir, emb_set) is None
-        data = em.compute_map(session, settings.artefacts_dir, emb_set)
+    data = em.compute_map(settings.db_url, settings.artefacts_dir, emb_set)
+    with session_scope(settings.db_url) as session:
         assert data.method == "pca" and data.xy.shape == (10, 2) and data.image_ids.tolist() == ids[:10]
         again = em.cached_map(session, settings.artefacts_dir, emb_set)
         assert again.current and np.array_equal(again.xy, data.xy)
@@ -65,7 +67,8 @@ def test_pca_for_a_tiny_set_cached_until_the_set_changes(settings) -> None:
     with session_scope(settings.db_url) as session:
         stale = em.cached_map(session, settings.artefacts_dir, emb_set)
         assert stale is not None and not stale.current and len(stale.image_ids) == 10
-        fresh = em.compute_map(session, settings.artefacts_dir, emb_set)
+    fresh = em.compute_map(settings.db_url, settings.artefacts_dir, emb_set)
+    with session_scope(settings.db_url) as session:
         assert len(fresh.image_ids) == 12 and em.cached_map(session, settings.artefacts_dir, emb_set).current
     assert len(list(em.maps_dir(settings.artefacts_dir).glob("*.npz"))) == 1  # the older map is replaced
     with pytest.raises(em.MapError, match="at least 3"):
@@ -76,8 +79,8 @@ def test_pca_for_a_tiny_set_cached_until_the_set_changes(settings) -> None:
 def test_umap_from_fifty_points_keeps_clusters_apart(settings) -> None:
     ids = _memes(settings, 60)
     _embed(settings, ids, dim=16)
+    data = em.compute_map(settings.db_url, settings.artefacts_dir, _only_set(settings))
     with session_scope(settings.db_url) as session:
-        data = em.compute_map(session, settings.artefacts_dir, _only_set(settings))
         labels = consensus_labels(session)
     assert data.method == "umap" and data.xy.shape == (60, 2) and np.isfinite(data.xy).all()
     toxic = np.array([labels[i] == "toxic" for i in data.image_ids.tolist()])
@@ -127,8 +130,7 @@ def test_map_page_draws_the_points_and_relabels_a_selected_region(settings, clea
 
     ids = _memes(settings, 12)
     _embed(settings, ids)
-    with session_scope(settings.db_url) as session:
-        data = em.compute_map(session, settings.artefacts_dir, _only_set(settings))
+    data = em.compute_map(settings.db_url, settings.artefacts_dir, _only_set(settings))
     at = AppTest.from_file(str(PAGES / "12_Map.py"), default_timeout=120)
     at.session_state["annotator"] = "dana"
     at.run()
@@ -149,3 +151,60 @@ def test_map_page_draws_the_points_and_relabels_a_selected_region(settings, clea
         assert consensus_labels(session)[inside[0]] == "toxic"
     at.selectbox(key="map_colour").set_value("duplicate group").run()
     assert not at.exception
+
+
+FORKS: list[int] = []  # pids that forked since this module was imported
+os.register_at_fork(before=lambda: FORKS.append(os.getpid()))
+
+
+def _open_map_page(settings):  # noqa: ANN202
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(PAGES / "12_Map.py"), default_timeout=120)
+    at.session_state["annotator"] = "dana"
+    return at
+
+
+def test_map_page_shows_pca_at_once_while_umap_runs_in_a_spawned_process(settings, clear_streamlit_cache) -> None:
+    """UMAP (numba compile + fit) blocked the page for 21 s on 52 points; now the first open shows a
+    PCA preview and UMAP runs in another process (a new interpreter: the server is never forked)."""
+    ids = _memes(settings, 60)
+    _embed(settings, ids, dim=16)
+    emb_set = _only_set(settings)
+    before = len(FORKS)
+    at = _open_map_page(settings)
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith("60 memes · PCA (a preview until UMAP is ready)") for c in at.caption)
+    assert any("UMAP is being computed in a background process" in i.value for i in at.info)
+    assert json.loads(at.get("vega_lite_chart")[0].proto.spec)["params"][0]["name"] == "region"
+    job = em.map_job(settings.db_url, settings.artefacts_dir, emb_set)
+    assert job is not None and job.running() and job.process.pid != os.getpid()
+    at.run()  # a rerun while it runs starts no second process
+    assert em.map_job(settings.db_url, settings.artefacts_dir, emb_set) is job
+    assert FORKS[before:] == []
+    job.process.terminate()  # a projection that dies says so, and can be started again
+    job.process.wait(30)
+    at.run()
+    assert not at.exception
+    assert any("UMAP failed" in w.value for w in at.warning)
+    at.button(key="map_compute").click().run()
+    again = em.map_job(settings.db_url, settings.artefacts_dir, emb_set)
+    assert again is not job and again.running()
+    again.process.terminate()
+    again.process.wait(30)
+
+
+@pytest.mark.slow  # numba compiles UMAP in the background process: ~20-40 s
+def test_map_page_shows_umap_once_the_background_process_is_done(settings, clear_streamlit_cache) -> None:
+    ids = _memes(settings, 60)
+    _embed(settings, ids, dim=16)
+    emb_set = _only_set(settings)
+    at = _open_map_page(settings)
+    at.run()
+    job = em.map_job(settings.db_url, settings.artefacts_dir, emb_set)
+    assert job.wait(timeout=300), job.error()
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith("60 memes · UMAP (") and "cached" in c.value for c in at.caption)
+    assert not at.info

@@ -7,6 +7,12 @@ their stored prediction of a labeled meme comes from the fold model that did not
 probability (cleanlab needs out-of-sample probabilities for every row); several such runs are
 averaged. Zero-shot runs (CLIP, VLM) are not used here: the mean-confidence score of the
 Disagreements page covers them.
+
+`run_audit` reads what it needs in one short read-only session and runs Datalab with no
+transaction open (a session held through the audit used to hold SQLite's write lock, and
+every other page waited). cleanlab's label-issue filter forks a process pool by default
+(`n_jobs` = the physical cores); a fork of the threaded Streamlit server can hang, so it runs
+in this process (`n_jobs=1`: the same result).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.analysis.embedding_map import EmbeddingSet, embedding_sets, load_embedding_set
-from workbench.store.db import in_batches
+from workbench.store.db import in_batches, read_scope
 from workbench.store.schema import Image, ModelRun, Prediction
 
 OUT_OF_FOLD_KINDS = ("head", "text-tfidf")  # predictors that store out-of-fold predictions
@@ -68,9 +74,12 @@ def datalab_issues(labels: Sequence[str], features: np.ndarray | None, pred_prob
 
     logging.getLogger("cleanlab").setLevel(logging.WARNING)
     lab = Datalab(data={"label": list(labels)}, label_name="label", verbosity=0)
+    # n_jobs=1: cleanlab's default is a multiprocessing pool, which forks this (threaded) process.
+    no_fork = {"clean_learning_kwargs": {"find_label_issues_kwargs": {"n_jobs": 1}}}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="cleanlab")  # its pandas deprecations are not ours to fix
-        lab.find_issues(features=features, pred_probs=pred_probs, issue_types={k: {} for k in issue_types})
+        lab.find_issues(features=features, pred_probs=pred_probs,
+                        issue_types={k: dict(no_fork) if k == "label" else {} for k in issue_types})
     return lab
 
 
@@ -99,9 +108,23 @@ class AuditResult:
         return dict(self.__dict__)
 
 
-def run_audit(session: Session, run_ids: Sequence[int] | None = None, embedding_kind: str | None = None,
-              top: int = 20) -> AuditResult:
-    """Audit the labeled memes with Datalab (see the module docstring); `top` memes per issue type."""
+@dataclass
+class AuditInputs:
+    """What the audit reads from the database: the labeled rows with their features and probabilities."""
+
+    rows: list[int]  # image ids, sorted
+    labels: list[str]  # consensus label per row
+    features: np.ndarray | None  # [n, dim] embeddings of the rows
+    pred_probs: np.ndarray | None  # [n, 2] mean out-of-fold probabilities of the rows
+    embedding: str | None  # the embedding set's title
+    prob_runs: list[int]
+    paths: dict[int, str]
+    notes: list[str]
+
+
+def audit_inputs(session: Session, run_ids: Sequence[int] | None = None,
+                 embedding_kind: str | None = None) -> AuditInputs:
+    """Read what the audit needs (reads only); AuditError when there is nothing to audit."""
     from workbench.store.labels import consensus_labels
 
     present = set(session.scalars(select(Image.id).where(Image.missing.is_(False))))
@@ -130,13 +153,63 @@ def run_audit(session: Session, run_ids: Sequence[int] | None = None, embedding_
         raise AuditError(f"too few labeled memes to audit ({len(rows)}; at least 5)")
     features = np.stack([vectors[i] for i in rows]) if vectors else None
     pred_probs = mean_probabilities(oof, rows) if oof else None
-    issue_types = [t for t in AUDIT_ISSUES if features is not None or t in ("label", "class_imbalance")]
-    lab = datalab_issues([labels[i] for i in rows], features, pred_probs, issue_types)
+    return AuditInputs(rows, [labels[i] for i in rows], features, pred_probs, emb_set.title if vectors else None,
+                       sorted(oof), _paths(session, rows), notes)
+
+
+def audit(inputs: AuditInputs, top: int = 20) -> AuditResult:
+    """Run Datalab on the inputs (no database): `top` memes per issue type."""
+    issue_types = [t for t in AUDIT_ISSUES if inputs.features is not None or t in ("label", "class_imbalance")]
+    lab = datalab_issues(inputs.labels, inputs.features, inputs.pred_probs, issue_types)
     summary = [{"issue_type": r["issue_type"], "score": float(r["score"]), "num_issues": int(r["num_issues"])}
                for r in lab.get_issue_summary().to_dict("records") if r["issue_type"] in issue_types]
-    paths = _paths(session, rows)
-    issues = {t: _issue_rows(lab, t, rows, paths, top) for t in issue_types}
-    return AuditResult(len(rows), emb_set.title if vectors else None, sorted(oof), summary, issues, notes)
+    issues = {t: _issue_rows(lab, t, inputs.rows, inputs.paths, top) for t in issue_types}
+    return AuditResult(len(inputs.rows), inputs.embedding, inputs.prob_runs, summary, issues, list(inputs.notes))
+
+
+def run_audit(db_url: str, run_ids: Sequence[int] | None = None, embedding_kind: str | None = None,
+              top: int = 20) -> AuditResult:
+    """Audit the labeled memes with Datalab (see the module docstring): read in a short read-only
+    session, then compute with no transaction open. Writes nothing."""
+    with read_scope(db_url) as session:
+        inputs = audit_inputs(session, run_ids, embedding_kind)
+    return audit(inputs, top)
+
+
+def run_audit_isolated(db_url: str, run_ids: Sequence[int] | None = None, embedding_kind: str | None = None,
+                       top: int = 20) -> AuditResult:
+    """`run_audit` in a new Python process (workbench.analysis.isolated): what the Duplicates page
+    calls, so cleanlab never shares the server's GIL and cores (nor forks it). AuditError as here."""
+    import json
+    import subprocess
+
+    from workbench.analysis.isolated import ROOT, module_command
+
+    request = json.dumps({"db_url": db_url, "run_ids": list(run_ids) if run_ids is not None else None,
+                          "embedding_kind": embedding_kind, "top": top})
+    argv, env = module_command("workbench.analysis.data_audit")
+    done = subprocess.run(argv, input=request, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode == 2:
+        raise AuditError(done.stderr.strip().splitlines()[-1])
+    if done.returncode != 0:
+        raise AuditError(f"the audit process failed (exit code {done.returncode}): "
+                         f"{done.stderr.strip()[-500:] or 'no message'}")
+    return AuditResult(**json.loads(done.stdout.strip().splitlines()[-1]))  # the last line: a library may print
+
+
+def _audit_main() -> int:
+    """The process run_audit_isolated starts: a JSON request on stdin, the AuditResult as JSON on stdout."""
+    import json
+    import sys
+
+    request = json.loads(sys.stdin.read())
+    try:
+        result = run_audit(request["db_url"], request["run_ids"], request["embedding_kind"], request["top"])
+    except AuditError as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict()))
+    return 0
 
 
 def _paths(session: Session, ids: Sequence[int]) -> dict[int, str]:
@@ -161,3 +234,7 @@ def _issue_rows(lab: Any, issue_type: str, rows: list[int], paths: dict[int, str
             row["near_duplicates"] = [rows[int(j)] for j in rec["near_duplicate_sets"]]
         out.append(row)
     return out
+
+
+if __name__ == "__main__":  # run_audit_isolated's process
+    raise SystemExit(_audit_main())

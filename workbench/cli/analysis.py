@@ -122,10 +122,10 @@ def cmd_label_issues(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy import select
 
     from workbench.analysis.review import label_issue_queue
-    from workbench.store.db import session_scope
+    from workbench.store.db import read_scope
     from workbench.store.schema import Image
 
-    with session_scope(settings.db_url) as session:
+    with read_scope(settings.db_url) as session:  # cleanlab computes inside: a read_scope holds no write lock
         known = [d.run.id for d in _load(session, args.run_ids)]
         queue = label_issue_queue(session, known, min_score=args.min_score, limit=args.top)
         paths = dict(session.execute(select(Image.id, Image.path).where(Image.id.in_([x.image_id for x in queue.issues]))).all())

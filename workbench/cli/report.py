@@ -66,7 +66,7 @@ def add_predictions_parser(sub: argparse._SubParsersAction, name: str = "predict
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.analysis.report.render import PdfUnavailable, ReportOptions, html_to_pdf, write_report
-    from workbench.store.db import session_scope
+    from workbench.store.db import read_scope
 
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise CliError(f"{args.out} should end in .html")
@@ -75,7 +75,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot)
     if args.cams > 0:
         _cams_for_report(settings, options, args.cams, args.model or _clip_choice(settings))
-    with session_scope(settings.db_url) as session:
+    with read_scope(settings.db_url) as session:  # reads only: no write lock while the report is computed
         out = write_report(session, settings, args.out, options)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB)")
     if args.pdf:

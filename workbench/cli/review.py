@@ -54,7 +54,6 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.runs.lock import JobBusy, heavy_job_lock
     from workbench.runs.runner import run_step
     from workbench.store.catalog import image_ids
-    from workbench.store.db import session_scope
 
     try:
         params = GroupingParams(threshold=args.threshold, use_embeddings=not args.no_embeddings)
@@ -75,8 +74,8 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
         if summary.status == "failed":
             return code
         try:
-            with heavy_job_lock(settings.artefacts_dir), session_scope(settings.db_url) as session:
-                result, saved = regroup(session, params)  # one grouping at a time: no group stored twice
+            with heavy_job_lock(settings.artefacts_dir):  # one grouping at a time: no group stored twice
+                result, saved = regroup(settings.db_url, params)
         except JobBusy as exc:
             raise CliError(str(exc)) from None
         print(f"grouped {result.n_hashes} hashed images in {result.seconds:.2f} s "
@@ -102,7 +101,7 @@ def cmd_quality(args: argparse.Namespace, settings: Settings) -> int:
     if args.top < 1:
         raise CliError("--top must be at least 1")
     try:
-        result = in_session(settings, run_audit, args.run_ids, args.embedding, args.top)
+        result = run_audit(settings.db_url, args.run_ids, args.embedding, args.top)
     except AuditError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -124,17 +123,17 @@ def cmd_quality(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_map(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.analysis.embedding_map import MapError, compute_map, embedding_sets
-    from workbench.store.db import session_scope
+    from workbench.store.db import read_scope
 
-    with session_scope(settings.db_url) as session:
+    with read_scope(settings.db_url) as session:
         sets = [s for s in embedding_sets(session) if not args.embedding or s.kind == args.embedding]
-        if not sets:
-            raise CliError("no cached embeddings" + (f" of kind {args.embedding}" if args.embedding else "")
-                           + " (python -m workbench embed clip)")
-        try:
-            data = compute_map(session, settings.artefacts_dir, sets[0])
-        except MapError as exc:
-            raise CliError(str(exc)) from None
+    if not sets:
+        raise CliError("no cached embeddings" + (f" of kind {args.embedding}" if args.embedding else "")
+                       + " (python -m workbench embed clip)")
+    try:
+        data = compute_map(settings.db_url, settings.artefacts_dir, sets[0])  # no transaction open while it projects
+    except MapError as exc:
+        raise CliError(str(exc)) from None
     info = {"set": sets[0].title, "method": data.method, "points": len(data.image_ids), "seconds": data.seconds}
     if args.json:
         return print_json(info)

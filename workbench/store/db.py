@@ -4,6 +4,12 @@ SQLite runs in WAL mode with a busy timeout and BEGIN IMMEDIATE transactions, so
 UI in two tabs and a CLI job can write at once without "database is locked"
 (a deferred transaction that reads then writes fails at once under WAL if another
 writer committed meanwhile; IMMEDIATE takes the write lock up front and waits).
+
+IMMEDIATE takes the one write lock even for a session that only reads, so a session that
+stays open while something slow runs blocks every writer (and every other IMMEDIATE reader).
+`read_scope` is for reading: a deferred transaction, which under WAL neither takes the write
+lock nor waits for a writer. Slow work reads in a `read_scope`, computes with no session open,
+and writes its result in one short `session_scope`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 T = TypeVar("T")
 IN_BATCH = 900  # ids per `IN (...)`: SQLite allows 999 bound parameters in older builds
 MIGRATIONS_DIR = REPO_ROOT / "db"
+READ_ONLY = "workbench_read_only"  # execution option of read_scope's connections: BEGIN deferred on SQLite
 
 
 def in_batches(items: Iterable[T], size: int = IN_BATCH) -> Iterator[list[T]]:
@@ -86,7 +93,7 @@ def _make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn) -> None:  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(parsed, pool_pre_ping=True)
@@ -118,6 +125,33 @@ def session_scope(url: str) -> Iterator[Session]:
         session.rollback()
         raise
     finally:
+        session.close()
+
+
+class ReadOnlySession(Session):
+    """What read_scope yields: flushing a change raises (nothing it holds is ever written)."""
+
+    def flush(self, objects=None) -> None:  # noqa: ANN001
+        if self.new or self.dirty or self.deleted:
+            raise RuntimeError("a read_scope session is for reading: write in a session_scope")
+        super().flush(objects)
+
+
+@functools.cache
+def _read_sessionmaker(url: str) -> sessionmaker[ReadOnlySession]:
+    return sessionmaker(get_engine(url).execution_options(**{READ_ONLY: True}), class_=ReadOnlySession,
+                        expire_on_commit=False)
+
+
+@contextmanager
+def read_scope(url: str) -> Iterator[Session]:
+    """A session for reading only, closed (rolled back) at the end. On SQLite its transaction is
+    deferred: it takes no write lock, so it neither waits for a writer nor holds one up."""
+    session = _read_sessionmaker(url)()
+    try:
+        yield session
+    finally:
+        session.rollback()
         session.close()
 
 
@@ -157,3 +191,4 @@ def dispose_all() -> None:
         engine.dispose()
     _engines.clear()
     get_sessionmaker.cache_clear()
+    _read_sessionmaker.cache_clear()

@@ -272,9 +272,9 @@ def write_report(session: Session, settings: Settings, out: Path, options: Repor
 
 def report_html(settings: Settings, options: ReportOptions | None = None) -> str:
     """The report built in its own session (for download buttons that run off the page thread)."""
-    from workbench.store.db import session_scope
+    from workbench.store.db import read_scope
 
-    with session_scope(settings.db_url) as session:
+    with read_scope(settings.db_url) as session:  # reads only: no write lock while the metrics are computed
         return build_report(session, settings, options)
 
 
