@@ -16,6 +16,7 @@ import streamlit as st  # noqa: E402
 from workbench.analysis import embedding_map as em  # noqa: E402
 from workbench.analysis import outcomes  # noqa: E402
 from workbench.analysis.duplicates import Member  # noqa: E402
+from workbench.features.embeddings import stale_note  # noqa: E402
 from workbench.store import db  # noqa: E402
 from workbench.store.catalog import image_card  # noqa: E402
 from workbench.ui import review as rv  # noqa: E402
@@ -40,6 +41,9 @@ run_titles = {r.id: r.title for r in runs}
 run_id = None
 if colour_by in ("run right/wrong", "label-issue score") and runs:
     run_id = c[2].selectbox("Run", list(run_titles), format_func=run_titles.get, key="map_run")
+with ctx.session() as session:
+    if note := stale_note(session, emb_set.kind, emb_set.fingerprint):
+        st.warning(ui.md_escape(note))  # some points sit where an older OCR text put them
 
 
 

@@ -276,3 +276,23 @@ def test_train_page_lists_memes_lacking_embeddings_and_embeds_them(settings, tin
     assert not any("lack a current" in w.value for w in at.warning)
     with session_scope(settings.db_url) as session:
         assert embedder_staleness(session, ClipTextEmbedder(tiny_clip), ids).stale == []
+
+
+def test_map_page_says_which_points_rest_on_stale_text(settings, tiny_clip, clear_streamlit_cache) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    ids = _memes_read_by_one_engine(settings)
+    _embed(settings, tiny_clip, ids)
+    page = Path(__file__).resolve().parent.parent / "pages" / "12_Map.py"
+    at = AppTest.from_file(str(page), default_timeout=120)
+    at.session_state["annotator"] = "alice"
+    at.run()
+    assert not at.exception, at.exception
+    sets = at.selectbox(key="map_set").options
+    text_set = next(o for o in sets if "clip-text" in o)
+    at.selectbox(key="map_set").select(text_set).run()
+    assert not [w for w in at.warning if "stale" in w.value]  # fresh: nothing to say
+    _second_engine(settings, ids)
+    at.run()
+    assert not at.exception, at.exception
+    assert any(f"{CHANGED} of {N} memes" in w.value and "stale" in w.value for w in at.warning)
