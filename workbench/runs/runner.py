@@ -51,11 +51,24 @@ CANCELLING = "cancelling"  # a job row's status between a cancel request and the
 _worker_step: Step | None = None
 
 
-def _init_worker(step: Step) -> None:
+def _init_worker(step: Step, parent_pid: int | None = None) -> None:
     global _worker_step
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     _worker_step = step
     step.load()
+
+
+def _exit_with_parent(parent_pid: int, every: float = 0.5) -> None:
+    """A pool worker ends itself once the process that started it is gone: a parent killed
+    with SIGKILL never tells its workers, which would otherwise wait on their pipe forever."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _work(items: list[WorkItem]) -> list[ItemResult]:
@@ -279,7 +292,7 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_
         return "failed", f"{step.name} could not start: {type(exc).__name__}: {exc}"
     if workers > 1 and step.parallel_ok:
         ctx = multiprocessing.get_context("spawn")  # never fork a threaded (Streamlit/torch) process
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(step,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(step, os.getpid())) as pool:
             pending: set[Future] = set()
             try:
                 for batch_ids in batches:
