@@ -38,7 +38,7 @@ def _group_action(group_id: int, action: str) -> None:
                 n = len(duplicates.undo_group_label(session, group_id, ctx.annotator))
                 message = f"Group #{group_id}: undid {ctx.annotator}'s group label on {n} memes."
             elif action == "dismiss":
-                nd.dismiss_group(session, group_id, ctx.annotator)
+                nd.dismiss_group(session, group_id, ctx.annotator, actor=ctx.actor)
                 message = f"Group #{group_id} marked not duplicates: these memes are never grouped together again."
             else:
                 n = len(duplicates.apply_group_label(session, group_id, action, ctx.annotator))
@@ -65,7 +65,8 @@ def show_group(view: duplicates.GroupView) -> None:
         b[2].button("Undo my group label", key=f"dup_{view.id}_undo", on_click=_group_action, args=(view.id, "undo"),
                     disabled=not ctx.annotator)
         b[3].button("Not duplicates", key=f"dup_{view.id}_dismiss", on_click=_group_action, args=(view.id, "dismiss"),
-                    disabled=not ctx.annotator, help="Remembered: these memes are never grouped together again")
+                    disabled=not ctx.annotator or not ctx.can("adjudicate"),
+                    help="Remembered: these memes are never grouped together again (reviewers and admins)")
         params = view.params
         st.caption(f"found with threshold {params.get('threshold')} (fraction of differing hash bits)"
                    + (f", CLIP embeddings {params['embedding']}" if params.get("embedding") else ""))
@@ -89,7 +90,8 @@ with tab_groups:
             if summary is not None and summary.status != "failed":
                 try:
                     with heavy_job_lock(ctx.settings.artefacts_dir):  # regroup holds no transaction while it computes
-                        result, saved = nd.regroup(ctx.settings.db_url, nd.GroupingParams(threshold, use_embeddings))
+                        result, saved = nd.regroup(ctx.settings.db_url, nd.GroupingParams(threshold, use_embeddings),
+                                                   actor=ctx.actor)
                     st.success(f"Grouped {result.n_hashes} memes in {result.seconds:.2f} s: {saved.describe()}.")
                 except JobBusy as exc:
                     st.warning(ui.md_escape(str(exc)))

@@ -11,7 +11,9 @@ import os
 import sys
 
 from workbench.cli import CliError, in_session, print_json, report_job
+from workbench.cli.team import actor_of, add_actor_option, authorize_job
 from workbench.config import Settings
+from workbench.errors import PermissionDenied
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="only list the stored groups (no hashing, no grouping)")
     p.add_argument("--json", action="store_true",
                    help='print {"groups": [{"id", "members": [{"image_id", "path", "label"}, ...]}, ...]}')
+    add_actor_option(p)
     p.set_defaults(func=cmd_duplicates)
 
     p = sub.add_parser("quality", help="cleanlab data audit: label issues, near-duplicates, outliers, class imbalance")
@@ -64,6 +67,7 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     code = 0
     if not args.list:
         ids = in_session(settings, image_ids)
+        authorize_job(args, settings, "hash", len(ids))  # admins run jobs; the start is recorded
         try:
             summary = run_step(settings.db_url, HashStep(), ids, memes_dir=settings.memes_dir,
                                lock_dir=settings.artefacts_dir, batch_size=args.batch_size, workers=args.workers)
@@ -75,8 +79,10 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
             return code
         try:
             with heavy_job_lock(settings.artefacts_dir):  # one grouping at a time: no group stored twice
-                result, saved = regroup(settings.db_url, params)
+                result, saved = regroup(settings.db_url, params, actor=actor_of(args))
         except JobBusy as exc:
+            raise CliError(str(exc)) from None
+        except PermissionDenied as exc:
             raise CliError(str(exc)) from None
         print(f"grouped {result.n_hashes} hashed images in {result.seconds:.2f} s "
               f"({result.n_candidates} candidate pairs, {result.n_joined_pairs} joined): {saved.describe()}",

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from workbench.features.embeddings import from_blob
 from workbench.features.image_hashes import CROP_LEVELS, LONG_BITS, HashTable, hash_fingerprint, load_hash_table
+from workbench.store import users
 from workbench.store.db import in_batches, read_scope, session_scope
 from workbench.store.schema import DistinctPair, DuplicateGroup, DuplicateMember, Embedding, utcnow
 
@@ -310,23 +311,30 @@ def store_grouping(session: Session, result: GroupingResult, cannot_read: set[tu
     return save_groups(session, result.groups, result.params)
 
 
-def regroup(db_url: str, params: GroupingParams) -> tuple[GroupingResult, SavedGrouping]:
+def regroup(db_url: str, params: GroupingParams, actor: str | None = None) -> tuple[GroupingResult, SavedGrouping]:
     """Group every stored hash of the current config and store the groups (the step after hashing):
-    read in a read-only session, compute with none open, write in one short transaction."""
+    read in a read-only session, compute with none open, write in one short transaction.
+    Admins only when sign-in is on (`actor`: workbench.store.users.authorize), checked first."""
+    with session_scope(db_url) as session:
+        users.require(session, actor, users.ADMIN)
     with read_scope(db_url) as session:
         inputs = grouping_inputs(session, params)
     result = find_groups(inputs.table, params, inputs.vectors or None, inputs.cannot)
     result.params.update(hash=hash_fingerprint(), crop_levels=list(CROP_LEVELS), embedding=inputs.embedding)
     with session_scope(db_url) as session:
+        users.authorize(session, actor, users.ADMIN, "regroup",
+                        {"threshold": params.threshold, "embeddings": params.use_embeddings})
         return result, store_grouping(session, result, inputs.cannot)
 
 
-def dismiss_group(session: Session, group_id: int, annotator: str) -> int:
+def dismiss_group(session: Session, group_id: int, annotator: str, actor: str | None = None) -> int:
     """Mark an active group "not duplicates": its pairs are remembered and never grouped again.
-    Returns how many pairs were recorded."""
+    Returns how many pairs were recorded. A decision about the data, not a label: reviewers and
+    admins only when sign-in is on (`actor`: workbench.store.users.authorize), recorded."""
     annotator = (annotator or "").strip()[:128]
     if not annotator:
         raise GroupingError("annotator name is required")
+    users.authorize(session, actor, users.ADJUDICATE, "not duplicates", {"group": group_id})
     group = session.get(DuplicateGroup, group_id)
     if group is None or group.status != "active":
         raise GroupingError(f"no active near-duplicate group #{group_id}")

@@ -609,8 +609,9 @@ def restore(session: Session, path: Path, memes_dir: Path | None = None, restore
     users and roles come across only with `with_users`, and the restore itself is recorded in
     the audit log under `actor` (users.actor_name)."""
     from workbench.store import audit
-    from workbench.store.users import actor_name
+    from workbench.store.users import ADMIN, actor_name, require
 
+    require(session, actor, ADMIN)  # the operator, or an admin acting through a trusted CLI (--as)
     path = Path(path)
     if not path.exists():
         raise BackupError(f"{path} does not exist")
