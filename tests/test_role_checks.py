@@ -45,6 +45,11 @@ def _call_name(node: ast.Call) -> str:
     return f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
 
 
+def _closure(name: str, flags: dict[str, bool], calls: dict[str, set[str]], seen: frozenset = frozenset()) -> bool:
+    """Whether `name` or a private helper it calls (transitively, in its module) has the flag."""
+    return flags[name] or any(_closure(c, flags, calls, seen | {name}) for c in calls[name] - seen - {name})
+
+
 def writers_without_checks() -> tuple[dict[str, bool], set[str]]:
     """{'path:function': checks} for every public writer, and every public writer's name."""
     found: dict[str, bool] = {}
@@ -63,12 +68,9 @@ def writers_without_checks() -> tuple[dict[str, bool], set[str]]:
             direct_check[name] = any(n in CHECKS for n, _ in names)
             calls[name] = {n for n, _ in names if n in funcs and n.startswith("_")}
 
-        def closure(name: str, flags: dict[str, bool], seen: frozenset = frozenset()) -> bool:
-            return flags[name] or any(closure(c, flags, seen | {name}) for c in calls[name] - seen - {name})
-
         for name in funcs:
-            if not name.startswith("_") and closure(name, direct_write):
-                found[f"{rel}:{name}"] = closure(name, direct_check)
+            if not name.startswith("_") and _closure(name, direct_write, calls):
+                found[f"{rel}:{name}"] = _closure(name, direct_check, calls)
     return found, set(found)
 
 
