@@ -542,3 +542,15 @@ def test_labels_under_a_users_name_need_that_user_or_a_recorded_reason(settings,
     assert code == 2 and f"only {BORIS} may import them" in err  # an admin too needs a reason
     code, _, err = run("import-annotations", str(csv_file), "--annotator", BORIS, "--as", BORIS)
     assert code == 2 and "may not" in err  # his own labels, but importing is for admins
+
+
+def test_a_bad_auth_setting_stops_the_app_with_its_message(monkeypatch, clear_streamlit_cache) -> None:
+    """WORKBENCH_AUTH=bogus is refused (the app never opens unguarded) with one message, not a traceback."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_AUTH", "bogus")
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "The workbench is not configured correctly: WORKBENCH_AUTH must be one of off, oidc, not 'bogus'"]
+    assert not at.button  # nothing to press: no meme, no upload, no scan

@@ -98,7 +98,11 @@ NAV = (
 def bootstrap(title: str, icon: str = "🧪", layout: str = "wide") -> Ctx:
     """Idempotent set-up every page calls first, so any page works when opened first by URL."""
     st.set_page_config(page_title=f"{title} · {APP_TITLE}", page_icon=icon, layout=layout)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a bad WORKBENCH_* value: refused with its message, never a traceback
+        st.error(f"The workbench is not configured correctly: {exc}", icon=":material/error:")
+        st.stop()
     _migrated(settings.db_url)
     signed_in = auth.gate(settings)  # sign-in on: stops here unless signed in with a role
     navigation(None if signed_in is None else signed_in.role, signed_in is not None)
