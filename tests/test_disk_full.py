@@ -114,3 +114,23 @@ def test_a_job_on_a_full_disk_ends_failed_with_disk_full(small_disk, settings, s
     job = session.get(Job, summary.job_id)
     assert job.status == "failed" and job.error.startswith("disk full: ")
     assert not list((small_disk / "art").rglob("*.png"))
+
+
+def test_a_full_database_disk_is_one_line_not_a_traceback(small_disk, tmp_path, settings):
+    from workbench.store import db as store_db
+
+    url = f"sqlite:///{small_disk / 'full.sqlite3'}"
+    store_db.upgrade(url)
+    store_db.dispose_all()
+    env = dict(os.environ, WORKBENCH_DB_URL=url, WORKBENCH_MEMES_DIR=str(settings.memes_dir),
+               WORKBENCH_ARTEFACTS_DIR=str(tmp_path / "art"))
+    from workbench.store.demo_memes import write_sample_memes
+
+    write_sample_memes(settings.memes_dir, n=30, seed=5, size=(64, 64))
+    filler = small_disk / "filler"
+    st = os.statvfs(small_disk)
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize))
+    done = subprocess.run([sys.executable, "-m", "workbench", "ingest"], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and done.stderr.strip().startswith("error: disk full:"), done.stderr[-2000:]

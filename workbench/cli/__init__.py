@@ -98,3 +98,10 @@ def _run(args: argparse.Namespace, settings: Any) -> int:
             raise
         print(f"error: disk full: {exc.filename or exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from workbench.store.db import database_full
+
+        if not database_full(exc):
+            raise
+        print(f"error: disk full: the database {settings.db_url.split('///')[-1]} cannot grow", file=sys.stderr)
+        return 2

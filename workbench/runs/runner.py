@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from workbench.runs.lock import JobBusy, heavy_job_lock
 from workbench.runs.pipeline import default_threads, prefetched_batches
 from workbench.runs.step import ItemResult, JobSummary, Progress, Step, WorkItem
-from workbench.store.db import get_engine, get_sessionmaker, in_batches
+from workbench.store.db import database_full, get_engine, get_sessionmaker, in_batches
 from workbench.store.schema import Image, Job, utcnow
 
 CANCELLING = "cancelling"  # a job row's status between a cancel request and the runner's stop
@@ -192,6 +192,18 @@ def run_step(
                 _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
                 raise
             status, error = "failed", f"disk full: {exc.filename or exc}"
+        except Exception as exc:
+            if not database_full(exc):
+                _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
+                raise
+            status, error = "failed", "disk full: the database cannot grow"
+            try:  # the row may not be writable now; a freed disk lets the next run mark it
+                _close_job(Session_, step, job_id, progress, status, error)
+            except Exception:  # noqa: BLE001 - still full: the job shows as interrupted once this process ends
+                pass
+            summary.status, summary.error = status, error
+            summary.done, summary.failed = progress.done, progress.failed
+            return summary
         except BaseException:
             _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
             raise

@@ -192,3 +192,11 @@ def dispose_all() -> None:
     _engines.clear()
     get_sessionmaker.cache_clear()
     _read_sessionmaker.cache_clear()
+
+
+def database_full(exc: BaseException) -> bool:
+    """Whether `exc` is the database refusing to grow: SQLite's "database or disk is full",
+    PostgreSQL's disk_full (53100)."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "database or disk is full" in text or "no space left on device" in text or \
+        getattr(getattr(exc, "orig", None), "sqlstate", None) == "53100"
