@@ -29,14 +29,18 @@ def _save_choices() -> None:
         with ctx.session() as session:
             changed = model_choices.update_choices(session, typed, actor=ctx.actor)
             stored = {c.name: model_choices.stored_choice(session, c.name) or "" for c in model_choices.CHOICES}
+            specs = {s.kind: s for s in resolved_specs(session)}
     except (PermissionDenied, ValueError) as exc:
         state["models_choice_flash"] = ("error", str(exc))
         return
     for name, value in stored.items():  # as stored: a folder made absolute
         state[f"models_choice_{name}"] = value
-    for kind, options in MODEL_OPTIONS.items():  # the option widgets take the new defaults
+    # The option widgets take the new defaults: set, not dropped (the browser would send its old value back).
+    for kind, options in MODEL_OPTIONS.items():
+        defaults = {o.name: o.default for o in specs[kind].options} if kind in specs else {}
         for option in options:
-            state.pop(f"models_{kind}_{option}", None)
+            if option in defaults:
+                state[f"models_{kind}_{option}"] = str(defaults[option])
     state["models_choice_flash"] = ("success", f"Saved: {', '.join(changed)}." if changed else "Nothing changed.")
 
 

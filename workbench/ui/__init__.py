@@ -247,8 +247,11 @@ def option_form(
 def option_widget(option: Option, key: str) -> Any:
     """The input for one option, by its type (text | bool | int | float | choice | str); returns its value."""
     label, help_text = option.name, option.help or None
+    # A value put in session state by a page (e.g. a new model choice) rules; passing a default
+    # too would make Streamlit warn, and a default alone cannot move a widget the browser shows.
+    value = {} if key in st.session_state else {"value": str(option.default)}
     if option.type == "text":
-        return st.text_area(label, value=str(option.default), help=help_text, key=key, height=140)
+        return st.text_area(label, help=help_text, key=key, height=140, **value)
     if option.type == "bool":
         return st.checkbox(label, value=bool(option.default), help=help_text, key=key)
     if option.type == "int":
@@ -262,7 +265,7 @@ def option_widget(option: Option, key: str) -> Any:
         choices = list(option.choices)
         index = choices.index(option.default) if option.default in choices else 0
         return st.selectbox(label, choices, index=index, help=help_text, key=key)
-    return st.text_input(label, value=str(option.default), help=help_text, key=key)
+    return st.text_input(label, help=help_text, key=key, **value)
 
 
 # What makes plain text markdown in Streamlit: emphasis, code, links and directives
