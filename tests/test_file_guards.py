@@ -124,3 +124,18 @@ def test_stored_rows_that_point_outside_are_never_read_or_served(session, settin
     assert not at.exception
     assert any("missing" in e.value for e in at.error)
     assert not list(settings.artefacts_dir.rglob("*.jpg"))
+
+
+def test_scan_refuses_names_no_stored_path_may_have(session, settings):
+    """Ingest applies the stored-path rule per file: a name with a backslash or a control
+    character would be refused by every reader later, so it is refused now, with its reason."""
+    folder = settings.memes_dir / "batch"
+    folder.mkdir(parents=True)
+    (folder / "good.png").write_bytes(png_bytes(11))
+    (folder / "back\\slash.png").write_bytes(png_bytes(12))
+    (folder / "tab\tname.png").write_bytes(png_bytes(13))
+    report = scan_folder(session, settings.memes_dir)
+    by_name = {f.name: f for f in report.files}
+    assert by_name["batch/good.png"].status == "added"
+    assert by_name["batch/back\\slash.png"].status == "rejected" and "backslash" in by_name["batch/back\\slash.png"].reason
+    assert by_name["batch/tab\tname.png"].status == "rejected" and "control" in by_name["batch/tab\tname.png"].reason

@@ -549,6 +549,7 @@ def test_a_bad_auth_setting_stops_the_app_with_its_message(monkeypatch, clear_st
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("WORKBENCH_AUTH", "bogus")
+    assert main(["stats"]) == 2  # the CLI: one line on stderr, exit 2, no traceback
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
     assert [e.value for e in at.error] == [

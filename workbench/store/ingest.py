@@ -25,7 +25,7 @@ from workbench.store.db_locks import advisory_lock
 from workbench.store.files import atomic_write
 from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
 from workbench.store.labels import add_label, current_labels
-from workbench.store.paths import checked_stat
+from workbench.store.paths import check_rel_path, checked_stat
 from workbench.store.schema import Image, Label
 
 FOLDER_ANNOTATOR = "folder"
@@ -164,6 +164,10 @@ def _scan_folder(
             on_progress(n, len(files))
         if path.suffix.lower() not in ACCEPTED_SUFFIXES:
             report.files.append(FileReport(rel, "ignored", f"not an image extension ({path.suffix or 'none'})"))
+            continue
+        bad_name = check_rel_path(rel)  # the rule every stored path must pass (store.paths)
+        if bad_name:
+            report.files.append(FileReport(rel, "rejected", f"unusable path: {bad_name}"))
             continue
         stat, problem = checked_stat(path, memes_dir)  # never opens a FIFO, a device or a file past the cap
         if stat is None:
