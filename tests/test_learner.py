@@ -242,3 +242,39 @@ def test_cli_learn_json_and_admin_only_audited_settings(settings, session, monke
     assert ("admin@team.org", "learner refresh every", {"every": 3}) in actions
     assert ("admin@team.org", "learner", {"learner": "text-tfidf", "embedding": None}) in actions
     assert any(a == "learner refresh every" and d == {"every": 7} for _, a, d in actions)  # the CLI's, as the OS user
+
+
+def test_the_default_learner_is_the_head_on_the_largest_embedding_set_and_counts_memes_without_one(settings) -> None:
+    import torch
+
+    from tests.support.tiny_models import tiny_model_dir
+    from workbench.features.embeddings import EmbedStep, make_embedders
+    from workbench.models.choices import set_choice
+    from workbench.runs.runner import run_step
+
+    ids, truth = _memes(settings, 16)
+    _label(settings, truth, ids[:12])
+    with session_scope(settings.db_url) as session:
+        assert learner.choose_learner(session).learner == "text-tfidf"  # nothing cached yet
+        clip = set_choice(session, "embedding", str(tiny_model_dir("clip")))
+    embedded = ids[:14]  # two unlabeled memes are never embedded
+    for embedder in make_embedders("clip", clip, dtype="float32"):
+        summary = run_step(settings.db_url, EmbedStep(embedder), embedded, memes_dir=settings.memes_dir,
+                           lock_dir=settings.artefacts_dir, batch_size=8)
+        assert summary.status == "done"
+    with session_scope(settings.db_url) as session:
+        assert learner.embedding_sets(session) == {"both": 14, "image": 14, "text": 14}
+        choice = learner.choose_learner(session)
+        assert (choice.learner, choice.embedding, choice.model) == ("head", "both", clip)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = learner.refresh(settings)
+    finally:
+        torch.set_num_threads(threads)
+    assert (result.learner, result.labels, result.lacking) == ("head", 12, 2)
+    with session_scope(settings.db_url) as session:
+        preds = {p.image_id: p for p in session.scalars(select(Prediction).where(Prediction.run_id == result.run_id))}
+    assert all(preds[i].prob_toxic is not None and preds[i].extra["out_of_fold"] for i in ids[:12])
+    assert all(preds[i].prob_toxic is not None and not preds[i].extra["out_of_fold"] for i in ids[12:14])
+    assert all(preds[i].prob_toxic is None and "embedding" in preds[i].error for i in ids[14:])
