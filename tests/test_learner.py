@@ -135,6 +135,11 @@ def test_the_trigger_submits_a_background_refresh_at_n_labels_and_not_before(set
         learner.set_refresh_every(session, 0)  # off: never on its own
     _label(settings, truth, ids[15:25])
     assert learner.maybe_refresh(settings) is None
+    # A refresh the server's restart interrupted can be resumed from its job row.
+    with session_scope(settings.db_url) as session:
+        session.get(Job, ticket.summary.job_id).status = "interrupted"
+    rebuilt = background.rebuild_job(settings, ticket.summary.job_id)
+    assert isinstance(rebuilt.step, learner.LearnerStep) and rebuilt.image_ids == ids
 
 
 def test_one_refresh_at_a_time_and_a_failed_one_is_shown_without_blocking_labels(settings) -> None:

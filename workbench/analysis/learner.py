@@ -38,6 +38,7 @@ LEARNERS = ("text-tfidf", "head")
 EMBEDDINGS = ("image", "text", "both", "interaction", "vlm")  # the head's feature sets
 RUN_KIND = "learner"  # model_runs.kind of every refresh
 STEP_KIND = "learn"  # jobs.step_kind of a refresh
+REFRESH_FINGERPRINT = "learner-refresh"  # jobs.fingerprint of a refresh
 LEARNER_SETTING = "learner"
 EVERY_SETTING = "learner_refresh_every"
 MARK_SETTING = "learner_label_mark"  # the last human label id the latest refresh was started after
@@ -246,8 +247,10 @@ class LearnerStep(PredictorStep):
         self.mark = 0
 
     def fingerprint(self) -> str:
-        # Before begin: one name for every refresh (on PostgreSQL, one refresh at a time across machines).
-        return self.predictor.fingerprint() if self.predictor is not None else "learner-refresh"
+        # One name for every refresh, whatever the labels: the worker never queues a second one, on
+        # PostgreSQL one runs at a time across machines, and an interrupted one can be resumed
+        # (its run is on the job row; the run's own fingerprint covers the labels).
+        return REFRESH_FINGERPRINT
 
     def recipe(self) -> dict[str, Any]:
         return {"learner": self.learner, "embedding": self.embedding}
