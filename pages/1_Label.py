@@ -14,7 +14,7 @@ ctx = ui.bootstrap("Label", "🏷️")
 
 import streamlit as st  # noqa: E402
 
-from workbench.analysis import outcomes, queue_orders  # noqa: E402
+from workbench.analysis import learner, outcomes, queue_orders  # noqa: E402
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.store import catalog, labels, ocr_texts, overlap  # noqa: E402
 from workbench.ui.review import near_copies_panel  # noqa: E402
@@ -132,6 +132,7 @@ def _label(label: str) -> None:
         return
     state["lbl_trail"].append((image_id, True))
     state["lbl_flash"] = f"Labeled #{image_id} as {LABEL_NAMES[label]}."
+    learner.maybe_refresh(ctx.settings)  # at N new labels: a background refresh; never waits for it
     if auto_advance:
         state["lbl_pos"] += 1
         _skip_finished()

@@ -18,7 +18,7 @@ from typing import Any
 from workbench.config import load_settings
 
 # Area modules, in help order. Each defines register(subparsers) and sets `func` on its parsers.
-AREAS = ("core", "ocr", "predict", "embed", "models", "analysis", "review", "team", "report", "backup", "jobs")
+AREAS = ("core", "ocr", "predict", "embed", "models", "learn", "analysis", "review", "team", "report", "backup", "jobs")
 
 
 class CliError(Exception):

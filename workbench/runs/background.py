@@ -39,7 +39,8 @@ from workbench.runs.step import JobSummary, Progress, Step
 log = logging.getLogger(__name__)
 
 PROCESS_STARTED = datetime.now(UTC)  # jobs begun before this were not begun by this process
-KIND_LABEL = {"ocr": "OCR", "predict": "Predict", "embed": "Embeddings", "cam": "CAM maps", "hash": "Hashes"}
+KIND_LABEL = {"ocr": "OCR", "predict": "Predict", "embed": "Embeddings", "cam": "CAM maps", "hash": "Hashes",
+              "learn": "Learner refresh"}
 KEEP_FINISHED = 50  # finished tickets kept for pages to read their summary
 
 
