@@ -37,9 +37,18 @@ runs: tuple[int, ...] = ()
 if order in queue_orders.SCORED_ORDERS:
     with ctx.session() as session:
         run_infos = outcomes.list_runs(session)
-        default = queue_orders.default_runs(session, order)
+        newest_learner = queue_orders.latest_learner_run(session) if order in queue_orders.LEARNER_ORDERS else None
+        default = queue_orders.default_runs(session, order, learner=False)
     titles = {r.id: r.title for r in run_infos}
-    if order == "disagree":
+    # The newest learner run is the default pick: when a refresh finishes, the queue moves to it.
+    follow = newest_learner is not None and st.sidebar.checkbox(
+        "Rank by the newest learner run", value=True, key="lbl_follow_learner",
+        help="The learner refreshes every N labels; the meme on screen stays, the rest re-ranks.")
+    if follow:
+        st.sidebar.caption(f"Learner run #{newest_learner}")
+    if follow:
+        runs = (newest_learner,)
+    elif order == "disagree":
         ids = list(titles)
         pick_a = st.sidebar.selectbox("Run A", ids, format_func=titles.get, key="lbl_run_a",
                                       index=ids.index(default[0]) if default else 0) if ids else None
@@ -50,7 +59,9 @@ if order in queue_orders.SCORED_ORDERS:
         runs = tuple(st.sidebar.multiselect("Runs", list(titles), default=default, format_func=titles.get,
                                             key=f"lbl_runs_{order}"))
     if not runs:
-        st.sidebar.caption("Choose the model runs this order uses (A and B must differ).")
+        st.sidebar.caption("Choose the model runs this order uses (A and B must differ)." if order != "likely-toxic"
+                           else "No learner run yet: it appears after the first refresh (`python -m workbench "
+                                "learn`), or choose runs.")
 folder_choice = st.sidebar.selectbox(
     "Folder", [ALL_FOLDERS, *folder_names], key="lbl_folder", format_func=lambda f: f or "(memes root)")
 auto_advance = st.sidebar.checkbox("Auto-advance after labeling", value=True, key="lbl_auto")
@@ -65,17 +76,26 @@ with ctx.session() as session:
     n_present = catalog.count_present(session)
     queue_key = (annotator, order, runs, folder, state.get("lbl_seed", 0), n_present, k, team)
     if state.get("lbl_queue_key") != queue_key:
-        if (state.get("lbl_queue_key") or (annotator,))[0] != annotator:
+        old_key = state.get("lbl_queue_key") or (annotator,)
+        if old_key[0] != annotator:
             state["lbl_trail"] = []  # Back must never undo another annotator's labels
         keep = state.get("lbl_current")
+        old_queue, old_pos = state.get("lbl_queue") or [], state.get("lbl_pos", 0)
+        # only the runs changed (a refresh finished) and the meme on screen has not been left: it stays
+        on_screen = (keep if len(old_key) == len(queue_key) and old_key[:2] == queue_key[:2]
+                     and old_key[3:] == queue_key[3:] and 0 <= old_pos < len(old_queue) and old_queue[old_pos] == keep
+                     else None)
         try:
             ordering = queue_orders.build_queue(session, annotator, order, run_ids=list(runs) or None, folder=folder,
                                                 seed=state.get("lbl_seed", 0), k=k)
         except ValueError as exc:  # e.g. the disagree order without two runs
             st.sidebar.warning(ui.md_escape(str(exc)))
             ordering = queue_orders.Ordering([])
-        state["lbl_ordering"], state["lbl_queue"], state["lbl_queue_key"] = ordering, ordering.ids, queue_key
-        queue_now = ordering.ids
+        queue_now = list(ordering.ids)
+        if on_screen is not None and on_screen in queue_now and order in queue_orders.SCORED_ORDERS:
+            queue_now.remove(on_screen)  # re-ranked: the meme on screen first, then the new ranking
+            queue_now.insert(0, on_screen)
+        state["lbl_ordering"], state["lbl_queue"], state["lbl_queue_key"] = ordering, queue_now, queue_key
         # the meme on screen stays on screen in the plain orders; the others start at their top
         state["lbl_pos"] = queue_now.index(keep) if keep in queue_now and order in ("random", "filename") else 0
         state.setdefault("lbl_trail", [])
@@ -234,6 +254,9 @@ mine_now = meme.label_of(annotator)
 reason = "" if image_id == state.get("lbl_pinned") else ordering.reason(image_id)  # a deep link is outside the order
 st.caption(f"Meme {state['lbl_pos'] + 1} of {len(queue)} in this queue · id {image_id}"
            + (f" · {ui.md_escape(reason)}" if reason else ""))
+if ordering.unscored:
+    st.caption(f"{plural(ordering.unscored, 'meme')} in this queue have no score from the chosen runs (e.g. no "
+               "embedding for the learner): they come after the scored ones.")
 st.text(meme.path)
 b = st.columns(4)
 b[0].button("Toxic", key="lbl_toxic", shortcut="1", icon=":material/report:", type="primary" if mine_now == "toxic" else "secondary",

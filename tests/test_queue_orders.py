@@ -1,12 +1,14 @@
-"""The labeling queue's orders on a real SQLite file: unsure / disagree / label-issue against
-hand-computed scores, the one-person orders unchanged, the team queue (k labels per meme)
-and `python -m workbench queue --json`."""
+"""The labeling queue's orders on a real SQLite file: unsure / disagree / label-issue /
+likely-toxic against hand-computed scores, the learner run as their default, the exploration
+share, the one-person orders unchanged, the team queue (k labels per meme), `python -m
+workbench queue --json`, and the Label page re-ranking without losing the meme on screen."""
 
 from __future__ import annotations
 
 import json
 import random
 
+import numpy as np
 import pytest
 
 from tests.support.synthetic_runs import Pred, add_images, add_labels, add_run
@@ -141,7 +143,8 @@ def test_queue_cli_prints_what_the_page_shows(settings, session, six, capsys) ->
     code = main(["queue", "--annotator", "alice", "--order", "unsure", "--run", str(clip), "--top", "3", "--json"])
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and [r["image_id"] for r in rows] == [b, c, a]
-    assert set(rows[0]) == {"image_id", "path", "reason", "score"} and rows[0]["path"] == "a/img_000001.png"
+    assert set(rows[0]) == {"image_id", "path", "reason", "score", "random_pick"} and rows[0]["path"] == "a/img_000001.png"
+    assert rows[0]["random_pick"] is False
     assert rows[0]["score"] == pytest.approx(float(queue_orders.uncertainty(0.51)))
     code = main(["queue", "--annotator", "alice", "--order", "filename", "--json"])
     rows = json.loads(capsys.readouterr().out)
@@ -176,3 +179,123 @@ def test_label_page_walks_the_unsure_order_and_says_why(settings, session, clear
     assert any("models unsure" in cap.value and "0.55" in cap.value for cap in at.caption)  # no escaping artefact
     at.button(key="lbl_neutral").click().run()
     assert int(at.query_params["image"]) == c  # then the next least sure
+
+
+def _learner_run(session, preds: dict[int, Pred], labels_used: int = 10) -> int:
+    """A finished learner refresh as the runner stores it: a run of kind learner with its record."""
+    return add_run(session, "learner", "learner:text-tfidf", preds, model_id="tfidf",
+                   params={"refresh": {"labels": labels_used, "learner": "text-tfidf", "oof_f1": 0.5}})
+
+
+def test_unsure_and_label_issue_default_to_the_newest_learner_run(settings, session, six, capsys) -> None:
+    a, b, c, d, e, f = six
+    clip = add_run(session, "clip", "clip", {i: Pred("toxic", 0.5) for i in six})
+    old = _learner_run(session, {a: Pred("toxic", 0.5), b: Pred("toxic", 0.9)})
+    newest = _learner_run(session, {i: Pred("toxic" if p >= 0.5 else "non_toxic", p)
+                                    for i, p in zip(six, (0.95, 0.9, 0.55, 0.2, 0.6, 0.02))})
+    bare = add_run(session, "learner", "learner:bare", {a: Pred("toxic", 0.5)})  # no refresh record: not a refresh
+    add_labels(session, {a: "non_toxic", b: "toxic"}, "folder")
+    session.commit()
+    assert queue_orders.latest_learner_run(session) == newest
+    for order in ("unsure", "label-issue", "likely-toxic"):
+        assert queue_orders.default_runs(session, order) == [newest]
+    assert queue_orders.default_runs(session, "unsure", learner=False) == [clip, bare]  # as before: newest of each kind
+    assert queue_orders.default_runs(session, "disagree") == [bare, newest]  # as before: no VLM, the two newest runs
+    q = queue_orders.build_queue(session, "alice", "unsure")
+    assert q.runs == [newest] and q.ids[:3] == [c, e, d]  # 0.55, 0.6, 0.2 are nearest the threshold
+    assert queue_orders.build_queue(session, "alice", "unsure", run_ids=[clip]).runs == [clip]  # a pick still wins
+    assert queue_orders.build_queue(session, "alice", "label-issue").ids[0] == a  # labeled non_toxic, learner says 0.95
+    assert old not in q.runs
+    session.commit()  # the queue drops expired claims: a write; the CLI opens its own session
+    # the CLI, also with --folder
+    assert main(["queue", "--annotator", "alice", "--order", "unsure", "--folder", "b", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["image_id"] for r in rows] == [e, d, f] and f"#{newest} learner" in rows[0]["reason"]
+
+
+def test_likely_toxic_puts_the_most_probable_toxic_first_and_unscored_last(settings, session, six, capsys) -> None:
+    a, b, c, d, e, f = six
+    with pytest.raises(ValueError, match="no learner run yet"):
+        queue_orders.build_queue(session, "alice", "likely-toxic")
+    session.rollback()
+    assert main(["queue", "--annotator", "alice", "--order", "likely-toxic"]) == 2
+    assert "no learner run yet" in capsys.readouterr().err
+    # d has no embedding: the head learner stores an error for it; f was never scored
+    run = _learner_run(session, {a: Pred("non_toxic", 0.1), b: Pred("toxic", 0.8), c: Pred("toxic", 0.97),
+                                 d: Pred("unknown", error="no cached embedding"), e: Pred("non_toxic", 0.4)})
+    session.commit()
+    q = queue_orders.build_queue(session, "alice", "likely-toxic")
+    assert q.ids == [c, b, e, a, d, f] and q.unscored == 2 and not q.random_picks
+    assert q.scores == pytest.approx({a: 0.1, b: 0.8, c: 0.97, e: 0.4})
+    assert q.reason(c) == f"likely toxic: #{run} learner: toxic (0.97)"
+    assert "not scored" in q.reason(d)
+    session.commit()
+    assert main(["queue", "--annotator", "alice", "--order", "likely-toxic", "--top", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["image_id"], r["score"]) for r in rows] == [(c, pytest.approx(0.97)), (b, pytest.approx(0.8))]
+    assert main(["queue", "--annotator", "alice", "--order", "likely-toxic"]) == 0
+    out, err = capsys.readouterr()
+    assert [int(line.split()[0]) for line in out.splitlines()] == [c, b, e, a, d, f]
+    assert "2 memes have no score" in err and "follow the scored ones" in err
+
+
+def test_the_exploration_share_is_random_marked_stable_and_admin_only(settings, session, monkeypatch, capsys) -> None:
+    from sqlalchemy import select
+
+    from workbench.errors import PermissionDenied
+    from workbench.store import users
+    from workbench.store.schema import AuditEntry
+
+    ids = add_images(session, 50)
+    probs = dict(zip(ids, np.linspace(0.01, 0.99, 50).tolist()))
+    _learner_run(session, {i: Pred("toxic", p) for i, p in probs.items()})
+    session.commit()
+    assert queue_orders.exploration_share(session) == 0.1  # the default
+    ranked = sorted(ids, key=lambda i: -probs[i])
+    q = queue_orders.build_queue(session, "alice", "likely-toxic")
+    assert len(q.random_picks) == 5 and sorted(q.ids) == sorted(ids)  # floor(0.1 * 50); no meme lost or doubled
+    assert [i for i in q.ids if i not in q.random_picks] == [i for i in ranked if i not in q.random_picks]
+    assert all(q.reason(i).startswith("random pick") for i in q.random_picks)
+    assert not any(q.reason(i).startswith("random pick") for i in set(ids) - q.random_picks)
+    # seeded per queue: the same queue while someone labels (and in another process: a str seed), another for bob
+    assert queue_orders.build_queue(session, "alice", "likely-toxic").ids == q.ids
+    assert queue_orders.build_queue(session, "bob", "likely-toxic").random_picks != q.random_picks
+    session.commit()
+    assert main(["exploration", "0.3"]) == 0 and "exploration share: 0.3" in capsys.readouterr().out
+    q = queue_orders.build_queue(session, "alice", "unsure")
+    assert len(q.random_picks) == 15
+    session.commit()
+    assert main(["queue", "--annotator", "alice", "--order", "unsure", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["image_id"] for r in rows if r["random_pick"]} == q.random_picks
+    assert main(["queue", "--annotator", "alice", "--order", "unsure", "--top", "50"]) == 0
+    out, err = capsys.readouterr()
+    assert sum("random pick" in line for line in out.splitlines()) == 15 and "15 of 50" in err
+    queue_orders.set_exploration_share(session, 0.0)
+    assert queue_orders.build_queue(session, "alice", "likely-toxic").ids == ranked  # 0: by score only
+    session.commit()
+    assert main(["exploration", "1.5"]) == 2 and "between 0 and 1" in capsys.readouterr().err
+
+    monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+    users.add_user(session, "admin@team.org", "admin")
+    users.add_user(session, "rev@team.org", "reviewer")
+    session.commit()
+    with pytest.raises(PermissionDenied):
+        queue_orders.set_exploration_share(session, 0.2, actor="rev@team.org")
+    session.rollback()
+    queue_orders.set_exploration_share(session, 0.2, actor="admin@team.org")
+    session.commit()
+    assert queue_orders.exploration_share(session) == 0.2
+    actions = [(e.actor, e.action, e.detail) for e in session.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert ("admin@team.org", "queue exploration share", {"share": 0.2}) in actions
+    assert any(a == "queue exploration share" and d == {"share": 0.3} for _, a, d in actions)  # the CLI's
+
+
+def test_explore_keeps_the_rank_order_of_the_rest() -> None:
+    ranked = list(range(100, 120))
+    mixed, picks = queue_orders.explore(ranked, 0.25, "seed")
+    assert len(picks) == 5 and sorted(mixed) == ranked
+    assert [i for i in mixed if i not in picks] == [i for i in ranked if i not in picks]
+    assert queue_orders.explore(ranked, 0.25, "seed") == (mixed, picks)
+    assert queue_orders.explore(ranked, 0.0, "seed") == (ranked, [])
+    assert queue_orders.explore(ranked[:9], 0.1, "seed") == (ranked[:9], [])  # floor(0.9): none

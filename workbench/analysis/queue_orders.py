@@ -9,17 +9,27 @@ Orders:
     unsure       the models are least sure first: per run, how close P(toxic) is to the run's
                  threshold (1 at the threshold, falling linearly to 0 at P = 0 and at P = 1; an
                  answer without a class counts as 1, a class without a probability as 0),
-                 averaged over the chosen runs
+                 averaged over the chosen runs (default: the newest learner run)
+    likely-toxic the most probable toxic first: mean P(toxic) over the chosen runs (default: the
+                 newest learner run; refused with a clear message when there is none)
     disagree     two runs (default: the latest VLM vs the latest CLIP) give different classes
                  first, the furthest apart first; then the rest by how far apart they are
     label-issue  the label a meme has now (a folder or import label, or people's) is most
-                 likely wrong first: workbench.analysis.review.suspected_label_issues
+                 likely wrong first: workbench.analysis.review.suspected_label_issues (default
+                 runs: the newest learner run)
+
+The learner (workbench.analysis.learner) refreshes on its own while people label; when it has a
+finished run, the scored orders except disagree rank by the newest one unless runs are chosen.
+Exploration: in the scored orders a share epsilon of the queue (the admin's setting, default 0.1,
+floor(epsilon * n) memes) is drawn at random, seeded per queue (annotator, order, seed) so it is
+stable while someone labels, and put at random places; such memes are marked "random pick".
 
 Which memes: the queue holds the memes that need the annotator (workbench.store.overlap:
 not labeled by them, fewer than k people so far). The one exception keeps single-user use
 as it always was: with sign-in off and k = 1 the orders unlabeled / random / filename walk
-every meme. Memes a scored order cannot score (no prediction from the chosen runs) follow
-the scored ones, by file name.
+every meme. Memes a scored order cannot score (no prediction from the chosen runs, e.g. no
+embedding for the learner's head) follow the scored ones, by file name; Ordering.unscored
+counts them.
 """
 
 from __future__ import annotations
@@ -35,15 +45,20 @@ from sqlalchemy.orm import Session
 
 from workbench.analysis.outcomes import RunInfo, fetch_tuples, latest_run_of_kind, list_runs, load_runs, run_params
 from workbench.analysis.review import suspected_label_issues
-from workbench.store import labels, overlap
+from workbench.store import labels, overlap, users
 from workbench.store.db import in_batches
+from workbench.store.labels import get_setting, set_setting
 from workbench.store.schema import Image, Prediction
 
-ORDERS = ("unlabeled", "random", "filename", "unsure", "disagree", "label-issue")
-SCORED_ORDERS = ("unsure", "disagree", "label-issue")
+ORDERS = ("unlabeled", "random", "filename", "unsure", "disagree", "label-issue", "likely-toxic")
+SCORED_ORDERS = ("unsure", "disagree", "label-issue", "likely-toxic")
+LEARNER_ORDERS = ("unsure", "label-issue", "likely-toxic")  # default to the newest learner run
 # What the Label page calls each order.
 ORDER_TITLES = dict(zip(ORDERS, ("unlabeled first", "random", "by file name", "models unsure first",
-                                 "models disagree first", "likely label issues first")))
+                                 "models disagree first", "likely label issues first", "likely toxic first")))
+EXPLORATION_SETTING = "queue_exploration"
+DEFAULT_EXPLORATION = 0.1
+RANDOM_PICK = "random pick"
 _LEGACY = {"unlabeled": "unlabeled first", "random": "random", "filename": "by file name"}
 
 
@@ -55,9 +70,11 @@ class QueueItem:
     path: str
     reason: str
     score: float | None
+    random_pick: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image_id": self.image_id, "path": self.path, "reason": self.reason, "score": self.score}
+        return {"image_id": self.image_id, "path": self.path, "reason": self.reason, "score": self.score,
+                "random_pick": self.random_pick}
 
 
 @dataclass
@@ -68,8 +85,12 @@ class Ordering:
     scores: dict[int, float] = field(default_factory=dict)
     explain: Callable[[int], str] = lambda _image_id: ""
     runs: list[int] = field(default_factory=list)
+    random_picks: frozenset[int] = frozenset()  # exploration: drawn at random, not by score
+    unscored: int = 0  # memes of the queue the runs gave no score (they follow the scored ones)
 
     def reason(self, image_id: int) -> str:
+        if image_id in self.random_picks:
+            return f"{RANDOM_PICK} (exploration share, not by score); {self.explain(image_id)}"
         return self.explain(image_id)
 
 
@@ -163,15 +184,46 @@ def label_issue_scores(session: Session, runs: Sequence[RunInfo]) -> Ordering:
     return Ordering(_by_score(scores), scores, explain, [r.id for r in runs])
 
 
+def likely_toxic_scores(session: Session, runs: Sequence[RunInfo]) -> Ordering:
+    """Scored ids: the most probable toxic first (mean P(toxic) over the runs that gave one)."""
+    per_run = [_answers(session, r) for r in runs]
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for ra in per_run:
+        for image_id, (_label, prob) in ra.answers.items():
+            if prob is not None:
+                sums[image_id] = sums.get(image_id, 0.0) + float(prob)
+                counts[image_id] = counts.get(image_id, 0) + 1
+    scores = {i: sums[i] / counts[i] for i in sums}
+
+    def explain(image_id: int) -> str:
+        return "likely toxic: " + "; ".join(_describe(ra.answers.get(image_id), ra.run) for ra in per_run)
+
+    return Ordering(_by_score(scores), scores, explain, [r.id for r in runs])
+
+
 def _by_score(scores: dict[int, float]) -> list[int]:
     return sorted(scores, key=lambda i: (-scores[i], i))
 
 
 # ---- which runs ------------------------------------------------------------------------------------
 
-def default_runs(session: Session, order: str) -> list[int]:
+def latest_learner_run(session: Session) -> int | None:
+    """The newest finished learner refresh's run id (workbench.analysis.learner), or None."""
+    from workbench.analysis.learner import latest_refresh
+
+    latest = latest_refresh(session)
+    return latest.run_id if latest is not None else None
+
+
+def default_runs(session: Session, order: str, *, learner: bool = True) -> list[int]:
     """The runs an order uses when none are chosen: disagree — the latest VLM vs the latest CLIP
-    (else the two newest runs); unsure / label-issue — the newest run of each kind."""
+    (else the two newest runs); unsure / label-issue / likely-toxic — the newest learner run when
+    there is one (and `learner`), else the newest run of each kind (likely-toxic: none)."""
+    if order in LEARNER_ORDERS and learner:
+        run_id = latest_learner_run(session)
+        if run_id is not None or order == "likely-toxic":
+            return [run_id] if run_id is not None else []
     runs = list_runs(session)
     if order == "disagree":
         vlm, clip = latest_run_of_kind(runs, "vlm"), latest_run_of_kind(runs, "clip")
@@ -200,6 +252,12 @@ def scored_ordering(session: Session, order: str, run_ids: Sequence[int] | None 
         return disagree_scores(session, runs[0], runs[1])
     if order == "label-issue":
         return label_issue_scores(session, runs) if runs else Ordering([])
+    if order == "likely-toxic":
+        if not runs:
+            raise ValueError("the likely-toxic order ranks by the learner, and there is no learner run yet: "
+                             "run `python -m workbench learn` (or keep labeling until the refresh starts), "
+                             "or choose runs")
+        return likely_toxic_scores(session, runs)
     raise ValueError(f"not a scored order: {order!r}")
 
 
@@ -236,7 +294,46 @@ def build_queue(session: Session, annotator: str, order: str = "unlabeled", *, r
     def explain(image_id: int) -> str:
         return base(image_id) if image_id in scored.scores else "not scored by the chosen runs (after the scored memes)"
 
-    return Ordering(overlap.needed_ids(session, ordered, annotator, k), scored.scores, explain, scored.runs)
+    needed = overlap.needed_ids(session, ordered, annotator, k)
+    mixed, picks = explore(needed, exploration_share(session), f"{annotator}|{order}|{folder}|{seed}")
+    unscored = sum(1 for i in needed if i not in scored.scores)
+    return Ordering(mixed, scored.scores, explain, scored.runs, frozenset(picks), unscored)
+
+
+# ---- exploration -----------------------------------------------------------------------------------
+
+def exploration_share(session: Session) -> float:
+    """Epsilon: the share of a scored queue drawn at random (default 0.1)."""
+    try:
+        value = float(get_setting(session, EXPLORATION_SETTING, DEFAULT_EXPLORATION))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_EXPLORATION
+    return min(1.0, max(0.0, value))
+
+
+def set_exploration_share(session: Session, share: float, actor: str | None = None) -> None:
+    """Change epsilon (admins only, audited): 0 = every meme by score, 1 = all at random."""
+    share = float(share)
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the exploration share must be between 0 and 1, not {share:g}")
+    users.authorize(session, actor, users.ADMIN, "queue exploration share", {"share": share})
+    set_setting(session, EXPLORATION_SETTING, share)
+
+
+def explore(ranked: Sequence[int], share: float, seed: str) -> tuple[list[int], list[int]]:
+    """(queue, random picks): floor(share * n) memes drawn at random from `ranked`, put at random
+    places; the rest keep their rank order. The same seed and memes give the same queue."""
+    n = len(ranked)
+    m = int(share * n + 1e-9)
+    if m <= 0:
+        return list(ranked), []
+    rng = random.Random(seed)  # a str seed is hashed with SHA-512: stable across processes
+    picks = rng.sample(list(ranked), m)
+    slots = set(rng.sample(range(n), m))
+    chosen = set(picks)
+    rest = iter([i for i in ranked if i not in chosen])
+    drawn = iter(picks)
+    return [next(drawn) if pos in slots else next(rest) for pos in range(n)], picks
 
 
 def _legacy_reason(session: Session, order: str, annotator: str, seed: int) -> Callable[[int], str]:
@@ -257,9 +354,17 @@ def _team_reason(order: str, k: int, seed: int) -> Callable[[int], str]:
 def queue_items(session: Session, annotator: str, order: str = "unlabeled", *, run_ids: Sequence[int] | None = None,
                 folder: str | None = None, seed: int = 0, top: int | None = None) -> list[QueueItem]:
     """What `python -m workbench queue` prints: the first `top` memes of build_queue with paths."""
+    return queue_listing(session, annotator, order, run_ids=run_ids, folder=folder, seed=seed, top=top)[0]
+
+
+def queue_listing(session: Session, annotator: str, order: str = "unlabeled", *, run_ids: Sequence[int] | None = None,
+                  folder: str | None = None, seed: int = 0, top: int | None = None) -> tuple[list[QueueItem], Ordering]:
+    """queue_items and the Ordering behind them (its runs, random picks and unscored count)."""
     ordering = build_queue(session, annotator, order, run_ids=run_ids, folder=folder, seed=seed)
     ids = ordering.ids[:top] if top else ordering.ids
     paths: dict[int, str] = {}
     for chunk in in_batches(ids):
         paths.update(session.execute(select(Image.id, Image.path).where(Image.id.in_(chunk))).all())
-    return [QueueItem(i, paths.get(i, ""), ordering.reason(i), ordering.scores.get(i)) for i in ids]
+    items = [QueueItem(i, paths.get(i, ""), ordering.reason(i), ordering.scores.get(i), i in ordering.random_picks)
+             for i in ids]
+    return items, ordering

@@ -9,6 +9,7 @@ operator and are recorded as os:<login>.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from workbench.cli import CliError, in_session, print_json
 from workbench.config import LABELS, Settings
@@ -82,12 +83,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotator", required=True, help="the annotator (their email when sign-in is on)")
     p.add_argument("--order", default="unlabeled", choices=ORDERS)
     p.add_argument("--run", dest="runs", type=int, action="append", default=[], metavar="ID",
-                   help="model runs for unsure / disagree / label-issue (repeat; disagree takes two)")
+                   help="model runs for unsure / disagree / label-issue / likely-toxic (repeat; disagree takes "
+                        "two; default: the newest learner run, except disagree)")
     p.add_argument("--folder", default=None, help="only this folder")
     p.add_argument("--seed", type=int, default=0, help="the random order's seed")
     p.add_argument("--top", type=int, default=None, help="only the first N")
-    p.add_argument("--json", action="store_true", help='[{"image_id", "path", "reason", "score"}]')
+    p.add_argument("--json", action="store_true", help='[{"image_id", "path", "reason", "score", "random_pick"}]')
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("exploration", help="show or set the share of a scored queue drawn at random (0..1)")
+    p.add_argument("share", nargs="?", type=float)
+    add_actor_option(p)
+    p.set_defaults(func=cmd_exploration)
 
     p = sub.add_parser("labels-per-meme", help="show or set k: how many different people label each meme")
     p.add_argument("k", nargs="?", type=int)
@@ -144,15 +151,31 @@ def cmd_users_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
-    from workbench.analysis.queue_orders import queue_items
+    from workbench.analysis.queue_orders import queue_listing
 
-    items = run_as(settings, queue_items, args.annotator.strip(), args.order, run_ids=args.runs or None,
-                   folder=args.folder, seed=args.seed, top=args.top)
+    items, ordering = run_as(settings, queue_listing, args.annotator.strip(), args.order, run_ids=args.runs or None,
+                             folder=args.folder, seed=args.seed, top=args.top)
     if args.json:
         return print_json([x.to_dict() for x in items])
     for x in items:
         score = f"{x.score:.3f}" if x.score is not None else "—"
-        print(f"{x.image_id:8} {score:>6}  {x.path}  ({x.reason})")
+        mark = "*" if x.random_pick else " "
+        print(f"{x.image_id:8} {score:>6}{mark} {x.path}  ({x.reason})")
+    if ordering.random_picks:
+        print(f"* random pick: {len(ordering.random_picks)} of {len(ordering.ids)} memes (the exploration share)",
+              file=sys.stderr)
+    if ordering.unscored:
+        print(f"{ordering.unscored} memes have no score from run(s) {', '.join(map(str, ordering.runs))} "
+              "(e.g. no embedding for the learner): they follow the scored ones", file=sys.stderr)
+    return 0
+
+
+def cmd_exploration(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.analysis.queue_orders import exploration_share, set_exploration_share
+
+    if args.share is not None:
+        run_as(settings, set_exploration_share, args.share, actor_of(args))
+    print(f"exploration share: {in_session(settings, exploration_share):g}")
     return 0
 
 
