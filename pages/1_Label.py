@@ -255,8 +255,8 @@ reason = "" if image_id == state.get("lbl_pinned") else ordering.reason(image_id
 st.caption(f"Meme {state['lbl_pos'] + 1} of {len(queue)} in this queue · id {image_id}"
            + (f" · {ui.md_escape(reason)}" if reason else ""))
 if ordering.unscored:
-    st.caption(f"{plural(ordering.unscored, 'meme')} in this queue have no score from the chosen runs (e.g. no "
-               "embedding for the learner): they come after the scored ones.")
+    st.caption(f"No score from the chosen runs (e.g. no embedding for the learner): "
+               f"{plural(ordering.unscored, 'meme')} in this queue, after the scored ones.")
 st.text(meme.path)
 b = st.columns(4)
 b[0].button("Toxic", key="lbl_toxic", shortcut="1", icon=":material/report:", type="primary" if mine_now == "toxic" else "secondary",

@@ -299,3 +299,76 @@ def test_explore_keeps_the_rank_order_of_the_rest() -> None:
     assert queue_orders.explore(ranked, 0.25, "seed") == (mixed, picks)
     assert queue_orders.explore(ranked, 0.0, "seed") == (ranked, [])
     assert queue_orders.explore(ranked[:9], 0.1, "seed") == (ranked[:9], [])  # floor(0.9): none
+
+
+def _label_page(settings, session, n: int):
+    from pathlib import Path
+
+    from sqlalchemy import select
+    from streamlit.testing.v1 import AppTest
+
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ingest import scan_folder
+    from workbench.store.schema import Image
+
+    write_sample_memes(settings.memes_dir, n=n, size=(64, 64), into_label_folders=False)
+    scan_folder(session, settings.memes_dir)
+    ids = list(session.scalars(select(Image.id).order_by(Image.path)).all())
+    session.commit()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "streamlit_app.py"), default_timeout=120)
+    at.switch_page("pages/1_Label.py")
+    at.session_state["annotator"] = "alice"
+    return at, ids
+
+
+def test_label_page_likely_toxic_marks_random_picks_and_counts_unscored(settings, session,
+                                                                        clear_streamlit_cache) -> None:
+    at, (a, b, c, d) = _label_page(settings, session, 4)
+    at.run()
+    at.sidebar.selectbox(key="lbl_order").select("likely-toxic").run()
+    assert not at.exception and any("no learner run yet" in w.value for w in at.sidebar.warning)
+    run = _learner_run(session, {a: Pred("toxic", 0.7), b: Pred("non_toxic", 0.2), c: Pred("toxic", 0.9),
+                                 d: Pred("unknown", error="no cached embedding")})
+    session.commit()
+    at.sidebar.button(key="lbl_refresh").click().run()
+    assert not at.exception and at.sidebar.checkbox(key="lbl_follow_learner").value is True
+    assert int(at.query_params["image"]) == c
+    assert any("likely toxic:" in cap.value and "learner: toxic (0.90)" in cap.value for cap in at.caption)
+    assert any("No score from the chosen runs" in cap.value and "1 meme in this queue" in cap.value
+               for cap in at.caption)
+    at.button(key="lbl_toxic").click().run()
+    assert int(at.query_params["image"]) == a
+    # unticked: the runs multiselect is back (its default: the newest run of each kind)
+    at.sidebar.checkbox(key="lbl_follow_learner").uncheck().run()
+    assert not at.exception and at.sidebar.multiselect(key="lbl_runs_likely-toxic").value == [run]
+
+    queue_orders.set_exploration_share(session, 1.0)  # every meme at random: each is marked
+    session.commit()
+    at.sidebar.checkbox(key="lbl_follow_learner").check().run()
+    at.sidebar.button(key="lbl_refresh").click().run()
+    assert not at.exception and any("random pick" in cap.value for cap in at.caption)
+
+
+def test_label_page_re_ranks_on_a_new_learner_run_and_keeps_the_meme_on_screen(settings, session,
+                                                                              clear_streamlit_cache) -> None:
+    at, ids = _label_page(settings, session, 8)
+    first = dict(zip(ids, (0.99, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65)))
+    _learner_run(session, {i: Pred("toxic", p) for i, p in first.items()})
+    session.commit()
+    at.run()
+    at.sidebar.selectbox(key="lbl_order").select("likely-toxic").run()
+    for want in ids[:3]:
+        assert int(at.query_params["image"]) == want
+        at.button(key="lbl_toxic").click().run()
+    on_screen = int(at.query_params["image"])
+    assert on_screen == ids[3]
+    # a refresh finishes: the new run ranks the last meme first
+    newest = _learner_run(session, {i: Pred("toxic", 1.0 - first[i]) for i in ids}, labels_used=13)
+    session.commit()
+    at.run()
+    assert not at.exception and int(at.query_params["image"]) == on_screen  # the meme on screen stays
+    assert any(f"Learner run #{newest}" in cap.value for cap in at.sidebar.caption)
+    at.button(key="lbl_neutral").click().run()
+    assert int(at.query_params["image"]) == ids[-1]  # the rest re-ranked by the new run (the old next: ids[4])
+    at.button(key="lbl_neutral").click().run()
+    assert int(at.query_params["image"]) == ids[-2]
