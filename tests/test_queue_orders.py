@@ -372,3 +372,42 @@ def test_label_page_re_ranks_on_a_new_learner_run_and_keeps_the_meme_on_screen(s
     assert int(at.query_params["image"]) == ids[-1]  # the rest re-ranked by the new run (the old next: ids[4])
     at.button(key="lbl_neutral").click().run()
     assert int(at.query_params["image"]) == ids[-2]
+
+
+def test_a_real_refresh_becomes_the_default_and_likely_toxic_finds_toxic_memes(settings, capsys) -> None:
+    """A TF-IDF refresh over generated memes whose OCR text carries the class (no OCR engine:
+    stored corrections), then `queue` without --run: the orders rank by that learner run."""
+    from sqlalchemy import select
+
+    from workbench.analysis import learner
+    from workbench.store.db import session_scope
+    from workbench.store.demo_memes import write_sample_memes
+    from workbench.store.ingest import scan_folder
+    from workbench.store.ocr_texts import save_correction
+    from workbench.store.schema import Image
+
+    samples = write_sample_memes(settings.memes_dir, n=40, size=(64, 64), into_label_folders=False)
+    with session_scope(settings.db_url) as session:
+        scan_folder(session, settings.memes_dir)
+        by_name = {im.original_name: im.id for im in session.scalars(select(Image))}
+        truth = {by_name[s.path.name]: s.label for s in samples}
+        for s in samples:
+            save_correction(session, by_name[s.path.name], s.caption, "tester")
+        queue_orders.set_exploration_share(session, 0.0)
+        for i in sorted(truth)[:24]:
+            labels.add_label(session, i, truth[i], "anna")
+    result = learner.refresh(settings)
+    unlabeled = sorted(truth)[24:]
+    toxic_left = sum(truth[i] == "toxic" for i in unlabeled)
+    assert 0 < toxic_left < len(unlabeled)
+
+    assert main(["queue", "--annotator", "anna", "--order", "likely-toxic", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["image_id"] for r in rows] and {r["image_id"] for r in rows} == set(unlabeled)
+    assert all(f"#{result.run_id} learner" in r["reason"] for r in rows)
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    found = sum(truth[r["image_id"]] == "toxic" for r in rows[:toxic_left])
+    assert found >= 0.75 * toxic_left, (found, toxic_left)  # the caption carries the class
+    assert main(["queue", "--annotator", "anna", "--order", "unsure", "--json"]) == 0
+    assert all(f"#{result.run_id} learner" in r["reason"] for r in json.loads(capsys.readouterr().out))
