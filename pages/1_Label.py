@@ -46,7 +46,6 @@ if order in queue_orders.SCORED_ORDERS:
         help="The learner refreshes every N labels; the meme on screen stays, the rest re-ranks.")
     if follow:
         st.sidebar.caption(f"Learner run #{newest_learner}")
-    if follow:
         runs = (newest_learner,)
     elif order == "disagree":
         ids = list(titles)
