@@ -280,16 +280,16 @@ def _save_batch(Session_, step: Step, results: list[ItemResult], force: bool, jo
             time.sleep(0.05 * (attempt + 1))
 
 
-def _drive(Session_, step, todo, memes_dir, batch_size, workers, record, should_stop,  # noqa: ANN001
+def _drive(Session_, step, todo, memes_dir, batch_size, workers, save_batch, should_stop,  # noqa: ANN001
            prefetch) -> tuple[str, str | None]:
     from workbench.errors import ModelUnavailable
 
     refused: list[ItemResult] = []  # images whose path leaves the memes folder (filled by items_for)
-    plain_record = record
 
-    def record(results: list[ItemResult]) -> None:  # noqa: F811 - the refused go with the next batch's results
+    def record(results: list[ItemResult]) -> None:
+        """Save a batch's results, and with them the images refused since (their errors)."""
         taken = [refused.pop() for _ in range(len(refused))]  # pop is atomic: items_for may run in a thread
-        plain_record(results + taken)
+        save_batch(results + taken)
 
     def items_for(batch_ids: list[int]) -> list[WorkItem]:
         with Session_() as session:
