@@ -42,8 +42,10 @@ class SlowMeanPredictor(Predictor):
 
     kind = "test-mean"
 
-    def __init__(self, delay_s: float = 0.0, hang_on_batch: int | None = None, marker: str | None = None) -> None:
+    def __init__(self, delay_s: float = 0.0, hang_on_batch: int | None = None, marker: str | None = None,
+                 overlap_with: tuple[str, ...] = ()) -> None:
         self.delay_s, self.hang_on_batch, self.marker = delay_s, hang_on_batch, marker
+        self.overlap_with = overlap_with  # (db url, annotator, ...): wait for their first labels before batch 2
         self.batches = 0
 
     def config(self) -> dict:
@@ -54,6 +56,8 @@ class SlowMeanPredictor(Predictor):
         if self.hang_on_batch is not None and self.batches == self.hang_on_batch:
             Path(self.marker or "").write_text(str(os.getpid()))
             time.sleep(600)  # killed here, mid-batch
+        if self.overlap_with and self.batches == 2:
+            _wait_for_writers(self.overlap_with[0], self.overlap_with[1:], prediction=False)
         time.sleep(self.delay_s)
         outs = []
         for item in batch:
@@ -64,7 +68,7 @@ class SlowMeanPredictor(Predictor):
 
 # ---- worker entry points (run in separate processes) ----------------------------------------
 
-def annotate(url: str, annotator: str, n: int, go_file: str) -> None:
+def annotate(url: str, annotator: str, n: int, go_file: str, others: tuple[str, ...] = ()) -> None:
     from workbench.store.labels import add_label
 
     with db.session_scope(url) as session:
@@ -72,29 +76,35 @@ def annotate(url: str, annotator: str, n: int, go_file: str) -> None:
     _wait_at_barrier(go_file, annotator)
     for i in range(n):
         if i == n // 2:
-            _wait_for_a_prediction(url)  # the job's start-up can outlast 500 quick clicks: overlap for sure
+            # On 2 busy cores one writer can start after another has finished 500 quick clicks:
+            # wait here until every other writer has committed something, so all of them overlap.
+            _wait_for_writers(url, others, prediction=True)
         with db.session_scope(url) as session:  # one click = one transaction
             add_label(session, ids[i % len(ids)], "toxic" if (i + len(annotator)) % 2 else "non_toxic", annotator,
                       note=f"{annotator}-{i}")
 
 
-def _wait_for_a_prediction(url: str, timeout_s: float = 120) -> None:
-    """Until the job beside this annotator has committed its first batch (gives up after timeout_s)."""
+def _wait_for_writers(url: str, annotators: tuple[str, ...], prediction: bool, timeout_s: float = 120) -> None:
+    """Until each of `annotators` has committed a label and (if `prediction`) the job its first batch.
+    Gives up after timeout_s; the test's overlap assertion then says what happened."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with db.session_scope(url) as session:
-            if session.scalar(select(func.count()).select_from(Prediction)) or 0:
-                return
+            seen = set(session.scalars(select(Label.annotator).where(Label.annotator.in_(annotators)).distinct()))
+            predicted = not prediction or bool(session.scalar(select(func.count()).select_from(Prediction)))
+        if predicted and seen == set(annotators):
+            return
         time.sleep(0.01)
 
 
 def predict_job(url: str, memes_dir: str, lock_dir: str, delay_s: float, hang_on_batch: int | None,
-                marker: str | None, go_file: str | None) -> None:
+                marker: str | None, go_file: str | None, overlap_with: tuple[str, ...] = ()) -> None:
     if go_file:
         _wait_at_barrier(go_file, "predict")
     with db.session_scope(url) as session:
         ids = list(session.scalars(select(Image.id).order_by(Image.id)))
-    step = PredictorStep(SlowMeanPredictor(delay_s, hang_on_batch, marker))
+    predictor = SlowMeanPredictor(delay_s, hang_on_batch, marker, (url, *overlap_with) if overlap_with else ())
+    step = PredictorStep(predictor)
     summary = run_step(url, step, ids, memes_dir=Path(memes_dir), lock_dir=Path(lock_dir), batch_size=4)
     print(summary.describe())
     if summary.status != "done":
@@ -187,9 +197,10 @@ def test_two_annotators_and_a_job_write_at_once(memes, settings, tmp_path):
     go = tmp_path / "go"
     env = _env()
     procs = [
-        _spawn("annotate", url, "anna", str(LABELS_PER_ANNOTATOR), str(go), env=env),
-        _spawn("annotate", url, "boris", str(LABELS_PER_ANNOTATOR), str(go), env=env),
-        _spawn("predict", url, str(settings.memes_dir), str(settings.artefacts_dir), "0.05", "", "", str(go), env=env),
+        _spawn("annotate", url, "anna", str(LABELS_PER_ANNOTATOR), str(go), "boris", env=env),
+        _spawn("annotate", url, "boris", str(LABELS_PER_ANNOTATOR), str(go), "anna", env=env),
+        _spawn("predict", url, str(settings.memes_dir), str(settings.artefacts_dir), "0.05", "", "", str(go),
+               "anna,boris", env=env),
     ]
     _release(go, 3, procs)
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -326,10 +337,10 @@ if __name__ == "__main__":
     if command == "scan":
         scan(*rest)
     elif command == "annotate":
-        annotate(rest[0], rest[1], int(rest[2]), rest[3])
+        annotate(rest[0], rest[1], int(rest[2]), rest[3], tuple(rest[4].split(",")) if len(rest) > 4 else ())
     elif command == "predict":
-        url_, memes_dir_, lock_dir_, delay, hang, marker_, go_ = rest
+        url_, memes_dir_, lock_dir_, delay, hang, marker_, go_, *overlap = rest
         predict_job(url_, memes_dir_, lock_dir_, float(delay), int(hang) if hang else None, marker_ or None,
-                    go_ or None)
+                    go_ or None, tuple(overlap[0].split(",")) if overlap else ())
     else:
         raise SystemExit(f"unknown worker command {command}")
