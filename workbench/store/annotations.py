@@ -26,7 +26,7 @@ from workbench.store.db_locks import advisory_lock
 from workbench.store.files import atomic_write
 from workbench.store.images import InvalidImage, validate_bytes
 from workbench.store.ingest import folder_of
-from workbench.store.labels import add_label, consensus_labels
+from workbench.store.labels import LabelContext, add_label, consensus_labels
 from workbench.store.paths import UnsafePath, checked_stat, image_file
 from workbench.store.schema import Image
 
@@ -291,7 +291,7 @@ def _import_annotations(
         if current.get(image_id) == label:
             report.unchanged += 1
             continue
-        add_label(session, image_id, label, annotator)
+        add_label(session, image_id, label, annotator, context=LabelContext(order="import"))
         report.imported += 1
     if report.issues and all_or_nothing:  # late problems (unreadable files): undo everything
         session.rollback()

@@ -24,7 +24,7 @@ from workbench.store import users
 from workbench.store.db_locks import advisory_lock
 from workbench.store.files import atomic_write
 from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
-from workbench.store.labels import add_label, current_labels
+from workbench.store.labels import LabelContext, add_label, current_labels
 from workbench.store.paths import check_rel_path, checked_stat
 from workbench.store.schema import Image, Label
 
@@ -88,12 +88,15 @@ def _iter_files(memes_dir: Path) -> Iterable[Path]:
                 yield Path(root) / name
 
 
+FOLDER_CONTEXT = LabelContext(order="folder")  # a folder labels what it holds: not an active choice
+
+
 def _set_folder_label(session: Session, image_id: int, label: str | None) -> None:
     if label is None:
         return
     mine = [c for c in current_labels(session, [image_id]) if c.annotator == FOLDER_ANNOTATOR]
     if not mine or mine[0].label != label:
-        add_label(session, image_id, label, FOLDER_ANNOTATOR)
+        add_label(session, image_id, label, FOLDER_ANNOTATOR, context=FOLDER_CONTEXT)
 
 
 def _new_image(rel: str, original_name: str, info: ImageInfo, source: str, mtime: float | None) -> Image:
@@ -208,7 +211,7 @@ def _scan_folder(
         image = _new_image(rel, path.name, info, source, stat.st_mtime)
         folder_label = label_for_path(rel)
         if folder_label:  # a new image has no labels yet: no need to look any up
-            image.labels.append(Label(label=folder_label, annotator=FOLDER_ANNOTATOR))
+            image.labels.append(Label(label=folder_label, annotator=FOLDER_ANNOTATOR, queue_order="folder"))
         session.add(image)  # inserted in batches at the next commit (ids filled in then)
         known[rel], by_sha[info.sha256] = image, image
         pending.append((_report(report, FileReport(rel, "added")), image))
@@ -282,7 +285,7 @@ def store_upload(
     session.add(image)
     session.flush()
     if label:
-        add_label(session, image.id, label, annotator or FOLDER_ANNOTATOR)
+        add_label(session, image.id, label, annotator or FOLDER_ANNOTATOR, context=FOLDER_CONTEXT)
     return FileReport(shown, "added", f"stored as {rel}", image.id)
 
 

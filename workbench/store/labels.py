@@ -54,12 +54,40 @@ def checked_input(session: Session, image_id: int, label: str, person: str, role
     return person
 
 
-def add_label(session: Session, image_id: int, label: str, annotator: str, note: str | None = None) -> Label:
-    """Record `annotator`'s label for an image (a new row; history is kept)."""
+@dataclass(frozen=True)
+class LabelContext:
+    """How a labelled meme was chosen and what was shown with it (stored on the label row).
+
+    `order` is the queue order ("unsure", "random", ...) or the label's origin ("folder",
+    "import"); `exploration` marks a random pick inside an active order; `suggestion` /
+    `suggestion_prob` are the learner's class and P(toxic) when the page showed them."""
+
+    order: str | None = None
+    rank: int | None = None
+    score: float | None = None
+    exploration: bool | None = None
+    suggestion: str | None = None
+    suggestion_prob: float | None = None
+    seconds_spent: float | None = None
+
+
+# Orders whose picks do not depend on any model: labels chosen this way are a random sample
+# (folder labels and imports label whatever they hold, independent of any learner).
+RANDOM_ORDERS = frozenset({"random", "folder", "import"})
+
+
+def add_label(session: Session, image_id: int, label: str, annotator: str, note: str | None = None,
+              context: LabelContext | None = None) -> Label:
+    """Record `annotator`'s label for an image (a new row; history is kept), with how the
+    meme was chosen when the caller knows it."""
     annotator = checked_input(session, image_id, label, annotator)
     if annotator not in SYSTEM_ANNOTATORS:
         users.require(session, annotator, users.LABEL)  # sign-in on: the annotator is a user with a role
-    row = Label(image_id=image_id, label=label, annotator=annotator[:128], note=(note or None))
+    c = context or LabelContext()
+    row = Label(image_id=image_id, label=label, annotator=annotator[:128], note=(note or None),
+                queue_order=(c.order or None) and c.order[:32], queue_rank=c.rank, queue_score=c.score,
+                exploration=c.exploration, suggestion=c.suggestion, suggestion_prob=c.suggestion_prob,
+                seconds_spent=c.seconds_spent)
     session.add(row)
     session.flush()
     return row

@@ -68,6 +68,16 @@ class Label(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # How the meme was chosen (label context; NULL on labels older than migration 0005). The
+    # order is a queue order ("unsure", "random", ...) or where a label came from ("folder",
+    # "import"); `exploration` marks a random pick inside an active order.
+    queue_order: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    queue_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    queue_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    exploration: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    suggestion: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the learner's class shown
+    suggestion_prob: Mapped[float | None] = mapped_column(Float, nullable=True)  # its P(toxic)
+    seconds_spent: Mapped[float | None] = mapped_column(Float, nullable=True)  # on this meme, when known
 
     image: Mapped[Image] = relationship(back_populates="labels")
 
