@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ann = exsub.add_parser("annotations", help="annotations.csv (filename,label) with consensus labels")
     ann.add_argument("path", type=Path)
     ann.set_defaults(func=cmd_export_annotations)
+    hist = exsub.add_parser("labels", help="labels.csv: every label row (undone ones too) with how its meme was "
+                                          "chosen: queue order, rank, score, exploration pick, suggestion, seconds")
+    hist.add_argument("path", type=Path)
+    hist.set_defaults(func=cmd_export_labels)
     from workbench.cli.report import add_predictions_parser
 
     add_predictions_parser(exsub)  # `export predictions PATH` (also `export-predictions`)
@@ -114,6 +118,14 @@ def cmd_export_annotations(args: argparse.Namespace, settings: Settings) -> int:
 
     n = in_session(settings, write_annotations, args.path)
     print(f"wrote {n} rows to {args.path}")
+    return 0
+
+
+def cmd_export_labels(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.store.label_history import write_label_history
+
+    n = in_session(settings, write_label_history, args.path)
+    print(f"wrote {n} label rows to {args.path}")
     return 0
 
 

@@ -60,7 +60,8 @@ class LabelContext:
 
     `order` is the queue order ("unsure", "random", ...) or the label's origin ("folder",
     "import"); `exploration` marks a random pick inside an active order; `suggestion` /
-    `suggestion_prob` are the learner's class and P(toxic) when the page showed them."""
+    `suggestion_prob` are the learner's class and P(toxic) for the meme at that moment, and
+    `suggestion_shown` whether the page showed them to the annotator."""
 
     order: str | None = None
     rank: int | None = None
@@ -68,6 +69,7 @@ class LabelContext:
     exploration: bool | None = None
     suggestion: str | None = None
     suggestion_prob: float | None = None
+    suggestion_shown: bool | None = None
     seconds_spent: float | None = None
 
 
@@ -87,7 +89,7 @@ def add_label(session: Session, image_id: int, label: str, annotator: str, note:
     row = Label(image_id=image_id, label=label, annotator=annotator[:128], note=(note or None),
                 queue_order=(c.order or None) and c.order[:32], queue_rank=c.rank, queue_score=c.score,
                 exploration=c.exploration, suggestion=c.suggestion, suggestion_prob=c.suggestion_prob,
-                seconds_spent=c.seconds_spent)
+                suggestion_shown=c.suggestion_shown, seconds_spent=c.seconds_spent)
     session.add(row)
     session.flush()
     return row
