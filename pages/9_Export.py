@@ -59,7 +59,9 @@ st.write("One self-contained HTML file (opens offline): dataset summary, metrics
          "confusion matrices and curves, McNemar comparisons, top disagreements with thumbnails, cached CAM "
          "overlays and every run's exact configuration.")
 top_n = st.number_input("Disagreement cards", min_value=0, max_value=200, value=20, step=5, key="exp_top")
-options = render.ReportOptions(run_ids=run_ids, top_n=int(top_n))
+random_only = st.checkbox("Metrics over labels chosen at random only", key="exp_random_only",
+                          help="Unbiased when most labels came from model-ranked queues (unsure, likely toxic).")
+options = render.ReportOptions(run_ids=run_ids, top_n=int(top_n), random_only=random_only)
 
 
 def _html() -> bytes:

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="report on this run id (repeat; default: every run with predictions)")
     p.add_argument("--top", type=int, default=20, help="disagreement cards to include (default 20)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--random-only", action="store_true",
+                   help="metrics over the memes chosen at random only (random order, exploration picks, folders, "
+                        "imports)")
     p.add_argument("--cams", type=int, default=0, metavar="N",
                    help="first compute EigenCAM + the toxic Grad-CAM for the top N disagreements (with --model)")
     p.add_argument("--model", help="CLIP model for --cams (hub id or local folder; default: the project's clip choice)")
@@ -72,7 +75,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"{args.out} should end in .html")
     if args.top < 0 or args.n_boot < 0:
         raise CliError("--top and --n-boot must not be negative")
-    options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot)
+    options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot,
+                            random_only=args.random_only)
     if args.cams > 0:
         _cams_for_report(settings, options, args.cams, args.model or _clip_choice(settings))
     with read_scope(settings.db_url) as session:  # reads only: no write lock while the report is computed
