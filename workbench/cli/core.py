@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     from workbench.cli.report import add_predictions_parser
 
     add_predictions_parser(exsub)  # `export predictions PATH` (also `export-predictions`)
+    from workbench.cli.interop import add_export_parsers
+
+    add_export_parsers(exsub)  # `export hf-dataset OUT_DIR`, `export label-studio OUT_DIR`
 
     p = sub.add_parser("stats", help="counts of images, labels, OCR, runs")
     p.add_argument("--json", action="store_true")

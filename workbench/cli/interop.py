@@ -21,6 +21,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_actor_option(p)
     p.set_defaults(func=cmd_import_predictions)
 
+    p = sub.add_parser("import", help="import memes and labels from another tool's format")
+    imsub = p.add_subparsers(dest="what", metavar="FORMAT")
+    hf = imsub.add_parser("hf-dataset", help="a local Hugging Face dataset (Parquet, or a save_to_disk folder)")
+    hf.add_argument("path", type=Path, help="a .parquet file, a folder of them, or a save_to_disk folder")
+    hf.add_argument("--image-column", default="image")
+    hf.add_argument("--label-column", default="label", help="'' for no labels")
+    hf.add_argument("--map", action="append", default=[], metavar="VALUE=toxic",
+                    help="what a label value means (repeat), e.g. --map 1=toxic --map 0=non_toxic")
+    hf.add_argument("--name", help="the annotator becomes import:NAME (default: the folder's name)")
+    hf.add_argument("--partial", action="store_true", help="store valid rows even if some rows have problems")
+    add_actor_option(hf)
+    hf.set_defaults(func=cmd_import_hf)
+
+
+def add_export_parsers(exsub: argparse._SubParsersAction) -> None:
+    """`export hf-dataset` and `export label-studio` (under core's `export`)."""
+    p = exsub.add_parser("hf-dataset", help="a Hugging Face dataset: Parquet shards + a dataset card")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--runs", type=int, nargs="+", default=[], metavar="ID", help="add these runs' predictions")
+    p.add_argument("--test-size", type=float, default=0.2, help="share of memes in the test split (default 0.2)")
+    p.add_argument("--no-split", action="store_true", help="one train split with every meme (no test split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_export_hf)
+
 
 def print_issues(issues: list, what: str = "line") -> None:  # noqa: ANN001 - RowIssue list
     """Each refused row on stderr: its line (or task), what it named, the reason."""
@@ -42,4 +66,43 @@ def cmd_import_predictions(args: argparse.Namespace, settings: Settings) -> int:
     where = f" as run #{run_id}" if run_id is not None else ""
     print(f"{report.rows} rows: {report.imported} predictions imported{where}, {report.problems} problems "
           f"({'applied' if report.applied else 'NOT applied'}, {report.mode})")
+    return 0 if report.applied and not report.issues else 1
+
+
+def people_alpha(session) -> float | None:  # noqa: ANN001 - a Session
+    """Krippendorff's alpha of people's labels, for the dataset card."""
+    from workbench.analysis.agreement import agreement_report
+
+    return agreement_report(session)["overall"]["alpha"]
+
+
+def cmd_export_hf(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.store.interop.hf_dataset import export_hf_dataset
+
+    def export(session):  # noqa: ANN001, ANN202
+        return export_hf_dataset(session, settings.memes_dir, args.out_dir, args.runs,
+                                 test_size=None if args.no_split else args.test_size, seed=args.seed,
+                                 alpha=people_alpha(session))
+
+    done = run_as(settings, export)
+    sizes = ", ".join(f"{side} {n}" for side, n in done.splits.items())
+    print(f"wrote {len(done.files)} Parquet shards ({sizes}) and README.md to {args.out_dir}")
+    return 0
+
+
+def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.store.interop.common import parse_mapping
+    from workbench.store.interop.hf_dataset import import_hf_dataset
+
+    if not args.path.exists():
+        raise CliError(f"{args.path} does not exist")
+    try:
+        mapping = parse_mapping(args.map)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    report = run_as(settings, import_hf_dataset, settings.memes_dir, args.path, args.image_column,
+                    args.label_column or None, mapping, name=args.name, all_or_nothing=not args.partial,
+                    actor=actor_of(args))
+    print_issues(report.issues, "row")
+    print(report.summary())
     return 0 if report.applied and not report.issues else 1
