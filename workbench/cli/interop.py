@@ -45,6 +45,13 @@ def add_export_parsers(exsub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_export_hf)
 
+    p = exsub.add_parser("label-studio", help="Label Studio: tasks.json, label_config.xml and how to import them")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--runs", type=int, nargs="+", default=[], metavar="ID", help="these runs' predictions as predictions")
+    p.add_argument("--image-url-prefix", help="image URLs = PREFIX + the path in the memes folder "
+                                              "(default: Label Studio's local-files URL)")
+    p.set_defaults(func=cmd_export_label_studio)
+
 
 def print_issues(issues: list, what: str = "line") -> None:  # noqa: ANN001 - RowIssue list
     """Each refused row on stderr: its line (or task), what it named, the reason."""
@@ -105,4 +112,31 @@ def cmd_import_hf(args: argparse.Namespace, settings: Settings) -> int:
                     actor=actor_of(args))
     print_issues(report.issues, "row")
     print(report.summary())
+    return 0 if report.applied and not report.issues else 1
+
+
+def cmd_export_label_studio(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.store.interop.label_studio import export_label_studio
+
+    done = run_as(settings, export_label_studio, settings.memes_dir, args.out_dir, args.runs,
+                  image_url_prefix=args.image_url_prefix)
+    print(f"wrote {done.tasks} tasks ({done.predictions} predictions, {done.annotations} annotations), "
+          f"label_config.xml and README.md to {args.out_dir}")
+    return 0
+
+
+def cmd_import_label_studio(args: argparse.Namespace, settings: Settings) -> int:
+    """`import-annotations --format label-studio EXPORT.json` (registered by workbench.cli.core)."""
+    from workbench.store.interop.common import parse_mapping
+    from workbench.store.interop.label_studio import import_label_studio
+
+    try:
+        mapping = parse_mapping(args.map)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    report = run_as(settings, import_label_studio, args.csv, mapping, document_root=args.document_root,
+                    all_or_nothing=not args.partial, actor=actor_of(args))
+    print_issues(report.issues, "task")
+    print(f"{report.rows} annotations: {report.imported} labels imported, {report.unchanged} unchanged, "
+          f"{report.problems} problems ({'applied' if report.applied else 'NOT applied'}, {report.mode})")
     return 0 if report.applied and not report.issues else 1
