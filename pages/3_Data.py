@@ -1,5 +1,5 @@
 """Data: scan the memes folder, upload memes, import / export annotations.csv, import predictions
-made elsewhere and Hugging Face datasets, demo set.
+made elsewhere, Label Studio exports and Hugging Face datasets, demo set.
 
 Every action shows a per-file (or per-row) report table; a bad file never stops the rest.
 """
@@ -17,7 +17,7 @@ import streamlit as st  # noqa: E402
 
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.store import annotations, demo_memes, ingest, users  # noqa: E402
-from workbench.store.interop import common, hf_dataset, predictions  # noqa: E402
+from workbench.store.interop import common, hf_dataset, label_studio, predictions  # noqa: E402
 from workbench.ui.text import plural  # noqa: E402
 
 UPLOAD_TARGETS = {"unlabeled (uploads/)": None, "toxic (Негативно/)": "toxic", "neutral (Нейтрально/)": "non_toxic"}
@@ -146,6 +146,26 @@ if st.button("Import predictions", key="data_pred_import", disabled=pred_file is
         where = f" as run #{run_id}" if run_id is not None else ""
         show_import_report(result, f"{result.rows} rows: {result.imported} predictions imported{where}, "
                                    f"{result.unchanged} already there, {result.problems} problems", "data_pred_report")
+
+# ---- Label Studio --------------------------------------------------------------------------
+st.subheader("Import a Label Studio export")
+st.caption("Label Studio's JSON export (Export → JSON). Each annotation becomes its person's label (their email, "
+           "or `ls-user-ID`); cancelled and skipped ones are left out; the time spent is kept. Tasks are matched "
+           "by `meme_id`, else by file name, else by the local file's sha256.")
+ls_file = st.file_uploader("Label Studio JSON export", type=["json"], key="data_ls_file")
+ls_map = st.text_input("Other choices (CHOICE=toxic, comma-separated; Toxic and Neutral are known)", key="data_ls_map")
+ls_mode = st.radio("When some tasks have problems", list(IMPORT_MODES), key="data_ls_mode")
+if st.button("Import Label Studio export", key="data_ls_import", disabled=ls_file is None or not admin):
+    try:
+        mapping = common.parse_mapping([p for p in ls_map.split(",") if p.strip()])
+        with ctx.session() as session, saved_upload(ls_file) as ls_path:
+            result = label_studio.import_label_studio(session, ls_path, mapping, all_or_nothing=IMPORT_MODES[ls_mode],
+                                                      actor=ctx.actor)
+    except (PermissionDenied, ValueError) as exc:
+        st.error(ui.md_escape(str(exc)))
+    else:
+        show_import_report(result, f"{result.rows} annotations: {result.imported} labels imported, "
+                                   f"{result.unchanged} unchanged, {result.problems} problems", "data_ls_report")
 
 # ---- Hugging Face dataset -----------------------------------------------------------------
 st.subheader("Import a Hugging Face dataset")

@@ -15,7 +15,7 @@ from workbench.analysis.report import render  # noqa: E402
 from workbench.store import annotations, predictions_csv  # noqa: E402
 from workbench.store.catalog import stats  # noqa: E402
 from workbench.store.db import session_scope  # noqa: E402
-from workbench.store.interop import hf_dataset  # noqa: E402
+from workbench.store.interop import hf_dataset, label_studio  # noqa: E402
 from workbench.store.paths import check_rel_path  # noqa: E402
 from workbench.ui.text import plural  # noqa: E402
 
@@ -123,6 +123,25 @@ if st.button("Write Hugging Face dataset", key="exp_hf_write", disabled=counts["
         st.success(ui.md_escape(f"Wrote {plural(len(done.files), 'Parquet shard')} ({sizes}) and README.md to "
                                 f"{done.out_dir}"))
 
+st.subheader("Label Studio")
+st.write("`tasks.json` (each meme with its OCR text, the chosen runs' predictions and people's current labels), "
+         "`label_config.xml` (Toxic / Neutral) and a README on how to import them. Label it there, export JSON "
+         "and import it back on the Data page.")
+cols = st.columns(2)
+ls_name = cols[0].text_input(f"Folder under `{EXPORTS}`", value="label-studio", key="exp_ls_dir")
+ls_prefix = cols[1].text_input("Image URL prefix (empty: Label Studio's local files)", key="exp_ls_prefix")
+if st.button("Write Label Studio project", key="exp_ls_write", disabled=counts["images"] == 0):
+    out_dir = _out_dir(ls_name)
+    if out_dir is not None:
+        bar = st.progress(0.0, text="Writing tasks…")
+        with session_scope(settings.db_url) as session:
+            done = label_studio.export_label_studio(
+                session, settings.memes_dir, out_dir, list(chosen), image_url_prefix=ls_prefix.strip() or None,
+                progress=lambda n, total: bar.progress(n / max(total, 1), text=f"{n} / {total} memes"))
+        bar.empty()
+        st.success(ui.md_escape(f"Wrote {plural(done.tasks, 'task')} ({plural(done.predictions, 'prediction')}, "
+                                f"{plural(done.annotations, 'annotation')}) to {done.out_dir}"))
+
 st.caption("Command line: `python -m workbench report OUT.html [--pdf]` · "
            "`python -m workbench export annotations PATH` · `python -m workbench export-predictions PATH` · "
-           "`python -m workbench export hf-dataset OUT_DIR`")
+           "`python -m workbench export hf-dataset OUT_DIR` · `python -m workbench export label-studio OUT_DIR`")

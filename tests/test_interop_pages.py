@@ -3,6 +3,7 @@ the Export page's Hugging Face dataset, with its progress bar and a guarded fold
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -71,3 +72,31 @@ def test_export_page_writes_a_dataset_with_progress(settings, tmp_path: Path, cl
     assert "Parquet shards" in at.success[0].value and str(target) in at.success[0].value.replace("\\", "")
     loaded = datasets.load_dataset(str(target))
     assert sum(len(loaded[s]) for s in loaded) == 6
+
+
+def test_label_studio_export_and_import_on_the_pages(settings, clear_streamlit_cache) -> None:
+    write_sample_memes(settings.memes_dir, n=3, seed=2, size=(64, 64))
+    with session_scope(settings.db_url) as session:
+        scan_folder(session, settings.memes_dir)
+        ids = list(session.scalars(select(Image.id).order_by(Image.id)))
+    at = open_page("pages/9_Export.py")
+    at.text_input(key="exp_ls_prefix").set_value("https://memes.example.org/").run()
+    at.button(key="exp_ls_write").click().run()
+    no_exception(at)
+    tasks = json.loads((settings.artefacts_dir / "exports" / "label-studio" / "tasks.json").read_text(encoding="utf-8"))
+    assert [t["data"]["meme_id"] for t in tasks] == ids and tasks[0]["data"]["image"].startswith("https://memes.")
+
+    choice = [{"type": "choices", "from_name": "toxicity", "to_name": "image", "value": {"choices": ["Оскорбление"]}}]
+    tasks[0]["annotations"] = [{"result": choice, "completed_by": {"email": "eve@example.org"}, "lead_time": 3.0}]
+    at = open_page("pages/3_Data.py")
+    _uploader(at, "data_ls_file").set_value([("export.json", json.dumps(tasks).encode(), "application/json")])
+    at.run()
+    at.button(key="data_ls_import").click().run()
+    assert "map it with --map Оскорбление=toxic" in at.dataframe[-1].value.to_dict("records")[0]["problem"]
+    at.text_input(key="data_ls_map").set_value("Оскорбление=toxic").run()
+    at.button(key="data_ls_import").click().run()
+    no_exception(at)
+    assert "1 labels imported" in at.success[-1].value
+    with session_scope(settings.db_url) as session:
+        assert [(c.image_id, c.label) for c in current_labels(session) if c.annotator == "eve@example.org"] == [
+            (ids[0], "toxic")]
