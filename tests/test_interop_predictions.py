@@ -129,3 +129,34 @@ def test_an_external_run_works_where_runs_work(settings, memes, capsys, tmp_path
     out_csv = tmp_path / "p.csv"
     assert run(capsys, "export", "predictions", str(out_csv), "--run", str(run_a))[0] == 0
     assert out_csv.read_text(encoding="utf-8").count("\n") == 1 + len(rows)
+
+
+def test_every_import_needs_an_admin_and_is_audited(settings, session, memes, tmp_path: Path, monkeypatch) -> None:
+    from workbench.errors import PermissionDenied
+    from workbench.store import users
+    from workbench.store.interop.hf_dataset import export_hf_dataset, import_hf_dataset
+    from workbench.store.interop.label_studio import import_label_studio
+    from workbench.store.interop.predictions import import_predictions
+
+    users.add_user(session, "boss@lab.org", "admin")
+    users.add_user(session, "ann@lab.org", "annotator")
+    export_hf_dataset(session, settings.memes_dir, tmp_path / "ds", test_size=None)
+    session.commit()
+    preds = tmp_path / "p.csv"
+    preds.write_text(f"image,label\n{memes[0][0]},toxic\n", encoding="utf-8")
+    ls_export = tmp_path / "ls.json"
+    ls_export.write_text("[]", encoding="utf-8")
+    imports = {
+        "import predictions": lambda actor: import_predictions(session, preds, actor=actor),
+        "import hf-dataset": lambda actor: import_hf_dataset(session, settings.memes_dir, tmp_path / "ds",
+                                                             actor=actor),
+        "import label-studio": lambda actor: import_label_studio(session, ls_export, actor=actor),
+    }
+    monkeypatch.setenv("WORKBENCH_AUTH", "oidc")
+    for action, call in imports.items():
+        with pytest.raises(PermissionDenied):
+            call("ann@lab.org")
+        session.rollback()
+        call("boss@lab.org")
+        session.commit()
+        assert session.scalar(select(AuditEntry.actor).where(AuditEntry.action == action)) == "boss@lab.org"

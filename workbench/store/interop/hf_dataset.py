@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.config import LABELS, SYSTEM_ANNOTATORS
+from workbench.config import DATASET_ANNOTATOR_PREFIX, LABELS, SYSTEM_ANNOTATORS
 from workbench.store import users
 from workbench.store.db import in_batches
 from workbench.store.db_locks import advisory_lock
@@ -380,7 +380,7 @@ def import_hf_dataset(session: Session, memes_dir: Path, path: Path, image_colum
 
     path = Path(path)
     name = (name or path.stem or "dataset").strip()[:100]
-    annotator = f"import:{name}"
+    annotator = f"{DATASET_ANNOTATOR_PREFIX}{name}"
     mapping = mapping or {}
     users.authorize(session, actor, users.ADMIN, "import hf-dataset",
                     {"path": str(path), "name": name, "image_column": image_column, "label_column": label_column})
