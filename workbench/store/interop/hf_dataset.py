@@ -179,7 +179,9 @@ def export_hf_dataset(session: Session, memes_dir: Path, out_dir: Path, run_ids:
     for side, shards in plan.items():
         for n, shard in enumerate(shards):
             target = out_dir / "data" / f"{side}-{n:05d}-of-{len(shards):05d}.parquet"
-            with atomic_write(target) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+            # no dictionaries: image bytes are unique, and a dictionary of them would be held in memory
+            with atomic_write(target) as fh, \
+                    pq.ParquetWriter(fh, schema, compression="zstd", use_dictionary=False) as writer:
                 for batch_ids in in_batches(shard, ROWS_PER_BATCH):
                     rows = _rows(session, memes_dir, batch_ids, labels, groups, runs, best_texts)
                     writer.write_table(pa.Table.from_pylist(rows, schema=schema))
