@@ -129,3 +129,19 @@ def test_bad_datasets_are_refused_with_the_place(settings, capsys, tmp_path: Pat
     broken.write_bytes(b"PAR1 this is not parquet")
     code, _, err = run(capsys, "import", "hf-dataset", str(broken))
     assert code == 2 and "broken.parquet: not a readable Parquet file" in err and "Traceback" not in err
+
+
+def test_a_damaged_parquet_page_names_the_file_and_row(settings, capsys, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    damaged = tmp_path / "damaged.parquet"
+    pq.write_table(pa.table({"image": [{"bytes": b"x" * 5000, "path": "a.png"}] * 3, "label": ["toxic"] * 3}),
+                   damaged, compression="NONE")
+    data = bytearray(damaged.read_bytes())
+    data[4:40] = b"\xff" * 36  # the first page header: the footer still reads
+    damaged.write_bytes(bytes(data))
+    code, _, err = run(capsys, "import", "hf-dataset", str(damaged))
+    assert code == 2 and f"{damaged}: cannot read row 1" in err and "Traceback" not in err
+    with session_scope(settings.db_url) as session:
+        assert session.scalar(select(Image.id)) is None

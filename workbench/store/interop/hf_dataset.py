@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session
 
 from workbench.config import DATASET_ANNOTATOR_PREFIX, LABELS, SYSTEM_ANNOTATORS
 from workbench.store import users
-from workbench.store.db import in_batches
 from workbench.store.db_locks import advisory_lock
 from workbench.store.images import InvalidImage, validate_bytes
 from workbench.store.interop.common import ImportReport, RowIssue, class_of
@@ -42,7 +41,10 @@ from workbench.store.schema import DuplicateGroup, DuplicateMember, Image, Model
 
 CLASS_NAMES = ("non_toxic", "toxic")  # ClassLabel ids 0 and 1
 SHARD_BYTES = 256 << 20  # image bytes per Parquet shard
-ROWS_PER_BATCH = 256  # rows read from the database and the disk at a time (one Parquet row group)
+# Rows read from the database and the disk at a time (one Parquet row group). Measured on 4,000
+# memes of ~125 KB (bench/export_hf.py): peak RSS 580 MB with batches of 256 memes, 305 MB with 64.
+BATCH_BYTES = 8 << 20
+BATCH_ROWS = 256
 Progress = Callable[[int, int], None]  # (rows written, rows in all)
 
 CONTENT_WARNING = ("**Content warning.** These memes were collected to study toxicity: many contain obscene, "
@@ -132,17 +134,32 @@ def _features(runs: Sequence[tuple[int, str]]) -> Any:
     return datasets.Features(columns)
 
 
-def _shard_plan(rows: list[tuple[int, int]], shard_bytes: int) -> list[list[int]]:
-    """Consecutive image ids per shard, each holding about `shard_bytes` of files (at least one shard)."""
+def _shard_plan(rows: list[tuple[int, int]], shard_bytes: int) -> list[list[tuple[int, int]]]:
+    """Consecutive (image id, bytes) per shard, each holding about `shard_bytes` of files (at least one shard)."""
     total = sum(size for _, size in rows)
     n = max(1, math.ceil(total / shard_bytes))
     per = total / n if total else 1
-    shards: list[list[int]] = [[] for _ in range(n)]
+    shards: list[list[tuple[int, int]]] = [[] for _ in range(n)]
     done = 0
     for image_id, size in rows:
-        shards[min(n - 1, int(done / per))].append(image_id)
+        shards[min(n - 1, int(done / per))].append((image_id, size))
         done += size
     return [s for s in shards if s] or [[]]
+
+
+def _batches(shard: list[tuple[int, int]]) -> Iterator[list[int]]:
+    """Image ids of a shard in batches of at most BATCH_BYTES of files (or BATCH_ROWS memes): one
+    Parquet row group each, so what is held at once does not grow with big files."""
+    batch: list[int] = []
+    held = 0
+    for image_id, size in shard:
+        if batch and (held + size > BATCH_BYTES or len(batch) >= BATCH_ROWS):
+            yield batch
+            batch, held = [], 0
+        batch.append(image_id)
+        held += size
+    if batch:
+        yield batch
 
 
 def export_hf_dataset(session: Session, memes_dir: Path, out_dir: Path, run_ids: Sequence[int] = (),
@@ -182,7 +199,7 @@ def export_hf_dataset(session: Session, memes_dir: Path, out_dir: Path, run_ids:
             # no dictionaries: image bytes are unique, and a dictionary of them would be held in memory
             with atomic_write(target) as fh, \
                     pq.ParquetWriter(fh, schema, compression="zstd", use_dictionary=False) as writer:
-                for batch_ids in in_batches(shard, ROWS_PER_BATCH):
+                for batch_ids in _batches(shard):
                     rows = _rows(session, memes_dir, batch_ids, labels, groups, runs, best_texts)
                     writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                     written += len(batch_ids)
@@ -358,6 +375,22 @@ def _rows_of(path: Path, image_column: str, label_column: str | None) -> tuple[A
     return ds, names
 
 
+def _iter_rows(ds: Any, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number from 0, row) of the dataset; a row the reader cannot decode (a damaged Parquet
+    page) is a ValueError naming the file and the row, not a traceback."""
+    rows = iter(ds)
+    n = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem
+            raise ValueError(f"{path}: cannot read row {n + 1}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        yield n, row
+        n += 1
+
+
 def _label_of(value: Any, names: list[str] | None, mapping: dict[str, str]) -> tuple[str | None, str | None]:
     """(toxic | non_toxic | None for unlabeled, problem) of a label cell."""
     if value is None or value == -1:
@@ -391,7 +424,7 @@ def import_hf_dataset(session: Session, memes_dir: Path, path: Path, image_colum
     ds, names = _rows_of(path, image_column, label_column)
     root = path if path.is_dir() else path.parent
     good: set[int] = set()
-    for n, row in enumerate(ds):
+    for n, row in _iter_rows(ds, path):
         report.rows += 1
         data, shown, problem = _image_bytes(row.get(image_column), root)
         label, label_problem = _label_of(row.get(label_column), names, mapping) if label_column else (None, None)
@@ -408,7 +441,7 @@ def import_hf_dataset(session: Session, memes_dir: Path, path: Path, image_colum
         return report
     current = {(c.image_id, c.annotator): c.label for c in current_labels(session)}
     with folder_lock(memes_dir), advisory_lock(session.get_bind(), "workbench:ingest"):
-        for n, row in enumerate(ds):
+        for n, row in _iter_rows(ds, path):
             if n not in good:
                 continue
             data, shown, _ = _image_bytes(row.get(image_column), root)
