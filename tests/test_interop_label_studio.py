@@ -159,14 +159,22 @@ def test_unmatched_tasks_and_malformed_json_are_refused(settings, tmp_path: Path
         {"id": 2, "data": {"image": "/data/upload/3/deadbeef-nothing.png"}, "annotations": [ann]},
         {"id": 3, "data": {"meme_id": second[0], "image": "x"}, "annotations": [{**ann, "was_cancelled": True}]},
     ]
+    root = tmp_path / "served"  # a copy of the second meme under another name, as another machine serves it
+    (root / "elsewhere").mkdir(parents=True)
+    (root / "elsewhere" / "renamed.png").write_bytes((settings.memes_dir / second[1]).read_bytes())
+    export.append({"id": 4, "data": {"image": "/data/local-files/?d=elsewhere/renamed.png"},
+                   "annotations": [{**ann, "completed_by": {"id": 8, "email": "Eve@Example.org"}}]})
     path = tmp_path / "export.json"
     path.write_text(json.dumps(export), encoding="utf-8")
     assert main(["import-annotations", "--format", "label-studio", str(path)]) == 1
-    assert "task 2: '/data/upload/3/deadbeef-nothing.png': no meme matches this task" in capsys.readouterr().err
-    assert main(["import-annotations", "--format", "label-studio", str(path), "--partial"]) == 1
+    err = capsys.readouterr().err
+    assert "task 2: '/data/upload/3/deadbeef-nothing.png': no meme matches this task" in err
+    assert "task 4" in err  # without the document root its local file is not found
+    assert main(["import-annotations", "--format", "label-studio", str(path), "--partial",
+                 "--document-root", str(root)]) == 1
     with session_scope(settings.db_url) as session:
-        got = [(c.image_id, c.annotator, c.label) for c in current_labels(session) if c.annotator.startswith("ls-")]
-        assert got == [(first[0], "ls-user-7", "toxic")]
+        got = sorted((c.image_id, c.annotator, c.label) for c in current_labels(session) if c.annotator != "folder")
+        assert got == [(first[0], "ls-user-7", "toxic"), (second[0], "eve@example.org", "toxic")]
     path.write_text('[{"id": 1, "data": {}\n  "annotations": []}]', encoding="utf-8")
     assert main(["import-annotations", "--format", "label-studio", str(path)]) == 2
     assert f"{path}: malformed JSON at line 2 column 3" in capsys.readouterr().err
