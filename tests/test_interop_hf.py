@@ -145,3 +145,21 @@ def test_a_damaged_parquet_page_names_the_file_and_row(settings, capsys, tmp_pat
     assert code == 2 and f"{damaged}: cannot read row 1" in err and "Traceback" not in err
     with session_scope(settings.db_url) as session:
         assert session.scalar(select(Image.id)) is None
+
+
+def test_a_save_to_disk_folder_with_its_own_label_names(settings, capsys, tmp_path: Path) -> None:
+    pictures = write_sample_memes(tmp_path / "src", n=2, seed=4, size=(48, 48))
+    features = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["fine", "offensive"])})
+    datasets.Dataset.from_dict({"img": [{"bytes": p.path.read_bytes(), "path": p.path.name} for p in pictures],
+                                "y": [1, 0]}, features=features).save_to_disk(str(tmp_path / "saved"))
+    args = ["import", "hf-dataset", str(tmp_path / "saved"), "--image-column", "img", "--label-column", "y"]
+    code, _, err = run(capsys, *args)
+    assert code == 1 and "unknown label 'offensive'; map it with --map offensive=toxic" in err
+    code, said, _ = run(capsys, *args, "--map", "offensive=toxic", "--map", "fine=non_toxic", "--name", "theirs")
+    assert code == 0 and "2 labels imported" in said
+    with session_scope(settings.db_url) as session:
+        labels = consensus_labels(session)
+        got = {sha: labels[i] for i, sha in session.execute(select(Image.id, Image.sha256))}
+    from workbench.store.images import sha256_file
+
+    assert got == {sha256_file(pictures[0].path): "toxic", sha256_file(pictures[1].path): "non_toxic"}
