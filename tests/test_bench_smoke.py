@@ -1,5 +1,6 @@
 """bench/gpu.py runs: its tiny version on the CPU in the suite (`--smoke`), and the same on a
-GPU where there is one (skipped cleanly without CUDA). The full run is for a GPU machine."""
+GPU where there is one (skipped cleanly without CUDA). The full run is for a GPU machine.
+bench/export_hf.py runs its tiny version too."""
 
 from __future__ import annotations
 
@@ -41,3 +42,14 @@ def test_gpu_bench_smoke_on_cuda() -> None:
     out = run_gpu_bench("--smoke", "--device", "cuda")
     assert "SMOKE (tiny models) cuda" in out and "peak mem GB" in out
     assert "D 4-bit nf4" in out or "bitsandbytes is not installed" in out
+
+
+def test_export_bench_smoke() -> None:
+    """bench/export_hf.py --smoke: 60 memes through the Hugging Face export in a fresh process."""
+    done = subprocess.run([sys.executable, "bench/export_hf.py", "--smoke"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = done.stdout.strip().splitlines()
+    assert rows[0].startswith("60 memes") and "peak MB" in rows[1]
+    memes, shards = rows[2].split()[:2]
+    assert memes == "60" and int(shards) >= 2  # 1 MB shards: the export is split

@@ -28,6 +28,9 @@ LABEL_FOLDERS = {"toxic": "Негативно", "non_toxic": "Нейтральн
 
 # Annotators that are not people: their labels lose to any human label in the consensus.
 SYSTEM_ANNOTATORS = ("folder", "import")
+# A dataset's labels are stored under "import:<name>" (workbench.store.interop.hf_dataset): no
+# signed-in person, so add_label asks no role of it (the importing admin was checked).
+DATASET_ANNOTATOR_PREFIX = "import:"
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 # The largest image file read or accepted (uploads, scans, imports): WORKBENCH_MAX_FILE_MB, default 25.

@@ -23,7 +23,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from workbench.config import LABELS, SYSTEM_ANNOTATORS
+from workbench.config import DATASET_ANNOTATOR_PREFIX, LABELS, SYSTEM_ANNOTATORS
 from workbench.store import users
 from workbench.store.db import in_batches
 from workbench.store.schema import Adjudication, Image, Label, Setting, utcnow
@@ -83,7 +83,7 @@ def add_label(session: Session, image_id: int, label: str, annotator: str, note:
     """Record `annotator`'s label for an image (a new row; history is kept), with how the
     meme was chosen when the caller knows it."""
     annotator = checked_input(session, image_id, label, annotator)
-    if annotator not in SYSTEM_ANNOTATORS:
+    if annotator not in SYSTEM_ANNOTATORS and not annotator.startswith(DATASET_ANNOTATOR_PREFIX):
         users.require(session, annotator, users.LABEL)  # sign-in on: the annotator is a user with a role
     c = context or LabelContext()
     row = Label(image_id=image_id, label=label, annotator=annotator[:128], note=(note or None),
