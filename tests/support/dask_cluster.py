@@ -88,7 +88,7 @@ class LocalDask:
     def worker_pids(self) -> dict[str, int]:
         """Each worker's address and the pid of its worker process (not its nanny)."""
         with self.client() as client:
-            return {addr: info["pid"] for addr, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+            return client.run(os.getpid)
 
     def stop_scheduler(self) -> None:
         _stop(self.scheduler)

@@ -110,6 +110,7 @@ def _loaded_step(key: str, blob: bytes) -> Step:
         if step is None:
             os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # one Tesseract thread per task, as in the pool
             step = pickle.loads(blob)
+            step.use_scratch(Path(tempfile.mkdtemp(prefix="workbench-worker-")))
             step.load()
             _steps[key] = step
             while len(_steps) > STEP_CACHE_SIZE:
@@ -227,8 +228,13 @@ def _collect(client: Any, pending: dict[Any, list[int]], record: Callable[[list[
     item) and note how busy the workers are; the futures still pending."""
     from distributed import wait
 
-    with client.as_current():  # wait() looks for "the" client; ours is never set as the default
-        waited = wait(list(pending), return_when="FIRST_COMPLETED")
+    try:
+        with client.as_current():  # wait() looks for "the" client; ours is never set as the default
+            waited = wait(list(pending), return_when="FIRST_COMPLETED")
+    except Exception as exc:  # noqa: BLE001 - FuturesCancelledError: the client lost the scheduler
+        reason = str(exc).splitlines()
+        raise _SchedulerLost(next((line.strip() for line in reason if line.startswith("Message:")),
+                                  reason[0] if reason else type(exc).__name__)) from None
     for fut in waited.done:
         ids = pending.pop(fut)
         try:

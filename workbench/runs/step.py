@@ -100,6 +100,10 @@ class Step:
     def finish(self, session: Session, status: str) -> None:
         """Called once after work with the job's final status."""
 
+    def use_scratch(self, folder: Path) -> None:
+        """On a cluster worker, once before `load`: a folder of the worker's own for files the
+        step writes (CAM maps), instead of the starting machine's folders. Default: none written."""
+
     def remote_result(self, result: ItemResult) -> ItemResult:
         """On a cluster worker, after `process`: a result that points at a file the worker wrote
         carries the file's content instead, for `save` on the machine that stores it (CAM maps).
