@@ -9,6 +9,7 @@ naming it; an unreachable scheduler fails at once; two machines never run one jo
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -82,14 +83,15 @@ def test_tiny_clip_on_the_cluster_equals_the_in_process_run(settings, make_memes
                 select(Prediction).where(Prediction.run_id == here.run_id))}
 
     expected = rows()
-    remote = run_predictions(settings, build_predictor("clip", options), ids, batch_size=4, force=True,
+    remote = run_predictions(settings, build_predictor("clip", options), ids, batch_size=6, force=True,
                              cluster=cluster.address)
     assert (remote.status, remote.done, remote.run_id) == ("done", 6, here.run_id), remote.errors
     got = rows()
     assert {i: r[0] for i, r in got.items()} == {i: r[0] for i, r in expected.items()}
-    for image_id, (_, prob, error, extra) in got.items():
-        assert error is None and extra == expected[image_id][3]
-        assert prob == pytest.approx(expected[image_id][1], abs=1e-6)  # one thread there, maybe more here
+    for image_id, (_, prob, error, extra) in got.items():  # equal up to float32 rounding: torch's threads differ
+        assert error is None and extra.keys() == expected[image_id][3].keys()
+        assert prob == pytest.approx(expected[image_id][1], abs=1e-6)
+        assert extra["similarity"] == pytest.approx(expected[image_id][3]["similarity"], abs=1e-6)
 
 
 def test_hashes_on_the_cluster_equal_the_in_process_run(settings, make_memes, cluster):
@@ -148,7 +150,7 @@ def test_a_worker_without_a_package_fails_its_batches_naming_it(settings, make_m
     started = time.monotonic()
     summary = _run(settings, NeedsAbsentPackage(make_engine("tesseract", settings)), ids, batch_size=2,
                    cluster=cluster.address)
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 30  # no hang
     assert (summary.done, summary.failed) == (0, 4)
     assert all(MISSING_PACKAGE in error and "lacks the Python package" in error for _, error in summary.errors)
 
@@ -161,6 +163,26 @@ class NeedsAbsentPackage(OcrStep):
         super().load()
 
 
+def test_version_skew_between_here_and_a_worker_is_an_error_naming_the_package(tmp_path, cluster):
+    """A third worker whose installed imagehash is another version (its metadata first on its
+    path, as after installing another release there): connecting names the package."""
+    from workbench.runs.cluster import ClusterError, connect
+
+    info = tmp_path / "site" / "imagehash-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: imagehash\nVersion: 0.0.1\n", encoding="utf-8")
+    worker = cluster.add_worker(path_first=tmp_path / "site")
+    try:
+        cluster.wait_for_workers(3)
+        with pytest.raises(ClusterError) as failed:
+            connect(cluster.address)
+    finally:
+        cluster.remove_worker(worker)
+    here = importlib.metadata.version("imagehash")
+    assert f"imagehash {here} here, 0.0.1 on tcp://127.0.0.1:" in str(failed.value)
+    assert "version skew" in str(failed.value) and "requirements.lock" in str(failed.value)
+
+
 def test_an_unreachable_scheduler_fails_at_once_saying_how_to_start_one(settings, make_memes):
     make_memes(2, 9, (96, 96))
     address = f"tcp://127.0.0.1:{free_port()}"
@@ -171,7 +193,7 @@ def test_an_unreachable_scheduler_fails_at_once_saying_how_to_start_one(settings
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"cannot reach the Dask scheduler at {address}" in proc.stdout
     assert "`dask scheduler`" in proc.stdout
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 20  # the interpreter's start-up included
 
 
 def test_a_scheduler_stopped_mid_job_fails_it_clearly_and_it_resumes(settings, make_memes):

@@ -49,9 +49,12 @@ class LocalDask:
                    TRANSFORMERS_OFFLINE="1", DASK_DISTRIBUTED__WORKER__DAEMON="False")
         return env
 
-    def _spawn(self, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, *args: str, path_first: Path | None = None) -> subprocess.Popen[bytes]:
+        env = self._env()
+        if path_first is not None:
+            env["PYTHONPATH"] = f"{path_first}{os.pathsep}{env['PYTHONPATH']}"
         with open(self.log_path, "ab") as log:
-            return subprocess.Popen([DASK, *args], stdout=log, stderr=subprocess.STDOUT, env=self._env(),
+            return subprocess.Popen([DASK, *args], stdout=log, stderr=subprocess.STDOUT, env=env,
                                     cwd=self.cwd, start_new_session=True)
 
     def start(self) -> LocalDask:
@@ -63,9 +66,17 @@ class LocalDask:
         self.wait_for_workers(self.n_workers)
         return self
 
-    def add_worker(self) -> None:
-        self.workers.append(self._spawn("worker", self.address, "--nthreads", str(self.threads), "--no-dashboard",
-                                        "--memory-limit", "0", "--host", "127.0.0.1"))
+    def add_worker(self, path_first: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start one more worker (`path_first`: a folder put before everything on its PYTHONPATH,
+        e.g. other installed packages); the caller waits for it with `wait_for_workers`."""
+        worker = self._spawn("worker", self.address, "--nthreads", str(self.threads), "--no-dashboard",
+                             "--memory-limit", "0", "--host", "127.0.0.1", path_first=path_first)
+        self.workers.append(worker)
+        return worker
+
+    def remove_worker(self, worker: subprocess.Popen[bytes]) -> None:
+        _stop(worker)
+        self.workers.remove(worker)
 
     def client(self, timeout: float = START_TIMEOUT_S) -> Any:
         from distributed import Client

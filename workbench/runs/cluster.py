@@ -48,6 +48,7 @@ def connect(address: str) -> Any:
 
     address = address.strip()
     try:
+        _reachable(address)  # a refused port fails now, not after Dask's connect retries
         client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except ModuleNotFoundError:
         raise
@@ -70,6 +71,20 @@ def connect(address: str) -> Any:
         raise ClusterError(f"version skew between this machine and the Dask cluster at {address}: {skew}; "
                            "install the same lock (requirements.lock) on every worker")
     return client
+
+
+def _reachable(address: str) -> None:
+    """Open and close a TCP connection to the scheduler's address (OSError when nothing listens)."""
+    import socket
+
+    from distributed.comm import parse_address, parse_host_port
+
+    scheme, location = parse_address(address)
+    if scheme not in ("tcp", "tls"):
+        return  # inproc:// and others: Dask itself says
+    host, port = parse_host_port(location, 8786)
+    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+        pass
 
 
 def version_skew(versions: dict[str, Any]) -> str | None:
