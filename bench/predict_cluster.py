@@ -89,6 +89,7 @@ def bench_cluster(args: argparse.Namespace, peaks: dict[str, float]) -> None:
     from pathlib import Path
 
     from predict import print_table, temp_workspace  # bench/ is on sys.path as a script
+    from predict_pipeline import parallel_capacity
 
     from tests.support.dask_cluster import LocalDask
     from tests.support.tiny_models import tiny_model_dir
@@ -106,13 +107,17 @@ def bench_cluster(args: argparse.Namespace, peaks: dict[str, float]) -> None:
         ("clip", lambda: PredictorStep(build_predictor("clip", clip)), ids[: args.cluster_clip_n], 16),
     ]
     rows = []
+    ceilings = [parallel_capacity()]
     for workers in (1, 2):
         with LocalDask(workers=workers) as cluster:
             for kind, make_step, some, batch in variants:
                 rows.append(_one(settings, make_step, kind, some, cluster, workers, batch))
                 print(rows[-1], flush=True)
+    ceilings.append(parallel_capacity())
     print_table("Jobs on a local Dask cluster: 1 vs 2 workers (one thread each), 2-core machine", rows)
     for kind, *_ in variants:
         one, two = (r["memes/s"] for r in rows if r["step"] == kind)
         print(f"{kind}: 2 workers = {two / one:.2f}x 1 worker")
+    print("the machine's two-process ceiling (two spinning processes vs one) before / after: "
+          + " / ".join(f"{c:.2f}x" for c in ceilings) + " (2.00x on two free cores)")
     print(f"mean file size {sum(p.stat().st_size for p in paths) / len(paths) / 1024:.0f} KB")

@@ -254,3 +254,19 @@ def test_one_cluster_job_on_two_machines_reads_each_meme_once(tmp_path, cluster)
     assert len(rows) == 16 and len(set(rows)) == 16
     assert all(status == "done" for status, _, _ in jobs), jobs
     assert sum(done + failed for _, done, failed in jobs) == 16
+
+
+def test_the_run_pages_cluster_field_runs_the_job_on_the_cluster(settings, make_memes, cluster,
+                                                                 clear_streamlit_cache):
+    from streamlit.testing.v1 import AppTest
+
+    make_memes(3, 11, (200, 120))
+    at = AppTest.from_file(str(REPO / "pages" / "4_Run.py"), default_timeout=120).run()
+    at.selectbox(key="run_engine").set_value("tesseract")
+    at.text_input(key="run_cluster").set_value(cluster.address)
+    at.button(key="run_start").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("3 done" in s.value for s in at.success), [s.value for s in at.success]
+    with session_scope(settings.db_url) as session:
+        params = session.scalars(select(Job.params)).one()
+    assert params["cluster"] == cluster.address
