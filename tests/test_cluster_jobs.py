@@ -270,3 +270,26 @@ def test_the_run_pages_cluster_field_runs_the_job_on_the_cluster(settings, make_
     with session_scope(settings.db_url) as session:
         params = session.scalars(select(Job.params)).one()
     assert params["cluster"] == cluster.address
+
+
+def test_cam_maps_on_the_cluster_come_back_to_this_machines_artefacts(settings, make_memes, cluster):
+    """The workers write maps into a folder of their own; the bytes come back and are stored
+    here, at the path a local job uses, with the same map (8-bit PNG)."""
+    import numpy as np
+
+    from tests.support.tiny_models import tiny_model_dir
+    from workbench.explain.cam import CamRequest, CamStep, read_cam
+
+    ids = make_memes(3, 12, (120, 96))
+    request = CamRequest.for_class(str(tiny_model_dir("clip")), "eigencam", "toxic", dtype="float32")
+    here = _run(settings, CamStep(request, settings.artefacts_dir), ids, batch_size=3)
+    assert (here.status, here.done) == ("done", 3), here.errors
+    maps = sorted((settings.artefacts_dir / "cam").rglob("*.png"))
+    expected = {p: read_cam(p) for p in maps}
+    for path in maps:
+        path.unlink()
+    remote = _run(settings, CamStep(request, settings.artefacts_dir), ids, batch_size=3, cluster=cluster.address)
+    assert (remote.status, remote.done) == ("done", 3), remote.errors
+    assert sorted((settings.artefacts_dir / "cam").rglob("*.png")) == maps and len(maps) == 3
+    for path, cam in expected.items():
+        assert np.allclose(read_cam(path), cam, atol=1.5 / 255)
