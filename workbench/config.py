@@ -69,6 +69,9 @@ class Settings:
     easyocr_dir: Path = field(default_factory=lambda: Path.home() / ".EasyOCR")
     auth: str = "off"  # off | oidc (WORKBENCH_AUTH): sign-in with roles, see auth_mode()
     auth_max_age_hours: float = 24.0  # a sign-in older than this is signed out (WORKBENCH_AUTH_MAX_AGE_HOURS)
+    # A Dask scheduler (tcp://HOST:8786) that heavy jobs run their batches on by default
+    # (WORKBENCH_DASK_SCHEDULER; `--cluster` and the pages' Cluster field override it); None: here.
+    dask_scheduler: str | None = None
 
     @property
     def thumbnails_dir(self) -> Path:
@@ -98,6 +101,7 @@ def load_settings() -> Settings:
         easyocr_dir=Path(easyocr_root).expanduser() if easyocr_root else Path.home() / ".EasyOCR",
         auth=auth_mode(),
         auth_max_age_hours=float(os.environ.get("WORKBENCH_AUTH_MAX_AGE_HOURS") or 24),
+        dask_scheduler=(os.environ.get("WORKBENCH_DASK_SCHEDULER") or "").strip() or None,
     )
 
 

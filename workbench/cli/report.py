@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli import CliError, in_session
+from workbench.cli.jobs import add_cluster_option, cluster_of
 from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 from workbench.explain.cam import METHODS
@@ -54,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neutral-prompt", help="prompt of the non_toxic class (default: the CLIP predictor's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--force", action="store_true", help="recompute maps that are already cached")
+    add_cluster_option(p)
     add_actor_option(p)
     p.set_defaults(func=cmd_cam)
 
@@ -163,7 +165,8 @@ def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         summary = run_step(settings.db_url, step, ids, memes_dir=settings.memes_dir, lock_dir=settings.artefacts_dir,
-                           batch_size=args.batch_size, force=args.force, on_progress=progress)
+                           batch_size=args.batch_size, force=args.force, on_progress=progress,
+                           cluster=cluster_of(args, settings))
     except JobBusy as exc:
         raise CliError(str(exc)) from exc
     print(file=sys.stderr)

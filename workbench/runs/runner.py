@@ -15,7 +15,10 @@ Guarantees, for every step alike:
 - a job can be cancelled from anywhere, another process included: `request_cancel` marks
   its row `cancelling`, and the runner stops after the batch in flight;
 - the job row records what rebuilds it (the step's recipe, the image ids, the batch
-  settings), so a job a restart interrupted can be resumed (workbench.runs.background).
+  settings), so a job a restart interrupted can be resumed (workbench.runs.background);
+- with `cluster` (a Dask scheduler's address) the batches run on the cluster's workers
+  instead of here (workbench.runs.cluster); everything above holds the same, this process
+  being the only one that reads the memes folder and writes the database.
 """
 
 from __future__ import annotations
@@ -127,11 +130,15 @@ def run_step(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     prefetch: int | None = None,
+    cluster: str | None = None,
 ) -> JobSummary:
     """Run `step` over `image_ids`; see the module docstring for the guarantees.
 
     `prefetch`: threads that prefetch a prefetching step's items (None = one per core,
     0 = none: everything in this thread, one batch after another).
+
+    `cluster`: a Dask scheduler's address (tcp://HOST:8786): the batches run on its workers
+    (workbench.runs.cluster), this process still the only writer; `workers` is then unused.
 
     `on_progress` is called after each committed batch (in this thread); `should_stop` is
     polled between batches (Cancel), and so is the job row's status (`request_cancel`). A
@@ -150,7 +157,8 @@ def run_step(
                 return _failed_before_start(session, step, ids, exc, t0)
             job = Job(
                 step_kind=step.kind, step_name=step.name, fingerprint=step.fingerprint(), run_id=run_id,
-                params=job_params(step, ids, batch_size=batch_size, workers=workers, force=force, prefetch=prefetch),
+                params=job_params(step, ids, batch_size=batch_size, workers=workers, force=force, prefetch=prefetch,
+                                  **({"cluster": cluster} if cluster else {})),
                 total=len(ids), pid=os.getpid(), heartbeat_at=utcnow(),
             )
             session.add(job)
@@ -186,7 +194,7 @@ def run_step(
                     on_progress(progress)
                 if todo:
                     status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record,
-                                           stop_requested, prefetch)
+                                           stop_requested, prefetch, cluster, progress)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
@@ -281,7 +289,7 @@ def _save_batch(Session_, step: Step, results: list[ItemResult], force: bool, jo
 
 
 def _drive(Session_, step, todo, memes_dir, batch_size, workers, save_batch, should_stop,  # noqa: ANN001
-           prefetch) -> tuple[str, str | None]:
+           prefetch, cluster=None, progress=None) -> tuple[str, str | None]:
     from workbench.errors import ModelUnavailable
 
     refused: list[ItemResult] = []  # images whose path leaves the memes folder (filled by items_for)
@@ -296,6 +304,10 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, save_batch, sho
             return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text, refused)
 
     batches = in_batches(todo, batch_size)
+    if cluster:  # the workers load the step; this process only reads files and writes results
+        from workbench.runs.cluster import drive
+
+        return drive(cluster, step, batches, items_for, record, should_stop, progress)
     try:
         step.load()  # in this process too: a missing model or engine fails here, clearly, before any pool
     except ModelUnavailable as exc:
