@@ -12,7 +12,7 @@ import streamlit as st  # noqa: E402
 from workbench.analysis.agreement import agreement_report  # noqa: E402
 from workbench.analysis.outcomes import list_runs  # noqa: E402
 from workbench.analysis.report import render  # noqa: E402
-from workbench.store import annotations, predictions_csv  # noqa: E402
+from workbench.store import annotations, label_history, predictions_csv  # noqa: E402
 from workbench.store.catalog import stats  # noqa: E402
 from workbench.store.db import session_scope  # noqa: E402
 from workbench.store.interop import hf_dataset, label_studio  # noqa: E402
@@ -39,6 +39,17 @@ def _annotations() -> bytes:
 
 st.download_button("Download annotations.csv", _annotations, file_name="annotations.csv", mime="text/csv",
                    key="exp_dl_annotations", disabled=counts["labeled"] == 0)
+
+
+def _label_history() -> bytes:
+    with session_scope(settings.db_url) as session:
+        return b"".join(label_history.label_history_chunks(session))
+
+
+st.download_button("Download labels.csv (every label, with how its meme was chosen)", _label_history,
+                   file_name="labels.csv", mime="text/csv", key="exp_dl_labels", disabled=counts["labeled"] == 0,
+                   help="Every label row, undone ones too: annotator, time, queue order, rank, score, exploration "
+                        "pick, the learner's suggestion and whether it was shown, seconds spent.")
 
 # ---- predictions.csv ---------------------------------------------------------------
 st.subheader("Predictions — predictions.csv")

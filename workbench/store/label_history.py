@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import select
@@ -34,24 +35,30 @@ def _cell(value: object) -> object:
     return neutralise_cell(value)
 
 
-def write_label_history(session: Session, out: Path) -> int:
-    """Write labels.csv to `out` (atomically); returns the number of label rows."""
+def label_history_chunks(session: Session) -> Iterator[bytes]:
+    """labels.csv as UTF-8 chunks of CHUNK rows (the header first)."""
     query = (select(Label.id, Label.image_id, Image.path, Image.sha256, Label.label, Label.annotator, Label.note,
                     Label.created_at, Label.revoked_at, Label.queue_order, Label.queue_rank, Label.queue_score,
                     Label.exploration, Label.suggestion, Label.suggestion_prob, Label.suggestion_shown,
                     Label.seconds_spent)
              .join(Image, Image.id == Label.image_id).order_by(Label.id))
-    n = 0
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for n, row in enumerate(session.execute(query.execution_options(yield_per=CHUNK)), start=1):
+        writer.writerow([_cell(v) for v in row])
+        if n % CHUNK == 0:
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode("utf-8")
+
+
+def write_label_history(session: Session, out: Path) -> int:
+    """Write labels.csv to `out` (atomically); returns the number of label rows."""
+    lines = 0
     with atomic_write(out) as fh:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for row in session.execute(query.execution_options(yield_per=CHUNK)):
-            writer.writerow([_cell(v) for v in row])
-            n += 1
-            if n % CHUNK == 0:
-                fh.write(buf.getvalue().encode("utf-8"))
-                buf.seek(0)
-                buf.truncate()
-        fh.write(buf.getvalue().encode("utf-8"))
-    return n
+        for chunk in label_history_chunks(session):
+            fh.write(chunk)
+            lines += chunk.count(b"\n")
+    return lines - 1
