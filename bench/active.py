@@ -97,7 +97,10 @@ def simulate(root: Path, order: str, args: argparse.Namespace, seed: int) -> dic
         curve.append((len(labelled), held_out_f1(settings, result.run_id, test)))
         with db.session_scope(settings.db_url) as session:
             ordering = queue_orders.build_queue(session, ANNOTATOR, order, seed=seed)
-        batch = [i for i in ordering.ids if i not in test][:args.every]
+        # one person with k = 1: random / filename walk every meme (as on the Label page, which moves on
+        # from the position); the annotator takes the next ones not labelled yet
+        done = set(labelled)
+        batch = [i for i in ordering.ids if i not in test and i not in done][:args.every]
         if not batch:
             break
         for rank, i in enumerate(batch, start=1):
@@ -148,8 +151,11 @@ def main() -> None:
             db.dispose_all()
 
     def med(values: list) -> str:
-        values = [v for v in values if v is not None]
-        return "not reached" if not values else f"{statistics.median(values):.0f}"
+        reached = [v for v in values if v is not None]
+        if not reached:
+            return f"not reached in {args.budget}"
+        text = f"{statistics.median(reached):.0f}"
+        return text if len(reached) == len(values) else f"{text} ({len(reached)} of {len(values)} seeds; the rest > {args.budget})"
 
     print(f"\n{args.n} memes ({args.test} held out), TF-IDF learner refreshed every {args.every} labels, "
           f"{args.seeds} seeds, exploration share {queue_orders.DEFAULT_EXPLORATION}, noise {args.noise}; "

@@ -95,15 +95,19 @@ def safe_process(step: Step, items: list[WorkItem]) -> list[ItemResult]:
 
 
 def _work_items(session: Session, ids: list[int], memes_dir: Path, with_text: bool,
-                refused: list[ItemResult] | None = None) -> list[WorkItem]:
+                refused: list[ItemResult] | None = None, reads_files: bool = True) -> list[WorkItem]:
     """The batch's items, each with its file through the guarded resolver (store.paths): an
     image whose stored path leaves the memes folder is never handed to a step; it goes to
-    `refused` as that image's error."""
+    `refused` as that image's error. A step that never reads files (`reads_files` False) gets
+    no path at all (an empty Path), so it cannot open one by mistake."""
     from workbench.store.paths import UnsafePath, image_file
 
     rows = session.execute(select(Image.id, Image.path).where(Image.id.in_(ids))).all()
     paths: dict[int, Path] = {}
     for i, rel in rows:
+        if not reads_files:
+            paths[i] = Path()
+            continue
         try:
             paths[i] = image_file(memes_dir, rel)
         except UnsafePath as exc:
@@ -301,7 +305,8 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, save_batch, sho
 
     def items_for(batch_ids: list[int]) -> list[WorkItem]:
         with Session_() as session:
-            return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text, refused)
+            return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text, refused,
+                               getattr(step, "reads_files", True))
 
     batches = in_batches(todo, batch_size)
     if cluster:  # the workers load the step; this process only reads files and writes results
