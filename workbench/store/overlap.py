@@ -158,10 +158,12 @@ def release(session: Session, image_id: int, annotator: str) -> None:
 def progress(session: Session, k: int, complete: bool = False) -> dict[str, Any]:
     """Team progress: each person's labeled memes and the labels given in all (one index scan);
     with `complete`, also how many memes have their k labels (a scan of the people's labels)."""
-    per_person = session.execute(
-        select(Label.annotator, func.count(func.distinct(Label.image_id)))
-        .where(Label.revoked_at.is_(None), Label.annotator.not_in(SYSTEM_ANNOTATORS))
-        .group_by(Label.annotator).order_by(Label.annotator)).all()
+    # One range of the (annotator, image_id, revoked_at) index per person: the system annotators'
+    # rows are never read (a GROUP BY over every label row took 0.15 s at a million memes).
+    people = sorted(a for a in raw_column(session, _ANNOTATORS) if a not in SYSTEM_ANNOTATORS)
+    counted = [(a, session.scalar(select(func.count(func.distinct(Label.image_id)))
+                                  .where(Label.annotator == a, Label.revoked_at.is_(None))) or 0) for a in people]
+    per_person = [(a, n) for a, n in counted if n]
     out: dict[str, Any] = {"k": k, "labels": sum(n for _, n in per_person),
                            "annotators": [{"annotator": a, "labeled": n} for a, n in per_person]}
     if complete:
