@@ -1,150 +1,177 @@
-"""How many labels a simulated annotator needs to reach a target out-of-fold F1 when the
-memes come in random order vs "models unsure first" — side by side, in one run.
+"""Labeling that learns, through the real code: random vs unsure vs likely-toxic, side by side.
 
-The data: cached-feature-like vectors (sklearn's make_classification: 64 dimensions, 8 of
-them informative, one Gaussian cluster per class, 30 % toxic, 2 % of the oracle's labels
-flipped) — the setting of a linear head on cached embeddings. The simulated annotator is an
-oracle that returns each item's (sometimes wrong) label.
+A simulated annotator labels generated memes whose captions carry their class (noisily; the
+caption is the meme's OCR text, tests/support/class_captions.py) on a real SQLite database:
+it takes the next meme of the real queue (workbench.analysis.queue_orders.build_queue, with the
+project's exploration share), stores the label with add_label and its context as the Label page
+does, and after every `--every` labels the real learner refresh runs (workbench.analysis.learner
+.refresh: TF-IDF on OCR text, out-of-fold and full-fit P(toxic) as a learner run, through the
+one job runner). The queues then rank by the newest learner run, as on the Label page.
 
-Orders compared (each labels `--batch` items at a time, then the head is refit):
-    random           the queue's random order
-    unsure (static)  workbench's `unsure` order over one fixed zero-shot-like run (a weak
-                     model fit on 200 separate, noisier items), as when no head is refreshed
-    unsure (head)    the same score (workbench.analysis.queue_orders.uncertainty) from a
-                     logistic-regression head refit on the labels so far, every batch —
-                     the "refresh a head every N labels" mode
+Every order starts from the same `--seed-labels` memes labelled in random order (a learner needs
+both classes). A held-out set (`--test` memes) is never labelled; the F1 at a budget is the
+learner run's F1 on it. The target is 95 % of the F1 of a refresh on every pool meme labelled.
+Reported, per order (median over seeds): labels needed to reach the target, toxic memes found
+at fixed budgets, and the time per refresh.
 
-Out-of-fold F1: 5 folds; for each, the pool is the other four folds and the F1 is measured
-on the held-out fold, which is never labeled. The F1 at a budget pools the five held-out
-folds' predictions. Target: `--target`, or 95 % of the F1 with every pool item labeled
-(per data set).
-
-    .venv/bin/python bench/active.py [--n 3000] [--batch 20] [--seeds 3] [--target 0.8]
+    .venv/bin/python bench/active.py [--n 2000] [--test 400] [--budget 400] [--every 20] [--seeds 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from sklearn.datasets import make_classification
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from workbench.analysis.queue_orders import uncertainty  # noqa: E402 - the repo root is on sys.path now
 
-ORDERS = ("random", "unsure (static)", "unsure (head)")
-SEED_LABELS = 20  # labeled at random first, so a head can be fit at all
+from sklearn.metrics import f1_score  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
+from tests.support.class_captions import add_captioned_memes  # noqa: E402
+from tests.support.synthetic_runs import add_labels  # noqa: E402
+from workbench.analysis import learner, queue_orders  # noqa: E402
+from workbench.config import load_settings  # noqa: E402
+from workbench.store import db  # noqa: E402
+from workbench.store.labels import LabelContext, add_label  # noqa: E402
+from workbench.store.schema import Prediction  # noqa: E402
 
-def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x, y) to label, and (x0, y0): 200 noisier items a zero-shot-like model is fit on."""
-    x, y = make_classification(n_samples=n + 200, n_features=64, n_informative=8, n_redundant=8, n_clusters_per_class=1,
-                               class_sep=0.6, weights=[0.7, 0.3], flip_y=0.02, random_state=seed)
-    rng = np.random.default_rng(seed)
-    y0 = y[n:].copy()
-    flip = rng.random(200) < 0.2
-    y0[flip] = 1 - y0[flip]
-    return x[:n], y[:n], x[n:], y0
-
-
-def head(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
-    return LogisticRegression(max_iter=500, class_weight="balanced").fit(x, y)
+ORDERS = ("random", "unsure", "likely-toxic")
+ANNOTATOR = "sim"
 
 
-def simulate(order: str, x: np.ndarray, y: np.ndarray, pool: np.ndarray, test: np.ndarray, budgets: list[int],
-             static_prob: np.ndarray, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """Held-out predictions on `test` at each budget, the pool labeled in `order`."""
-    pool = rng.permutation(pool)
-    labeled = list(pool[:SEED_LABELS])
-    while len(set(y[labeled])) < 2:  # the seed needs both classes
-        labeled.append(pool[len(labeled)])
-    seeded = set(labeled)
-    rest = [i for i in pool if i not in seeded]
-    out: dict[int, np.ndarray] = {}
-    for budget in budgets:
-        while len(labeled) < budget and rest:
-            batch = min(budget - len(labeled), len(rest))
-            if order == "random":
-                take = list(range(batch))
-            else:
-                prob = static_prob[rest] if order == "unsure (static)" else head(x[labeled], y[labeled]).predict_proba(
-                    x[rest])[:, 1]
-                take = list(np.argsort(-uncertainty(prob), kind="stable")[:batch])
-            chosen = set(take)
-            labeled += [rest[t] for t in take]
-            rest = [r for t, r in enumerate(rest) if t not in chosen]
-        out[budget] = head(x[labeled], y[labeled]).predict(x[test])
-    return out
+def fresh_settings(root: Path):  # noqa: ANN201
+    os.environ["WORKBENCH_DB_URL"] = f"sqlite:///{root / 'wb.sqlite3'}"
+    os.environ["WORKBENCH_MEMES_DIR"] = str(root / "memes")
+    os.environ["WORKBENCH_ARTEFACTS_DIR"] = str(root / "artefacts")
+    (root / "memes").mkdir(parents=True)
+    settings = load_settings()
+    db.upgrade(settings.db_url)
+    return settings
 
 
-def curves(x: np.ndarray, y: np.ndarray, x0: np.ndarray, y0: np.ndarray, budgets: list[int], seed: int) -> dict:
-    """Out-of-fold F1 per order and budget, and with every pool item labeled."""
-    static_prob = head(x0, y0).predict_proba(x)[:, 1]  # one zero-shot-like run over everything
-    folds = list(StratifiedKFold(5, shuffle=True, random_state=seed).split(x, y))
-    result = {}
+def held_out_f1(settings, run_id: int, test: dict[int, str]) -> float:  # noqa: ANN001
+    with db.read_scope(settings.db_url) as session:
+        said = dict(session.execute(select(Prediction.image_id, Prediction.label)
+                                    .where(Prediction.run_id == run_id, Prediction.image_id.in_(list(test)))).all())
+    ids = sorted(test)
+    return float(f1_score([test[i] == "toxic" for i in ids], [said.get(i) == "toxic" for i in ids]))
+
+
+def build(root: Path, n: int, n_test: int, seed: int):  # noqa: ANN201
+    settings = fresh_settings(root)
+    with db.session_scope(settings.db_url) as session:
+        truth = add_captioned_memes(session, n, seed=seed)
+    ids = sorted(truth)
+    random.Random(seed).shuffle(ids)
+    test = {i: truth[i] for i in ids[:n_test]}
+    return settings, truth, test
+
+
+def simulate(root: Path, order: str, args: argparse.Namespace, seed: int) -> dict:
+    settings, truth, test = build(root, args.n, args.test, seed)
+    rng = random.Random(seed + 1)
+    labelled: list[int] = []
+    curve: list[tuple[int, float]] = []
+    refresh_s: list[float] = []
+    pool_order = [i for i in sorted(truth) if i not in test]
+    random.Random(seed).shuffle(pool_order)
+
+    def label(i: int, ctx: LabelContext) -> None:
+        said = truth[i] if rng.random() >= args.noise else ("toxic" if truth[i] == "non_toxic" else "non_toxic")
+        with db.session_scope(settings.db_url) as session:
+            add_label(session, i, said, ANNOTATOR, context=ctx)
+        labelled.append(i)
+
+    for i in pool_order[:args.seed_labels]:  # the same random start for every order
+        label(i, LabelContext("random"))
+    while len(labelled) < args.budget:
+        t0 = time.perf_counter()
+        result = learner.refresh(settings)
+        refresh_s.append(time.perf_counter() - t0)
+        curve.append((len(labelled), held_out_f1(settings, result.run_id, test)))
+        with db.session_scope(settings.db_url) as session:
+            ordering = queue_orders.build_queue(session, ANNOTATOR, order, seed=seed)
+        # one person with k = 1: random / filename walk every meme (as on the Label page, which moves on
+        # from the position); the annotator takes the next ones not labelled yet
+        done = set(labelled)
+        batch = [i for i in ordering.ids if i not in test and i not in done][:args.every]
+        if not batch:
+            break
+        for rank, i in enumerate(batch, start=1):
+            label(i, LabelContext(order, rank, ordering.scores.get(i), i in ordering.random_picks))
+    result = learner.refresh(settings)
+    curve.append((len(labelled), held_out_f1(settings, result.run_id, test)))
+    found = {b: sum(truth[i] == "toxic" for i in labelled[:b]) for b in args.budgets if b <= len(labelled)}
+    return {"curve": curve, "found": found, "refresh_s": statistics.median(refresh_s) if refresh_s else 0.0}
+
+
+def full_f1(root: Path, args: argparse.Namespace, seed: int) -> float:
+    settings, truth, test = build(root, args.n, args.test, seed)
+    with db.session_scope(settings.db_url) as session:
+        add_labels(session, {i: lab for i, lab in truth.items() if i not in test}, ANNOTATOR)
+    return held_out_f1(settings, learner.refresh(settings).run_id, test)
+
+
+def labels_to_target(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((n for n, f1 in curve if f1 >= target), None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000, help="memes (pool + held-out)")
+    ap.add_argument("--test", type=int, default=400, help="held-out memes, never labelled")
+    ap.add_argument("--budget", type=int, default=400, help="labels per order")
+    ap.add_argument("--every", type=int, default=20, help="refresh the learner every N labels")
+    ap.add_argument("--seed-labels", type=int, default=20)
+    ap.add_argument("--noise", type=float, default=0.02, help="share of the annotator's labels that are wrong")
+    ap.add_argument("--seeds", type=int, default=2)
+    args = ap.parse_args()
+    args.budgets = [b for b in (50, 100, 200, 400) if b <= args.budget]
+    rows: dict[str, list[dict]] = {o: [] for o in ORDERS}
+    targets = []
+    with tempfile.TemporaryDirectory(prefix="bench-active-") as tmp:
+        for seed in range(args.seeds):
+            full = full_f1(Path(tmp) / f"full-{seed}", args, seed)
+            targets.append(0.95 * full)
+            for order in ORDERS:
+                t0 = time.perf_counter()
+                out = simulate(Path(tmp) / f"{order}-{seed}", order, args, seed)
+                out["to_target"] = labels_to_target(out["curve"], 0.95 * full)
+                out["final_f1"] = out["curve"][-1][1]
+                rows[order].append(out)
+                print(f"seed {seed} {order:12} F1 all labels {full:.3f}; to 95 %: {out['to_target']}; "
+                      f"final F1 {out['final_f1']:.3f}; found {out['found']}; refresh {out['refresh_s']:.2f} s "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            db.dispose_all()
+
+    def med(values: list) -> str:
+        reached = [v for v in values if v is not None]
+        if not reached:
+            return f"not reached in {args.budget}"
+        text = f"{statistics.median(reached):.0f}"
+        return text if len(reached) == len(values) else f"{text} ({len(reached)} of {len(values)} seeds; the rest > {args.budget})"
+
+    print(f"\n{args.n} memes ({args.test} held out), TF-IDF learner refreshed every {args.every} labels, "
+          f"{args.seeds} seeds, exploration share {queue_orders.DEFAULT_EXPLORATION}, noise {args.noise}; "
+          f"target = 95 % of the all-labels F1 (median {statistics.median(targets) / 0.95:.3f})")
+    header = "| order | labels to target | " + " | ".join(f"toxic in first {b}" for b in args.budgets) + \
+             " | F1 at budget | refresh (median s) |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    base = {b: statistics.median([r["found"].get(b, 0) for r in rows["random"]]) for b in args.budgets}
     for order in ORDERS:
-        preds = {b: np.empty(len(y), dtype=int) for b in budgets}
-        for f, (pool, test) in enumerate(folds):
-            got = simulate(order, x, y, pool, test, budgets, static_prob, np.random.default_rng(seed * 100 + f))
-            for b in budgets:
-                preds[b][test] = got[b]
-        result[order] = {b: f1_score(y, preds[b]) for b in budgets}
-    full = np.empty(len(y), dtype=int)
-    for pool, test in folds:
-        full[test] = head(x[pool], y[pool]).predict(x[test])
-    result["all labels"] = f1_score(y, full)
-    return result
-
-
-def labels_to(target: float, curve: dict[int, float]) -> int | None:
-    return next((b for b in sorted(curve) if curve[b] >= target), None)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=3000, help="items (memes) the annotator could label")
-    parser.add_argument("--batch", type=int, default=20, help="labels between head refits (N)")
-    parser.add_argument("--max-labels", type=int, default=1600, help="largest budget simulated")
-    parser.add_argument("--seeds", type=int, default=3, help="data sets / orders averaged")
-    parser.add_argument("--target", type=float, default=None,
-                        help="target out-of-fold F1 (default: 95%% of the F1 with all labels, per data set)")
-    args = parser.parse_args()
-    budgets = list(range(SEED_LABELS + args.batch, args.max_labels + 1, args.batch))
-    t0 = time.perf_counter()
-    runs = []
-    for seed in range(args.seeds):
-        x, y, x0, y0 = make_data(args.n, seed)
-        runs.append(curves(x, y, x0, y0, budgets, seed))
-    targets = [args.target if args.target is not None else round(0.95 * r["all labels"], 3) for r in runs]
-    print(f"{args.n} items, {args.seeds} data sets, 5 folds, a head refit every {args.batch} labels "
-          f"({time.perf_counter() - t0:.0f} s)")
-    print("out-of-fold F1 with every pool item labeled: " + ", ".join(f"{r['all labels']:.3f}" for r in runs)
-          + "; targets " + ", ".join(f"{t:.3f}" for t in targets) + "\n")
-    shown = [b for b in budgets if b in (60, 100, 200, 300, 400, 600, 800, 1000, 1200, 1600)]
-    print(f"{'labels':>7} " + " ".join(f"{o:>16}" for o in ORDERS) + "   (mean out-of-fold F1)")
-    for b in shown:
-        print(f"{b:7d} " + " ".join(f"{statistics.mean(r[o][b] for r in runs):16.3f}" for o in ORDERS))
-    print(f"\nlabels needed to reach the target (per data set; — = not within {args.max_labels})")
-    needed = {}
-    for order in ORDERS:
-        needed[order] = [labels_to(t, r[order]) for t, r in zip(targets, runs)]
-        reached = [n for n in needed[order] if n is not None]
-        mean = f"mean {statistics.mean(reached):.0f}" if len(reached) == len(runs) else "not always reached"
-        print(f"  {order:16} {', '.join('—' if n is None else str(n) for n in needed[order]):24} {mean}")
-    for order in ORDERS[1:]:
-        pairs = [(r, u) for r, u in zip(needed["random"], needed[order]) if r is not None and u is not None]
-        if pairs:
-            ratio = statistics.mean(u / r for r, u in pairs)
-            print(f"  {order} needs {ratio:.2f}x the labels of the random order (where both reached it)")
-    return 0
+        found = [statistics.median([r["found"].get(b, 0) for r in rows[order]]) for b in args.budgets]
+        cells = [f"{f:.0f} ({f / base[b]:.2f}×)" if base[b] else f"{f:.0f}" for f, b in zip(found, args.budgets)]
+        print(f"| {order} | {med([r['to_target'] for r in rows[order]])} | " + " | ".join(cells) +
+              f" | {statistics.median([r['final_f1'] for r in rows[order]]):.3f} | "
+              f"{statistics.median([r['refresh_s'] for r in rows[order]]):.2f} |")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

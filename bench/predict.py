@@ -15,7 +15,9 @@ Sections are functions in SECTIONS, each `(args, peaks) -> None` printing its ow
 the VLM part (Qwen2.5-VL-3B architecture: notebook one-by-one generation vs batched,
 label-only mode) is `bench_vlm` (predict_vlm.py); the job runner's prefetch pipeline vs the
 sequential path vs raw decode (tiny CLIP, generated and real memes) is `bench_pipeline`
-(predict_pipeline.py, its options --pipeline-n, --pipeline-reps, --flat-n).
+(predict_pipeline.py, its options --pipeline-n, --pipeline-reps, --flat-n). `--cluster` runs
+only `bench_cluster` (predict_cluster.py): the runner on a local Dask cluster, 1 vs 2 workers,
+OCR and tiny CLIP (--cluster-n, --cluster-clip-n).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=16, help="VLM: new tokens generated per meme (default 16)")
     p.add_argument("--max-pixels", type=int, default=224 * 224, help="VLM: image pixel budget (default 224x224)")
     add_pipeline_args(p)
+    add_cluster_args(p)
     return p.parse_args(argv)
 
 
@@ -220,6 +223,8 @@ def _row(name: str, dtype: str, seconds: float, flops: int, peaks: dict[str, flo
 # Each section: (name, function(args, peaks)). The VLM owner appends ("vlm", bench_vlm).
 SECTIONS: list[tuple[str, Callable[[argparse.Namespace, dict[str, float]], None]]] = [("clip", bench_clip)]
 
+from predict_cluster import add_args as add_cluster_args  # noqa: E402
+from predict_cluster import bench_cluster  # noqa: E402
 from predict_pipeline import add_args as add_pipeline_args  # noqa: E402 - bench/ is on sys.path as a script
 from predict_pipeline import bench_pipeline  # noqa: E402
 from predict_vlm import bench_vlm  # noqa: E402
@@ -229,6 +234,9 @@ SECTIONS += [("vlm", bench_vlm), ("pipeline", bench_pipeline)]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cluster:  # the workers do the model work; no matmul peaks needed here
+        bench_cluster(args, {})
+        return 0
     from workbench.models import devices
 
     args.threads = args.threads or devices.free_cores()

@@ -14,7 +14,7 @@ ctx = ui.bootstrap("Adjudication", "⚖️")
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench.analysis import outcomes  # noqa: E402
+from workbench.analysis import outcomes, suggestions  # noqa: E402
 from workbench.analysis.agreement import agreement_report  # noqa: E402
 from workbench.analysis.dashboard import display_rows  # noqa: E402
 from workbench.errors import PermissionDenied  # noqa: E402
@@ -77,6 +77,13 @@ def _agreement(db_url: str, version: tuple[int, ...]) -> dict:
     """Agreement over people's labels, cached on the labels' version (decisions never change it)."""
     with db.session_scope(db_url) as session:
         return agreement_report(session)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _anchoring(db_url: str, version: tuple[int, ...]) -> dict:
+    """Anchoring over people's labels, cached on the labels' version like the agreement."""
+    with db.read_scope(db_url) as session:
+        return suggestions.anchoring(session)
 
 
 with ctx.session() as session:
@@ -156,6 +163,18 @@ if report["by_week"]:
     cols[1].markdown("**Per week**")
     cols[1].dataframe(pd.DataFrame(display_rows(report["by_week"])), hide_index=True, key="adj_by_week")
 
+st.markdown("**Anchoring: do people follow the learner's suggestion?**")
+anchor = _anchoring(ctx.db_url, labels_version)
+if anchor["shown"]["n"] or anchor["not_shown"]["n"]:
+    st.dataframe(pd.DataFrame(display_rows([
+        {"labels": title, "n": anchor[side]["n"], "equal to the learner's class": anchor[side]["rate"],
+         "95% CI": "—" if not anchor[side]["ci"] else f"{anchor[side]['ci'][0]:.3f}–{anchor[side]['ci'][1]:.3f}"}
+        for side, title in (("shown", "suggestion shown"), ("not_shown", "suggestion not shown"))])),
+        hide_index=True, key="adj_anchoring")
+    st.caption("A clearly higher share when the suggestion was shown means people follow it (anchoring).")
+else:
+    st.caption("No labels with the learner's class recorded yet (it is recorded once a learner run exists).")
+
 # ---- team settings (admins) -------------------------------------------------------------------
 if ctx.can(users.ADMIN):
     st.subheader("Team")
@@ -164,6 +183,19 @@ if ctx.can(users.ADMIN):
     if st.button("Save labels per meme", key="adj_save_k", disabled=int(new_k) == k):
         with ctx.session() as session:
             overlap.set_labels_per_meme(session, int(new_k), actor=ctx.actor)
+        st.rerun()
+    with ctx.session() as session:
+        hint_setting = suggestions.suggestion_setting(session)
+    hint_cols = st.columns(2)
+    hint_on = hint_cols[0].toggle("Suggestions on the Label page", value=hint_setting["on"], key="adj_hints",
+                                  help="The learner's class and P(toxic); the A key accepts it. Off by default.")
+    hint_overlap = hint_cols[1].toggle("Also with overlap (k > 1)", value=hint_setting["in_overlap"],
+                                       key="adj_hints_overlap", disabled=not hint_on,
+                                       help="With k > 1 people label independently; suggestions stay off unless "
+                                            "this is on.")
+    if (hint_on, hint_on and hint_overlap) != (hint_setting["on"], hint_setting["in_overlap"]):
+        with ctx.session() as session:
+            suggestions.set_suggestions(session, hint_on, hint_overlap, actor=ctx.actor)
         st.rerun()
     if ctx.user is not None:
         with ctx.session() as session:

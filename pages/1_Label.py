@@ -8,13 +8,15 @@ the meme on screen is claimed so others get different ones, and a meme that othe
 finished meanwhile is skipped.
 """
 
+import time
+
 from workbench import ui
 
 ctx = ui.bootstrap("Label", "🏷️")
 
 import streamlit as st  # noqa: E402
 
-from workbench.analysis import learner, outcomes, queue_orders  # noqa: E402
+from workbench.analysis import learner, outcomes, queue_orders, suggestions  # noqa: E402
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.store import catalog, labels, ocr_texts, overlap  # noqa: E402
 from workbench.ui.review import near_copies_panel  # noqa: E402
@@ -138,6 +140,20 @@ def _skip_finished() -> None:
 
 
 # ---- actions (callbacks run before the page re-renders) ----------------------
+def _context(image_id: int) -> labels.LabelContext:
+    """How the meme on screen was chosen and what was shown with it (stored with the label)."""
+    shown_id, shown_at, hint, hint_shown = state.get("lbl_shown", (None, None, None, False))
+    pinned = image_id == state.get("lbl_pinned")
+    hint = hint if shown_id == image_id else None
+    return labels.LabelContext(
+        order="link" if pinned else order, rank=None if pinned else state["lbl_pos"] + 1,
+        score=None if pinned else ordering.scores.get(image_id),
+        exploration=False if pinned else image_id in ordering.random_picks,
+        suggestion=hint.label if hint else None, suggestion_prob=hint.prob_toxic if hint else None,
+        suggestion_shown=bool(hint and hint_shown),
+        seconds_spent=round(time.monotonic() - shown_at, 3) if shown_id == image_id and shown_at else None)
+
+
 def _label(label: str) -> None:
     image_id = _current()
     if image_id is None or not annotator:
@@ -145,7 +161,7 @@ def _label(label: str) -> None:
     note = state.get(f"lbl_note_{image_id}", "").strip() or None
     try:
         with ctx.session() as s:
-            labels.add_label(s, image_id, label, annotator, note)
+            labels.add_label(s, image_id, label, annotator, note, context=_context(image_id))
     except PermissionDenied as exc:
         state["lbl_flash"] = str(exc)
         return
@@ -237,6 +253,10 @@ if image_id is None:
 
 with ctx.session() as session:
     meme = catalog.meme_view(session, image_id)
+    # The learner's class for this meme is recorded with the label (anchoring is measured
+    # against it); the page shows it only when suggestions are on.
+    hint = suggestions.suggestion_for(session, image_id, queue_orders.latest_learner_run(session))
+    hint_shown = hint is not None and suggestions.suggestions_active(session, k)
     if meme is not None and team and annotator and state.get("lbl_claimed") != image_id:
         overlap.claim(session, image_id, annotator)  # others are given different memes while this one is open
         state["lbl_claimed"] = image_id
@@ -247,6 +267,10 @@ if meme is None:
 current, consensus, history, ocr_text, predictions = (meme.current, meme.consensus, meme.history, meme.ocr_text,
                                                      meme.predictions)
 st.query_params["image"] = str(image_id)  # the URL always names the meme on screen
+if state.get("lbl_shown", (None,))[0] != image_id:  # first shown now: the clock for seconds spent starts
+    state["lbl_shown"] = (image_id, time.monotonic(), hint, hint_shown)
+else:  # a new learner run meanwhile: record what is shown now
+    state["lbl_shown"] = (*state["lbl_shown"][:2], hint, hint_shown)
 state["lbl_linked"], state["lbl_current"] = str(image_id), image_id
 
 mine_now = meme.label_of(annotator)
@@ -266,6 +290,13 @@ b[1].button("Neutral", key="lbl_neutral", shortcut="0", icon=":material/sentimen
 b[2].button("Skip", key="lbl_skip", shortcut="Right", on_click=_skip, width="stretch")
 b[3].button("Back (undo)", key="lbl_back", shortcut="Left", on_click=_back, width="stretch",
             help="Go back; if you labeled the previous meme, that label is undone.")
+if hint_shown:
+    prob = "" if hint.prob_toxic is None else f", P(toxic) {hint.prob_toxic:.2f}"
+    s_cols = st.columns([3, 1])
+    s_cols[0].info(f"Suggestion (learner run #{hint.run_id}): **{LABEL_NAMES[hint.label]}**{prob}. "
+                   "Press **A** to accept it, or decide with the usual keys.")
+    s_cols[1].button(f"Accept: {LABEL_NAMES[hint.label]}", key="lbl_accept", shortcut="a", on_click=_label,
+                     args=(hint.label,), disabled=not annotator, width="stretch")
 
 left, right = st.columns([3, 2], gap="large")
 with left:
@@ -307,6 +338,8 @@ with right:
 # Full width under the meme, verdict first: in the narrow right column the label, P(toxic) and the
 # explanation sat behind a horizontal scroll bar.
 st.subheader("Models")
+if not hint_shown:  # the learner's answer is a suggestion: shown only when suggestions are on
+    predictions = [p for p in predictions if p.kind != learner.RUN_KIND]
 if predictions:
     failed = any(p.error for p in predictions)
     st.dataframe([{"label": p.label, "P(toxic)": p.prob_toxic, "explanation": p.explanation or "",

@@ -1,4 +1,5 @@
-"""Data: scan the memes folder, upload memes, import / export annotations.csv, demo set.
+"""Data: scan the memes folder, upload memes, import / export annotations.csv, import predictions
+made elsewhere, Label Studio exports and Hugging Face datasets, demo set.
 
 Every action shows a per-file (or per-row) report table; a bad file never stops the rest.
 """
@@ -7,10 +8,16 @@ from workbench import ui
 
 ctx = ui.bootstrap("Data", "📥")
 
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import streamlit as st  # noqa: E402
 
 from workbench.errors import PermissionDenied  # noqa: E402
 from workbench.store import annotations, demo_memes, ingest, users  # noqa: E402
+from workbench.store.interop import common, hf_dataset, label_studio, predictions  # noqa: E402
 from workbench.ui.text import plural  # noqa: E402
 
 UPLOAD_TARGETS = {"unlabeled (uploads/)": None, "toxic (Негативно/)": "toxic", "neutral (Нейтрально/)": "non_toxic"}
@@ -95,6 +102,99 @@ if st.button("Import", key="data_import", disabled=csv_file is None or not admin
         if result.issues:
             st.dataframe([{"line": i.line, "filename": i.filename, "problem": i.problem} for i in result.issues],
                          hide_index=True, key="data_import_report")
+
+
+
+def show_import_report(result: annotations.ImportReport, summary: str, key: str) -> None:
+    """The summary (green when all applied) and each problem row."""
+    (st.success if result.applied and not result.issues else st.warning if result.applied else st.error)(
+        ui.md_escape(summary))
+    if result.issues:
+        st.dataframe([{"row": i.line, "item": i.filename, "problem": i.problem} for i in result.issues],
+                     hide_index=True, key=key)
+
+
+@contextmanager
+def saved_upload(upload) -> Iterator[Path]:  # noqa: ANN001 - an UploadedFile
+    """The uploaded file in a private temporary folder under its own name (the importers read
+    paths), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="workbench-import-") as folder:
+        target = Path(folder) / (Path(upload.name).name or "upload")
+        target.write_bytes(upload.getvalue())
+        yield target
+
+
+# ---- predictions made elsewhere ---------------------------------------------------------
+st.subheader("Import predictions made elsewhere")
+st.caption("CSV or JSONL with `image` (a path in the memes folder, the file's sha256 or an image id), `label` "
+           "(toxic / non_toxic, or the VLM prompt's class words), optional `prob_toxic` and `explanation`. "
+           "They become one model run of kind `external`; the same file imported again adds nothing.")
+pred_file = st.file_uploader("predictions file", type=["csv", "jsonl", "ndjson", "json", "txt"], key="data_pred_file")
+cols = st.columns(2)
+pred_name = cols[0].text_input("Run name (default: the file's name)", key="data_pred_name")
+pred_model = cols[1].text_input("Model (default: the run name)", key="data_pred_model")
+pred_mode = st.radio("When some rows have problems", list(IMPORT_MODES), key="data_pred_mode")
+if st.button("Import predictions", key="data_pred_import", disabled=pred_file is None or not admin):
+    try:
+        with ctx.session() as session, saved_upload(pred_file) as pred_path:
+            result, run_id = predictions.import_predictions(
+                session, pred_path, name=pred_name or None, model=pred_model or None,
+                all_or_nothing=IMPORT_MODES[pred_mode], actor=ctx.actor)
+    except (PermissionDenied, ValueError) as exc:
+        st.error(ui.md_escape(str(exc)))
+    else:
+        where = f" as run #{run_id}" if run_id is not None else ""
+        show_import_report(result, f"{result.rows} rows: {result.imported} predictions imported{where}, "
+                                   f"{result.unchanged} already there, {result.problems} problems", "data_pred_report")
+
+# ---- Label Studio --------------------------------------------------------------------------
+st.subheader("Import a Label Studio export")
+st.caption("Label Studio's JSON export (Export → JSON). Each annotation becomes its person's label (their email, "
+           "or `ls-user-ID`); cancelled and skipped ones are left out; the time spent is kept. Tasks are matched "
+           "by `meme_id`, else by file name, else by the local file's sha256.")
+ls_file = st.file_uploader("Label Studio JSON export", type=["json"], key="data_ls_file")
+ls_map = st.text_input("Other choices (CHOICE=toxic, comma-separated; Toxic and Neutral are known)", key="data_ls_map")
+ls_mode = st.radio("When some tasks have problems", list(IMPORT_MODES), key="data_ls_mode")
+if st.button("Import Label Studio export", key="data_ls_import", disabled=ls_file is None or not admin):
+    try:
+        mapping = common.parse_mapping([p for p in ls_map.split(",") if p.strip()])
+        with ctx.session() as session, saved_upload(ls_file) as ls_path:
+            result = label_studio.import_label_studio(session, ls_path, mapping, all_or_nothing=IMPORT_MODES[ls_mode],
+                                                      actor=ctx.actor)
+    except (PermissionDenied, ValueError) as exc:
+        st.error(ui.md_escape(str(exc)))
+    else:
+        show_import_report(result, f"{result.rows} annotations: {result.imported} labels imported, "
+                                   f"{result.unchanged} unchanged, {result.problems} problems", "data_ls_report")
+
+# ---- Hugging Face dataset -----------------------------------------------------------------
+st.subheader("Import a Hugging Face dataset")
+st.caption("A local dataset on this server (no download): a Parquet file, a folder of them, or a `save_to_disk` "
+           "folder. Images are stored under `uploads/`, labels under the annotator `import:NAME`.")
+hf_path = st.text_input("Path on the server", key="data_hf_path")
+cols = st.columns(3)
+hf_image = cols[0].text_input("Image column", value="image", key="data_hf_image")
+hf_label = cols[1].text_input("Label column (empty: none)", value="label", key="data_hf_label")
+hf_name = cols[2].text_input("Name (default: the folder's name)", key="data_hf_name")
+hf_map = st.text_input("Label values (VALUE=toxic, comma-separated; e.g. `1=toxic, 0=non_toxic`)", key="data_hf_map")
+hf_mode = st.radio("When some rows have problems", list(IMPORT_MODES), key="data_hf_mode")
+if st.button("Import dataset", key="data_hf_import", disabled=not hf_path.strip() or not admin):
+    bar = st.progress(0.0, text="Reading the dataset…")
+    try:
+        mapping = common.parse_mapping([p for p in hf_map.split(",") if p.strip()])
+        if not Path(hf_path.strip()).expanduser().exists():
+            raise ValueError(f"{hf_path.strip()} does not exist on this server")
+        with ctx.session() as session:
+            result = hf_dataset.import_hf_dataset(
+                session, ctx.settings.memes_dir, Path(hf_path.strip()).expanduser(), hf_image.strip() or "image",
+                hf_label.strip() or None, mapping, name=hf_name.strip() or None,
+                all_or_nothing=IMPORT_MODES[hf_mode], actor=ctx.actor,
+                progress=lambda n, total: bar.progress(min(1.0, n / max(total, 1)), text=f"{n} / {total} memes"))
+    except (PermissionDenied, ValueError) as exc:
+        st.error(ui.md_escape(str(exc)))
+    else:
+        show_import_report(result, result.summary(), "data_hf_report")
+    bar.empty()
 
 # ---- demo --------------------------------------------------------------------
 st.subheader("Demo set")

@@ -45,6 +45,7 @@ workers = int(st.number_input("Worker processes", min_value=1, max_value=max(1, 
                               disabled=not parallel, key="run_workers",
                               help="Tesseract engines use one process per core; EasyOCR runs in one."))
 force = st.checkbox("Redo memes already read with this engine (force)", key="run_force")
+cluster = ui.cluster_field(ctx, key="run_cluster")
 st.caption(f"{len(ids)} memes selected.")
 
 engine = make_engine(engine_name, ctx.settings, lang=lang)
@@ -60,7 +61,8 @@ admin = ctx.can(users.ADMIN)  # sign-in on: jobs are for admins (run_job_widget 
 if not admin:
     st.caption("Running OCR is for admins; you can see every job below.")
 if st.button("Start OCR", type="primary", disabled=not ids or not admin, key="run_start"):
-    ui.run_job_widget(ctx, OcrStep(engine), ids, workers=workers if parallel else 1, force=force, key="run_job")
+    ui.run_job_widget(ctx, OcrStep(engine), ids, workers=workers if parallel else 1, force=force, key="run_job",
+                      cluster=cluster)
 
 st.subheader("Jobs")
 st.caption("Jobs run on the server: they go on when you leave this page. One runs at a time; others wait their turn.")

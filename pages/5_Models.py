@@ -88,6 +88,7 @@ else:
     batch_size = int(c4.number_input("Batch (memes per commit)", min_value=1, max_value=256, value=8,
                                      key="models_batch"))
     force = st.checkbox("Predict again memes this config already did", key="models_force")
+    cluster = ui.cluster_field(ctx, key="models_cluster")
     with ctx.session() as session:
         ids = catalog.image_ids(session, selection, folder=None if folder == "(all)" else folder,
                                 limit=limit or None)
@@ -102,7 +103,8 @@ else:
             st.error(ui.md_escape(str(exc)))
         else:
             st.text(f"Run config: {predictor.run_name()} · fingerprint {predictor.fingerprint()}")
-            ui.run_job_widget(ctx, PredictorStep(predictor), ids, batch_size=batch_size, force=force, key="models_job")
+            ui.run_job_widget(ctx, PredictorStep(predictor), ids, batch_size=batch_size, force=force, key="models_job",
+                                cluster=cluster)
 
 st.subheader("Model runs")
 with ctx.session() as session:

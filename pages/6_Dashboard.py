@@ -10,7 +10,7 @@ import altair as alt  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench.analysis import dashboard, outcomes  # noqa: E402
+from workbench.analysis import dashboard, learning_progress, outcomes  # noqa: E402
 from workbench.analysis.metrics import DEFAULT_N_BOOT  # noqa: E402
 from workbench.analysis.review import cards  # noqa: E402
 from workbench.store import db  # noqa: E402
@@ -28,10 +28,17 @@ def _tips(*fields: str) -> list:
 
 @st.cache_resource(show_spinner="Computing metrics…", max_entries=8)
 def _dashboard(db_url: str, run_ids: tuple[int, ...], version: tuple[int, ...], n_boot: int,
-               seed: int) -> dashboard.Dashboard:
+               seed: int, random_only: bool) -> dashboard.Dashboard:
     """Cached on the data version: a relabel or a new prediction recomputes, a widget change does not."""
     with db.read_scope(db_url) as session:  # reads only: no write lock while the bootstrap runs
-        return dashboard.dashboard(session, run_ids, n_boot=n_boot, seed=seed)
+        return dashboard.dashboard(session, run_ids, n_boot=n_boot, seed=seed, random_only=random_only)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _learning(db_url: str, version: tuple[int, ...]) -> dict:
+    """The learning curve, the toxic memes still unlabeled and how labels were chosen."""
+    with db.read_scope(db_url) as session:
+        return learning_progress.learning_history(session)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -58,18 +65,24 @@ if not runs:
     st.stop()
 
 titles = {r.id: r.title for r in runs}
-top = st.columns([4, 1, 1])
+top = st.columns([4, 1, 1, 1])
 chosen = top[0].multiselect("Runs", list(titles), default=dashboard.default_runs(runs), format_func=titles.get,
                             key="dash_runs", help="Opens with the newest run of each kind.")
 n_boot = top[1].number_input("Bootstrap resamples", 100, 10_000, DEFAULT_N_BOOT, step=100, key="dash_n_boot")
 seed = top[2].number_input("Seed", 0, 2**31 - 1, 0, key="dash_seed")
+random_only = top[3].checkbox("Random picks only", key="dash_random_only",
+                              help="Metrics over the memes chosen at random only (random order, exploration picks, "
+                                   "folders, imports): unbiased when most labels came from model-ranked queues.")
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()
 
-dash = _dashboard(ctx.db_url, tuple(chosen), version, int(n_boot), int(seed))
+dash = _dashboard(ctx.db_url, tuple(chosen), version, int(n_boot), int(seed), bool(random_only))
 if not any(d.true.max(initial=-1) >= 0 for d in dash.datas):
     st.warning("No labeled images yet: metrics need human labels (Label page, or folder labels from a scan).")
+if dash.choice is not None and dash.choice.total:
+    note = ("Metrics over labels chosen at random only. " if dash.random_only else "") + dash.choice.describe()
+    (st.warning if dash.choice.mostly_active and not dash.random_only else st.caption)(ui.md_escape(note))
 
 st.subheader("Metrics (95% bootstrap CI)")
 st.caption("Toxic is the positive class. Accuracy, precision, recall and F1 are computed on the *covered* images "
@@ -219,3 +232,23 @@ if st.toggle("Show annotator agreement", key="dash_agreement",
                      hide_index=True, width="stretch")
     if not agreement["annotators"] and not system["annotators"]:
         st.caption("No labels yet.")
+
+# --- labeling that learns -------------------------------------------------------------
+history = _learning(ctx.db_url, version)
+if history["curve"] or history["toxic_estimate"]:
+    st.subheader("Learner: learning curve and toxic memes still unlabeled")
+    estimate = history["toxic_estimate"]
+    if estimate:
+        st.metric("Toxic memes still unlabeled (estimate)", f"{estimate['expected']:.0f}",
+                  help="The sum of the newest learner run's calibrated P(toxic) over the unlabeled memes.")
+        st.caption(ui.md_escape(estimate["note"]))
+    if history["curve"]:
+        curve = pd.DataFrame(history["curve"])
+        line = alt.Chart(curve).mark_line(point=True).encode(
+            x=alt.X("labels:Q", title="labels the refresh trained on"),
+            y=alt.Y("oof_f1:Q", title="out-of-fold F1", scale=alt.Scale(domain=[0, 1])),
+            tooltip=_tips("run_id:Q", "labels:Q", "oof_f1:Q", "ci_low:Q", "ci_high:Q", "learner:N"))
+        band = alt.Chart(curve).mark_area(opacity=0.2).encode(x="labels:Q", y="ci_low:Q", y2="ci_high:Q")
+        st.altair_chart(band + line, width="stretch", key="dash_learning_curve")
+        st.caption("Out-of-fold F1 with its 95% bootstrap CI at each learner refresh. The memes behind it were "
+                   "mostly chosen by the learner's own queues, so read it as a trend, not as the F1 on the collection.")

@@ -28,6 +28,9 @@ LABEL_FOLDERS = {"toxic": "Негативно", "non_toxic": "Нейтральн
 
 # Annotators that are not people: their labels lose to any human label in the consensus.
 SYSTEM_ANNOTATORS = ("folder", "import")
+# A dataset's labels are stored under "import:<name>" (workbench.store.interop.hf_dataset): no
+# signed-in person, so add_label asks no role of it (the importing admin was checked).
+DATASET_ANNOTATOR_PREFIX = "import:"
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP")
 # The largest image file read or accepted (uploads, scans, imports): WORKBENCH_MAX_FILE_MB, default 25.
@@ -66,6 +69,9 @@ class Settings:
     easyocr_dir: Path = field(default_factory=lambda: Path.home() / ".EasyOCR")
     auth: str = "off"  # off | oidc (WORKBENCH_AUTH): sign-in with roles, see auth_mode()
     auth_max_age_hours: float = 24.0  # a sign-in older than this is signed out (WORKBENCH_AUTH_MAX_AGE_HOURS)
+    # A Dask scheduler (tcp://HOST:8786) that heavy jobs run their batches on by default
+    # (WORKBENCH_DASK_SCHEDULER; `--cluster` and the pages' Cluster field override it); None: here.
+    dask_scheduler: str | None = None
 
     @property
     def thumbnails_dir(self) -> Path:
@@ -95,6 +101,7 @@ def load_settings() -> Settings:
         easyocr_dir=Path(easyocr_root).expanduser() if easyocr_root else Path.home() / ".EasyOCR",
         auth=auth_mode(),
         auth_max_age_hours=float(os.environ.get("WORKBENCH_AUTH_MAX_AGE_HOURS") or 24),
+        dask_scheduler=(os.environ.get("WORKBENCH_DASK_SCHEDULER") or "").strip() or None,
     )
 
 

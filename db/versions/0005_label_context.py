@@ -1,5 +1,5 @@
 """label context: how each labelled meme was chosen (queue order, rank, score, exploration pick,
-the suggestion shown) and the time spent on it
+the learner's suggestion and whether it was shown) and the time spent on it
 
 Revision ID: 0005
 Revises: 0004
@@ -20,6 +20,7 @@ COLUMNS = (
     ('exploration', sa.Boolean()),
     ('suggestion', sa.String(length=16)),
     ('suggestion_prob', sa.Float()),
+    ('suggestion_shown', sa.Boolean()),
     ('seconds_spent', sa.Float()),
 )
 

@@ -25,6 +25,7 @@ from workbench.analysis.outcomes import (
     load_runs,
     load_truth,
 )
+from workbench.store.label_choice import ChoiceSummary, how_chosen, summarize
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Dashboard:
     folder_rows: list[dict[str, Any]]
     source_rows: list[dict[str, Any]]
     pair_rows: list[dict[str, Any]]
+    choice: ChoiceSummary | None = None  # how the labels behind these metrics were chosen
+    random_only: bool = False  # metrics over the memes chosen at random only
 
     def data(self, run_id: int) -> RunData:
         return next(d for d in self.datas if d.run.id == run_id)
@@ -137,9 +140,12 @@ def metrics_row(data: RunData, ev: Evaluation) -> dict[str, Any]:
 
 
 def dashboard(session: Session, run_ids: Sequence[int], n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-              breakdowns: bool = True) -> Dashboard:
-    """Compute the dashboard for these runs against the current human consensus."""
-    datas = load_runs(session, run_ids, load_truth(session))
+              breakdowns: bool = True, random_only: bool = False) -> Dashboard:
+    """Compute the dashboard for these runs against the current human consensus (with
+    `random_only`, over the memes chosen at random only), and how those labels were chosen."""
+    truth = load_truth(session, random_only=random_only)
+    datas = load_runs(session, run_ids, truth)
+    choice = summarize(how_chosen(session), truth.image_ids.tolist())
     evaluations = {d.run.id: d.evaluate(n_boot=n_boot, seed=seed) for d in datas}
     metrics_rows, confusion, roc, pr, calib, lat = [], [], [], [], [], []
     for d in datas:
@@ -165,4 +171,4 @@ def dashboard(session: Session, run_ids: Sequence[int], n_boot: int = DEFAULT_N_
     folder_rows = breakdown(session, datas, "folder", n_boot=n_boot, seed=seed) if breakdowns else []
     source_rows = breakdown(session, datas, "source", n_boot=n_boot, seed=seed) if breakdowns else []
     return Dashboard(datas, evaluations, metrics_rows, confusion, roc, pr, calib, lat, folder_rows, source_rows,
-                     pairs)
+                     pairs, choice, random_only)

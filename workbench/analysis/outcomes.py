@@ -37,6 +37,7 @@ from workbench.analysis.metrics import (
     mcnemar_from_table,
 )
 from workbench.config import SYSTEM_ANNOTATORS
+from workbench.store.label_choice import how_chosen, random_ids
 from workbench.store.labels import CurrentLabel, consensus_from, consensus_labels, current_labels, raw_column
 from workbench.store.schema import Image, Label, ModelRun, Prediction
 
@@ -116,9 +117,13 @@ class Truth:
         return {int(i): ("toxic" if c == 1 else "non_toxic") for i, c in zip(self.image_ids, self.codes)}
 
 
-def load_truth(session: Session) -> Truth:
-    """The consensus label of every present, labeled image."""
+def load_truth(session: Session, random_only: bool = False) -> Truth:
+    """The consensus label of every present, labeled image; with `random_only`, only of the
+    memes chosen at random (workbench.store.label_choice): the unbiased sample."""
     labels = consensus_labels(session)
+    if random_only:
+        keep_ids = random_ids(how_chosen(session))
+        labels = {k: v for k, v in labels.items() if k in keep_ids}
     present = np.fromiter((r[0] for r in fetch_tuples(session, select(Image.id).where(Image.missing.is_(False)))),
                           dtype=np.int64)
     ids = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))

@@ -18,7 +18,8 @@ from typing import Any
 from workbench.config import load_settings
 
 # Area modules, in help order. Each defines register(subparsers) and sets `func` on its parsers.
-AREAS = ("core", "ocr", "predict", "embed", "models", "learn", "analysis", "review", "team", "report", "backup", "jobs")
+AREAS = ("core", "ocr", "predict", "embed", "models", "learn", "analysis", "review", "team", "report", "backup", "jobs",
+         "interop")
 
 
 class CliError(Exception):

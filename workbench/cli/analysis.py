@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--n-boot", type=int, default=DEFAULT_N_BOOT, help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same CIs)")
+    p.add_argument("--random-only", action="store_true",
+                   help="only memes chosen at random (random order, exploration picks, folders, imports): an "
+                        "unbiased estimate when most labels were chosen by a model-ranked queue")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("disagreements", help="run A vs run B: 2x2 right/wrong with McNemar p, label-error candidates")
@@ -41,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_agreement)
 
 
-def _load(session, run_ids: list[int]):  # noqa: ANN001, ANN202
-    from workbench.analysis.outcomes import list_runs, load_runs
+def _load(session, run_ids: list[int], truth=None):  # noqa: ANN001, ANN202
+    from workbench.analysis.outcomes import list_runs, load_runs, load_truth
 
     known = [r.id for r in list_runs(session)]
     if not known:
@@ -50,21 +53,27 @@ def _load(session, run_ids: list[int]):  # noqa: ANN001, ANN202
     missing = sorted(set(run_ids) - set(known))
     if missing:
         raise CliError(f"no model run with id {', '.join(map(str, missing))} (known: {', '.join(map(str, known))})")
-    return load_runs(session, run_ids or sorted(known))
+    return load_runs(session, run_ids or sorted(known), truth if truth is not None else load_truth(session))
 
 
-def metrics_report(session, run_ids: list[int], n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> dict[str, Any]:  # noqa: ANN001
-    """What `metrics --json` prints: one object per run, then every pair's McNemar + kappa."""
-    from workbench.analysis.outcomes import compare, latency
+def metrics_report(session, run_ids: list[int], n_boot: int = DEFAULT_N_BOOT, seed: int = 0,  # noqa: ANN001
+                   random_only: bool = False) -> dict[str, Any]:
+    """What `metrics --json` prints: one object per run, every pair's McNemar + kappa, and how
+    the labels behind them were chosen (`labels_chosen`; `random_only`: random picks only)."""
+    from workbench.analysis.outcomes import compare, latency, load_truth
+    from workbench.store.label_choice import how_chosen, summarize
 
-    datas = _load(session, run_ids)
+    truth = load_truth(session, random_only=random_only)
+    datas = _load(session, run_ids, truth)
+    choice = summarize(how_chosen(session), truth.image_ids.tolist())
     runs = []
     for data in datas:
         ev = data.evaluate(n_boot=n_boot, seed=seed)
         runs.append({"run_id": data.run.id, "kind": data.run.kind, "name": data.run.name,
                      "model_id": data.run.model_id, **ev.to_dict(), "latency": latency(data)})
     pairs = [compare(a, b).to_dict() for a, b in combinations(datas, 2)]
-    return {"runs": runs, "pairs": pairs, "n_boot": n_boot, "seed": seed,
+    return {"runs": runs, "pairs": pairs, "n_boot": n_boot, "seed": seed, "random_only": random_only,
+            "labels_chosen": choice.to_dict(),
             "notes": "metrics on covered items (human label and a toxic/non_toxic answer); accuracy_strict counts "
                      "unknown/failed/missing as wrong; positive class: toxic"}
 
@@ -79,9 +88,11 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.store.db import session_scope
 
     with session_scope(settings.db_url) as session:
-        report = metrics_report(session, args.run_ids, n_boot=args.n_boot, seed=args.seed)
+        report = metrics_report(session, args.run_ids, n_boot=args.n_boot, seed=args.seed,
+                                random_only=args.random_only)
     if args.json:
         return print_json(report)
+    print(("Labels chosen at random only. " if args.random_only else "") + report["labels_chosen"]["note"])
     for r in report["runs"]:
         print(f"run #{r['run_id']} {r['kind']} · {r['name'] or r['model_id']}")
         print(f"  labeled {r['n_labeled']}, covered {r['n_covered']} (coverage {_fmt(r['coverage'])}), "
@@ -140,8 +151,10 @@ def cmd_label_issues(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_agreement(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.analysis.outcomes import annotator_agreement
+    from workbench.analysis.suggestions import anchoring
 
     report = in_session(settings, annotator_agreement)
+    report["anchoring"] = in_session(settings, anchoring)
     if args.json:
         return print_json(report)
     for title, part in (("people", report), ("system annotators (folder names, annotations.csv)", report["system"])):
@@ -156,4 +169,10 @@ def cmd_agreement(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {p['a']} × {p['b']}: n={p['n']} agreement {_fmt(p['agreement'])} kappa {_fmt(p['kappa'])}")
     overall = report["alpha"]["overall"]
     print(f"Krippendorff's alpha (people, memes labeled by 2+: {overall['n_memes']}): {_fmt(overall['alpha'])}")
+    anchor = report["anchoring"]
+    if anchor["shown"]["n"] or anchor["not_shown"]["n"]:
+        print("anchoring: labels equal to the learner's class")
+        for side, title in (("shown", "suggestion shown"), ("not_shown", "not shown")):
+            part = anchor[side]
+            print(f"  {title:17} {_fmt(part['rate'], part['ci'])} of {part['n']}")
     return 0

@@ -25,8 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_actor_option(p)
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("import-annotations", help="import labels from an annotations.csv")
-    p.add_argument("csv", type=Path)
+    p = sub.add_parser("import-annotations", help="import labels from an annotations.csv or a Label Studio export")
+    p.add_argument("csv", type=Path, help="annotations.csv, or with --format label-studio Label Studio's JSON export")
+    p.add_argument("--format", choices=("csv", "label-studio"), default="csv")
+    p.add_argument("--map", action="append", default=[], metavar="CHOICE=toxic",
+                   help="label-studio: what a choice means (repeat); Toxic and Neutral are known")
+    p.add_argument("--document-root", type=Path, default=None,
+                   help="label-studio: LOCAL_FILES_DOCUMENT_ROOT, to match tasks by the sha256 of their local file")
     p.add_argument("--annotator", default="import",
                    help="whose labels these are (default: import); a user's email needs that user, or --reason")
     p.add_argument("--reason", help="why an admin imports labels under another user's name (recorded in the audit log)")
@@ -39,9 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     ann = exsub.add_parser("annotations", help="annotations.csv (filename,label) with consensus labels")
     ann.add_argument("path", type=Path)
     ann.set_defaults(func=cmd_export_annotations)
+    hist = exsub.add_parser("labels", help="labels.csv: every label row (undone ones too) with how its meme was "
+                                          "chosen: queue order, rank, score, exploration pick, suggestion, seconds")
+    hist.add_argument("path", type=Path)
+    hist.set_defaults(func=cmd_export_labels)
     from workbench.cli.report import add_predictions_parser
 
     add_predictions_parser(exsub)  # `export predictions PATH` (also `export-predictions`)
+    from workbench.cli.interop import add_export_parsers
+
+    add_export_parsers(exsub)  # `export hf-dataset OUT_DIR`, `export label-studio OUT_DIR`
 
     p = sub.add_parser("stats", help="counts of images, labels, OCR, runs")
     p.add_argument("--json", action="store_true")
@@ -101,6 +113,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.csv.is_file():
         raise CliError(f"{args.csv} does not exist")
+    if args.format == "label-studio":
+        from workbench.cli.interop import cmd_import_label_studio
+
+        return cmd_import_label_studio(args, settings)
     report = run_as(settings, import_annotations, settings.memes_dir, args.csv, args.annotator, reason=args.reason,
                     all_or_nothing=not args.partial, actor=actor_of(args))
     for issue in report.issues:
@@ -114,6 +130,14 @@ def cmd_export_annotations(args: argparse.Namespace, settings: Settings) -> int:
 
     n = in_session(settings, write_annotations, args.path)
     print(f"wrote {n} rows to {args.path}")
+    return 0
+
+
+def cmd_export_labels(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.store.label_history import write_label_history
+
+    n = in_session(settings, write_label_history, args.path)
+    print(f"wrote {n} label rows to {args.path}")
     return 0
 
 

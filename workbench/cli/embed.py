@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli import CliError, in_session, print_json, report_job
+from workbench.cli.jobs import add_cluster_option, cluster_of
 from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print fresh / stale / missing counts (of SOURCE's embedders, or of every cached set) "
                         "and embed nothing")
     p.add_argument("--json", action="store_true", help="--status as JSON")
+    add_cluster_option(p)
     add_actor_option(p)
     p.set_defaults(func=cmd_embed)
 
@@ -99,7 +101,8 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> int:
                 continue
         try:
             summary = run_step(settings.db_url, EmbedStep(embedder), todo, memes_dir=settings.memes_dir,
-                               lock_dir=settings.artefacts_dir, batch_size=args.batch_size, force=args.force)
+                               lock_dir=settings.artefacts_dir, batch_size=args.batch_size, force=args.force,
+                               cluster=cluster_of(args, settings))
         except JobBusy as exc:
             raise CliError(str(exc)) from None
         code = max(code, report_job(f"{embedder.describe()} [{embedder.fingerprint()}]", summary))

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     resume = jsub.add_parser("resume", help="run an interrupted, cancelled or failed job again here (skips what is done)")
     resume.add_argument("job", type=int)
     resume.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_cluster_option(resume)
     add_actor_option(resume)
     resume.set_defaults(func=cmd_resume)
 
@@ -56,6 +57,19 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def add_cluster_option(p: argparse.ArgumentParser) -> None:
+    """`--cluster tcp://HOST:8786`: run the job's batches on a Dask cluster (README: Jobs on a Dask cluster)."""
+    p.add_argument("--cluster", metavar="tcp://HOST:8786",
+                   help="run the batches on this Dask scheduler's workers (default: WORKBENCH_DASK_SCHEDULER; "
+                        "'local': here); this machine still reads the memes and writes the database")
+
+
+def cluster_of(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The scheduler a job runs on: --cluster, else WORKBENCH_DASK_SCHEDULER; None (here) for 'local'."""
+    value = (getattr(args, "cluster", None) or settings.dask_scheduler or "").strip()
+    return None if value in ("", "local") else value
+
+
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
@@ -84,7 +98,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     try:
         summary = run_step(settings.db_url, job.step, job.image_ids, memes_dir=settings.memes_dir,
                            lock_dir=settings.artefacts_dir, batch_size=job.batch_size, workers=job.workers,
-                           prefetch=job.prefetch, on_progress=on_progress)
+                           prefetch=job.prefetch, on_progress=on_progress, cluster=cluster_of(args, settings))
     except JobBusy as exc:
         raise CliError(str(exc)) from None
     finally:

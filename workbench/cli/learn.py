@@ -27,15 +27,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--every", type=int, default=None, metavar="N",
                    help=f"only store the setting: refresh on its own after N new human labels (0 = off; "
                         f"default {DEFAULT_EVERY})")
+    p.add_argument("--history", action="store_true",
+                   help="refresh nothing: print the learning curve (out-of-fold F1 with its CI per refresh, by "
+                        "labels), the estimate of toxic memes still unlabeled, and how the labels were chosen")
     p.add_argument("--json", action="store_true",
-                   help='print {"run_id", "labels", "learner", "oof_f1", "oof_f1_ci": [lo, hi], "seconds"}')
+                   help='print {"run_id", "labels", "learner", "oof_f1", "oof_f1_ci": [lo, hi], "seconds"} '
+                        '(with --history: {"curve": [...], "toxic_estimate": {...}, "labels_chosen": {...}})')
     add_actor_option(p)
     p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("suggestions", help="show or set the learner's suggestions (pre-labels) on the Label page",
+                       description="Off by default. On: the Label page shows the newest learner run's class and "
+                                   "P(toxic), and the A key accepts it. With overlap (k > 1) they stay off unless "
+                                   "--in-overlap is given too. Admins only; audited.")
+    p.add_argument("state", nargs="?", choices=("on", "off"), help="turn them on or off (omit to show)")
+    p.add_argument("--in-overlap", action="store_true", help="also show them when k > 1")
+    p.add_argument("--json", action="store_true")
+    add_actor_option(p)
+    p.set_defaults(func=cmd_suggestions)
+
+
+def cmd_suggestions(args: argparse.Namespace, settings: Settings) -> int:
+    from workbench.analysis import suggestions
+
+    if args.state is not None:
+        run_as(settings, suggestions.set_suggestions, args.state == "on", args.in_overlap, actor_of(args))
+    elif args.in_overlap:
+        raise CliError("--in-overlap goes with `suggestions on`")
+    setting = in_session(settings, suggestions.suggestion_setting)
+    if args.json:
+        return print_json(setting)
+    print("suggestions: " + ("on" + (", also with overlap (k > 1)" if setting["in_overlap"] else
+                                     ", off while k > 1") if setting["on"] else "off"))
+    return 0
 
 
 def cmd_learn(args: argparse.Namespace, settings: Settings) -> int:
     from workbench.analysis import learner
 
+    if args.history:
+        from workbench.analysis.learning_progress import learning_history
+
+        history = in_session(settings, learning_history)
+        if args.json:
+            return print_json(history)
+        print(history["labels_chosen"]["note"])
+        for row in history["curve"]:
+            f1 = "—" if row["oof_f1"] is None else f"{row['oof_f1']:.3f}"
+            ci = "" if row["ci_low"] is None else f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+            print(f"run {row['run_id']}: {row['labels']} labels, out-of-fold F1 {f1}{ci} ({row['learner']})")
+        if not history["curve"]:
+            print("no learner refresh yet (python -m workbench learn)")
+        if history["toxic_estimate"]:
+            print(history["toxic_estimate"]["note"])
+        return 0
     actor = actor_of(args)
     if args.embedding is not None and args.learner is None:
         args.learner = "head"

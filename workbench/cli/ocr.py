@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from workbench.cli import CliError
+from workbench.cli.jobs import add_cluster_option, cluster_of
 from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 from workbench.ocr import DEFAULT_ENGINE, ENGINE_HELP, ENGINES, LANGS
@@ -24,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folder", default=None, help="only images in this top-level folder of the memes dir")
     p.add_argument("--limit", type=int, default=None, help="at most N images")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_cluster_option(p)
     add_actor_option(p)
     p.set_defaults(func=cmd_ocr)
 
@@ -68,7 +70,8 @@ def cmd_ocr(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         summary = run_step(settings.db_url, step, ids, memes_dir=settings.memes_dir, lock_dir=settings.artefacts_dir,
-                           batch_size=args.batch_size, workers=workers, force=args.force, on_progress=on_progress)
+                           batch_size=args.batch_size, workers=workers, force=args.force, on_progress=on_progress,
+                           cluster=cluster_of(args, settings))
     except JobBusy as exc:
         raise CliError(str(exc)) from None
     finally:

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from workbench.cli import CliError, report_job
+from workbench.cli.jobs import add_cluster_option, cluster_of
 from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 from workbench.predictors import REGISTRY
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="memes per committed batch (default 8)")
     p.add_argument("--force", action="store_true", help="predict again images this config already did")
     p.add_argument("--list-options", action="store_true", help="print the predictor's options and exit")
+    add_cluster_option(p)
     add_actor_option(p)
     p.set_defaults(func=cmd_predict)
 
@@ -127,7 +129,7 @@ def _run_with_progress(settings: Settings, predictor, ids: list[int], args: argp
 
     try:
         return run_predictions(settings, predictor, ids, batch_size=args.batch_size, force=args.force,
-                               on_progress=on_progress)
+                               on_progress=on_progress, cluster=cluster_of(args, settings))
     except JobBusy as exc:
         raise CliError(str(exc)) from None
     finally:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from workbench.cli import CliError, in_session
+from workbench.cli.jobs import add_cluster_option, cluster_of
 from workbench.cli.team import add_actor_option, authorize_job
 from workbench.config import Settings
 from workbench.explain.cam import METHODS
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="report on this run id (repeat; default: every run with predictions)")
     p.add_argument("--top", type=int, default=20, help="disagreement cards to include (default 20)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--random-only", action="store_true",
+                   help="metrics over the memes chosen at random only (random order, exploration picks, folders, "
+                        "imports)")
     p.add_argument("--cams", type=int, default=0, metavar="N",
                    help="first compute EigenCAM + the toxic Grad-CAM for the top N disagreements (with --model)")
     p.add_argument("--model", help="CLIP model for --cams (hub id or local folder; default: the project's clip choice)")
@@ -51,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--neutral-prompt", help="prompt of the non_toxic class (default: the CLIP predictor's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--force", action="store_true", help="recompute maps that are already cached")
+    add_cluster_option(p)
     add_actor_option(p)
     p.set_defaults(func=cmd_cam)
 
@@ -72,7 +77,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"{args.out} should end in .html")
     if args.top < 0 or args.n_boot < 0:
         raise CliError("--top and --n-boot must not be negative")
-    options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot)
+    options = ReportOptions(run_ids=tuple(args.runs) if args.runs else None, top_n=args.top, n_boot=args.n_boot,
+                            random_only=args.random_only)
     if args.cams > 0:
         _cams_for_report(settings, options, args.cams, args.model or _clip_choice(settings))
     with read_scope(settings.db_url) as session:  # reads only: no write lock while the report is computed
@@ -159,7 +165,8 @@ def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         summary = run_step(settings.db_url, step, ids, memes_dir=settings.memes_dir, lock_dir=settings.artefacts_dir,
-                           batch_size=args.batch_size, force=args.force, on_progress=progress)
+                           batch_size=args.batch_size, force=args.force, on_progress=progress,
+                           cluster=cluster_of(args, settings))
     except JobBusy as exc:
         raise CliError(str(exc)) from exc
     print(file=sys.stderr)

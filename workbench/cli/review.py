@@ -11,6 +11,7 @@ import os
 import sys
 
 from workbench.cli import CliError, in_session, print_json, report_job
+from workbench.cli.jobs import add_cluster_option, cluster_of
 from workbench.cli.team import actor_of, add_actor_option, authorize_job
 from workbench.config import Settings
 from workbench.errors import PermissionDenied
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="hashing processes (default: one per core)")
     p.add_argument("--batch-size", type=int, default=HASH_BATCH, help=f"images per stored batch (default {HASH_BATCH})")
     p.add_argument("--list", action="store_true", help="only list the stored groups (no hashing, no grouping)")
+    add_cluster_option(p)
     p.add_argument("--json", action="store_true",
                    help='print {"groups": [{"id", "members": [{"image_id", "path", "label"}, ...]}, ...]}')
     add_actor_option(p)
@@ -70,7 +72,8 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
         authorize_job(args, settings, "hash", len(ids))  # admins run jobs; the start is recorded
         try:
             summary = run_step(settings.db_url, HashStep(), ids, memes_dir=settings.memes_dir,
-                               lock_dir=settings.artefacts_dir, batch_size=args.batch_size, workers=args.workers)
+                               lock_dir=settings.artefacts_dir, batch_size=args.batch_size, workers=args.workers,
+                               cluster=cluster_of(args, settings))
         except JobBusy as exc:
             raise CliError(str(exc)) from None
         with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):

@@ -515,5 +515,26 @@ class CamStep(Step):
                 results.append(ItemResult(item.image_id, error=f"{type(exc).__name__}: {exc}"))
         return results
 
+    def use_scratch(self, folder: Path) -> None:
+        """On a cluster worker: maps go to a folder of the worker's, and travel back (remote_result)."""
+        self.artefacts_dir = folder
+
+    def remote_result(self, result: ItemResult) -> ItemResult:
+        """On a cluster worker: the map's PNG as (path under the artefacts folder, bytes), its file removed."""
+        if result.error is None and isinstance(result.value, str):
+            path = Path(result.value)
+            result.value = (path.relative_to(self.artefacts_dir).as_posix(), path.read_bytes())
+            path.unlink(missing_ok=True)
+        return result
+
     def save(self, session: Session, results: list[ItemResult], force: bool) -> None:
-        """Nothing to add to the DB: each map was written to its PNG in `process`."""
+        """Nothing to add to the DB: each map was written to its PNG in `process`, or, computed
+        on a cluster worker, comes back as bytes and is written here."""
+        for result in results:
+            if result.error is None and isinstance(result.value, tuple):
+                rel, data = result.value
+                target = self.artefacts_dir / rel
+                if ".." in Path(rel).parts or Path(rel).is_absolute():
+                    raise ValueError(f"a worker sent a map path outside the artefacts folder: {rel!r}")
+                with atomic_write(target) as fh:
+                    fh.write(data)

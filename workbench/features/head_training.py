@@ -54,8 +54,8 @@ class HeadConfig:
     def __post_init__(self) -> None:
         if self.model not in HEAD_MODELS:
             raise HeadError(f"head model must be one of {', '.join(HEAD_MODELS)}, not {self.model!r}")
-        if self.epochs < 1 or self.folds < 2:
-            raise HeadError("epochs must be >= 1 and folds >= 2")
+        if self.epochs < 1 or self.folds < 2 or self.batch_size < 1:
+            raise HeadError("epochs and batch_size must be >= 1 and folds >= 2")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,7 +270,18 @@ def train_head(
     x_val: np.ndarray | None = None, y_val: np.ndarray | None = None, seed_offset: int = 0,
 ) -> tuple[TrainedHead, list[dict[str, float]]]:
     """Train one head on (x, y); returns it and its per-epoch curve (train loss, and
-    validation loss/F1 when a validation set is given)."""
+    validation loss/F1 when a validation set is given). On one torch thread: a head is too
+    small to split (workbench.models.devices.one_thread)."""
+    from workbench.models.devices import one_thread
+
+    with one_thread():
+        return _train_head(x, y, config, feature_model, x_val=x_val, y_val=y_val, seed_offset=seed_offset)
+
+
+def _train_head(
+    x: np.ndarray, y: np.ndarray, config: HeadConfig, feature_model: dict[str, Any] | None = None, *,
+    x_val: np.ndarray | None = None, y_val: np.ndarray | None = None, seed_offset: int = 0,
+) -> tuple[TrainedHead, list[dict[str, float]]]:
     import torch
     from torch import nn
 

@@ -8,6 +8,8 @@ than fp32 there), else fp32. torch's thread count is set to the cores this proce
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -110,6 +112,23 @@ def set_threads(n: int | None = None) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block (restored after). For models too small to
+    split (a head on frozen features: a 768x2 layer on 256 rows): more threads only add sync,
+    and beside a busy core two threads made head training 3.4x slower (bench/learner_scale.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _env_int(name: str) -> int:

@@ -102,6 +102,7 @@ class HeadPredictor(OutOfFoldPredictor):
         Option("vlm_model", DEFAULT_VLM_MODEL, "VLM whose cached pooled embeddings to use (features = vlm; the form "
                "starts from the project's vlm choice)"),
         Option("epochs", 60, "training epochs per fold", "int"),
+        Option("batch_size", 32, "examples per Adam step", "int"),
         Option("lr", 1e-3, "Adam learning rate", "float"),
         Option("weight_decay", 1e-4, "Adam weight decay", "float"),
         Option("folds", 5, "stratified cross-validation folds", "int"),
@@ -112,7 +113,8 @@ class HeadPredictor(OutOfFoldPredictor):
 
     def __init__(self, features: str = "both", head: str = "mlp", clip_model: str = DEFAULT_CLIP_MODEL,
                  vlm_model: str = DEFAULT_VLM_MODEL, epochs: int = 60, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 folds: int = 5, seed: int = 0, group_duplicates: bool = True, head_path: str = "") -> None:
+                 folds: int = 5, seed: int = 0, group_duplicates: bool = True, head_path: str = "",
+                 batch_size: int = 32) -> None:
         super().__init__()
         self.features = features
         self.embedders = feature_embedders(features, (clip_model or DEFAULT_CLIP_MODEL).strip(),
@@ -120,7 +122,8 @@ class HeadPredictor(OutOfFoldPredictor):
         self.feature_model = feature_model(features, self.embedders)
         try:
             self.head_config = HeadConfig(model=head, epochs=int(epochs), lr=float(lr),
-                                          weight_decay=float(weight_decay), folds=int(folds), seed=int(seed))
+                                          weight_decay=float(weight_decay), folds=int(folds), seed=int(seed),
+                                          batch_size=int(batch_size))
         except HeadError as exc:
             raise ValueError(str(exc)) from None
         self.folds, self.seed = self.head_config.folds, self.head_config.seed

@@ -126,11 +126,13 @@ def run_predictions(
     force: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    cluster: str | None = None,
 ) -> JobSummary:
     """Run `predictor` over `image_ids` through the job runner (skip done, resume, per-item
-    errors). A model that cannot load ends the job `failed` with the ModelUnavailable text."""
+    errors), on the Dask scheduler `cluster` when given. A model that cannot load ends the job
+    `failed` with the ModelUnavailable text."""
     return run_step(
         settings.db_url, PredictorStep(predictor), image_ids, memes_dir=settings.memes_dir,
         lock_dir=settings.artefacts_dir, batch_size=batch_size, force=force, on_progress=on_progress,
-        should_stop=should_stop,
+        should_stop=should_stop, cluster=cluster,
     )

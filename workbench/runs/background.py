@@ -114,7 +114,7 @@ class BackgroundJobs:
     def submit(
         self, db_url: str, step: Step, image_ids: Sequence[int], *, memes_dir: Path, lock_dir: Path,
         batch_size: int = 8, workers: int = 1, force: bool = False, prefetch: int | None = None,
-        resumes: int | None = None,
+        resumes: int | None = None, cluster: str | None = None,
     ) -> Ticket:
         """Queue `run_step(db_url, step, image_ids, ...)` on the worker; returns its ticket.
         The same step (fingerprint) over the same images already queued or running is not
@@ -130,7 +130,7 @@ class BackgroundJobs:
             self._tickets[ticket.key] = ticket
             self._prune()
         kwargs = {"db_url": db_url, "memes_dir": memes_dir, "lock_dir": lock_dir, "batch_size": batch_size,
-                  "workers": workers, "force": force, "prefetch": prefetch}
+                  "workers": workers, "force": force, "prefetch": prefetch, "cluster": cluster}
         self._queue.put((ticket, kwargs, step))
         return ticket
 

@@ -15,7 +15,10 @@ Guarantees, for every step alike:
 - a job can be cancelled from anywhere, another process included: `request_cancel` marks
   its row `cancelling`, and the runner stops after the batch in flight;
 - the job row records what rebuilds it (the step's recipe, the image ids, the batch
-  settings), so a job a restart interrupted can be resumed (workbench.runs.background).
+  settings), so a job a restart interrupted can be resumed (workbench.runs.background);
+- with `cluster` (a Dask scheduler's address) the batches run on the cluster's workers
+  instead of here (workbench.runs.cluster); everything above holds the same, this process
+  being the only one that reads the memes folder and writes the database.
 """
 
 from __future__ import annotations
@@ -92,15 +95,19 @@ def safe_process(step: Step, items: list[WorkItem]) -> list[ItemResult]:
 
 
 def _work_items(session: Session, ids: list[int], memes_dir: Path, with_text: bool,
-                refused: list[ItemResult] | None = None) -> list[WorkItem]:
+                refused: list[ItemResult] | None = None, reads_files: bool = True) -> list[WorkItem]:
     """The batch's items, each with its file through the guarded resolver (store.paths): an
     image whose stored path leaves the memes folder is never handed to a step; it goes to
-    `refused` as that image's error."""
+    `refused` as that image's error. A step that never reads files (`reads_files` False) gets
+    no path at all (an empty Path), so it cannot open one by mistake."""
     from workbench.store.paths import UnsafePath, image_file
 
     rows = session.execute(select(Image.id, Image.path).where(Image.id.in_(ids))).all()
     paths: dict[int, Path] = {}
     for i, rel in rows:
+        if not reads_files:
+            paths[i] = Path()
+            continue
         try:
             paths[i] = image_file(memes_dir, rel)
         except UnsafePath as exc:
@@ -127,11 +134,15 @@ def run_step(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     prefetch: int | None = None,
+    cluster: str | None = None,
 ) -> JobSummary:
     """Run `step` over `image_ids`; see the module docstring for the guarantees.
 
     `prefetch`: threads that prefetch a prefetching step's items (None = one per core,
     0 = none: everything in this thread, one batch after another).
+
+    `cluster`: a Dask scheduler's address (tcp://HOST:8786): the batches run on its workers
+    (workbench.runs.cluster), this process still the only writer; `workers` is then unused.
 
     `on_progress` is called after each committed batch (in this thread); `should_stop` is
     polled between batches (Cancel), and so is the job row's status (`request_cancel`). A
@@ -150,7 +161,8 @@ def run_step(
                 return _failed_before_start(session, step, ids, exc, t0)
             job = Job(
                 step_kind=step.kind, step_name=step.name, fingerprint=step.fingerprint(), run_id=run_id,
-                params=job_params(step, ids, batch_size=batch_size, workers=workers, force=force, prefetch=prefetch),
+                params=job_params(step, ids, batch_size=batch_size, workers=workers, force=force, prefetch=prefetch,
+                                  **({"cluster": cluster} if cluster else {})),
                 total=len(ids), pid=os.getpid(), heartbeat_at=utcnow(),
             )
             session.add(job)
@@ -186,7 +198,7 @@ def run_step(
                     on_progress(progress)
                 if todo:
                     status, error = _drive(Session_, step, todo, memes_dir, batch_size, workers, record,
-                                           stop_requested, prefetch)
+                                           stop_requested, prefetch, cluster, progress)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 _close_job(Session_, step, job_id, progress, "cancelled", "interrupted")
@@ -281,7 +293,7 @@ def _save_batch(Session_, step: Step, results: list[ItemResult], force: bool, jo
 
 
 def _drive(Session_, step, todo, memes_dir, batch_size, workers, save_batch, should_stop,  # noqa: ANN001
-           prefetch) -> tuple[str, str | None]:
+           prefetch, cluster=None, progress=None) -> tuple[str, str | None]:
     from workbench.errors import ModelUnavailable
 
     refused: list[ItemResult] = []  # images whose path leaves the memes folder (filled by items_for)
@@ -293,9 +305,14 @@ def _drive(Session_, step, todo, memes_dir, batch_size, workers, save_batch, sho
 
     def items_for(batch_ids: list[int]) -> list[WorkItem]:
         with Session_() as session:
-            return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text, refused)
+            return _work_items(session, batch_ids, memes_dir, step.needs_ocr_text, refused,
+                               getattr(step, "reads_files", True))
 
     batches = in_batches(todo, batch_size)
+    if cluster:  # the workers load the step; this process only reads files and writes results
+        from workbench.runs.cluster import drive
+
+        return drive(cluster, step, batches, items_for, record, should_stop, progress)
     try:
         step.load()  # in this process too: a missing model or engine fails here, clearly, before any pool
     except ModelUnavailable as exc:

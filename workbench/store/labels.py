@@ -23,7 +23,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from workbench.config import LABELS, SYSTEM_ANNOTATORS
+from workbench.config import DATASET_ANNOTATOR_PREFIX, LABELS, SYSTEM_ANNOTATORS
 from workbench.store import users
 from workbench.store.db import in_batches
 from workbench.store.schema import Adjudication, Image, Label, Setting, utcnow
@@ -60,7 +60,8 @@ class LabelContext:
 
     `order` is the queue order ("unsure", "random", ...) or the label's origin ("folder",
     "import"); `exploration` marks a random pick inside an active order; `suggestion` /
-    `suggestion_prob` are the learner's class and P(toxic) when the page showed them."""
+    `suggestion_prob` are the learner's class and P(toxic) for the meme at that moment, and
+    `suggestion_shown` whether the page showed them to the annotator."""
 
     order: str | None = None
     rank: int | None = None
@@ -68,6 +69,7 @@ class LabelContext:
     exploration: bool | None = None
     suggestion: str | None = None
     suggestion_prob: float | None = None
+    suggestion_shown: bool | None = None
     seconds_spent: float | None = None
 
 
@@ -81,13 +83,13 @@ def add_label(session: Session, image_id: int, label: str, annotator: str, note:
     """Record `annotator`'s label for an image (a new row; history is kept), with how the
     meme was chosen when the caller knows it."""
     annotator = checked_input(session, image_id, label, annotator)
-    if annotator not in SYSTEM_ANNOTATORS:
+    if annotator not in SYSTEM_ANNOTATORS and not annotator.startswith(DATASET_ANNOTATOR_PREFIX):
         users.require(session, annotator, users.LABEL)  # sign-in on: the annotator is a user with a role
     c = context or LabelContext()
     row = Label(image_id=image_id, label=label, annotator=annotator[:128], note=(note or None),
                 queue_order=(c.order or None) and c.order[:32], queue_rank=c.rank, queue_score=c.score,
                 exploration=c.exploration, suggestion=c.suggestion, suggestion_prob=c.suggestion_prob,
-                seconds_spent=c.seconds_spent)
+                suggestion_shown=c.suggestion_shown, seconds_spent=c.seconds_spent)
     session.add(row)
     session.flush()
     return row

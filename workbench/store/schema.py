@@ -75,8 +75,11 @@ class Label(Base):
     queue_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
     queue_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     exploration: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    suggestion: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the learner's class shown
-    suggestion_prob: Mapped[float | None] = mapped_column(Float, nullable=True)  # its P(toxic)
+    # The learner's class and P(toxic) for the meme when it was labelled, and whether the page
+    # showed them (anchoring is measured by comparing labels with the class shown / not shown).
+    suggestion: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    suggestion_prob: Mapped[float | None] = mapped_column(Float, nullable=True)
+    suggestion_shown: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     seconds_spent: Mapped[float | None] = mapped_column(Float, nullable=True)  # on this meme, when known
 
     image: Mapped[Image] = relationship(back_populates="labels")

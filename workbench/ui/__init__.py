@@ -317,20 +317,33 @@ def _authorized_job(ctx: Ctx, what: str, details: dict[str, Any]) -> bool:
 
 def run_job_widget(
     ctx: Ctx, step: Step, image_ids: Sequence[int], *, batch_size: int = 8, workers: int = 1, force: bool = False,
-    key: str = "job",
+    key: str = "job", cluster: str | None = None,
 ) -> JobSummary | None:
     """Run a step as a server job (workbench.runs.background) and follow it here: a progress
     bar with rate and ETA and a Cancel button while it runs, the summary when it ends, which
     is returned. Leaving the page, closing the tab or signing out stops only the following:
     the job goes on, the sidebar shows it, and the Run page lists it. None when it did not run
-    (not allowed, another job holding the lock, cancelled while queued) or is followed no more."""
+    (not allowed, another job holding the lock, cancelled while queued) or is followed no more.
+    `cluster`: a Dask scheduler's address to run the batches on (see `cluster_field`)."""
     if not _authorized_job(ctx, "job", {"step": step.name, "images": len(image_ids)}):
         return None
     ticket = background.jobs().submit(
         ctx.db_url, step, image_ids, memes_dir=ctx.settings.memes_dir, lock_dir=ctx.settings.artefacts_dir,
-        batch_size=batch_size, workers=workers, force=force,
+        batch_size=batch_size, workers=workers, force=force, cluster=cluster,
     )
     return follow_job(ticket, key=key)
+
+
+def cluster_field(ctx: Ctx, key: str) -> str | None:
+    """The Cluster field of a page that runs jobs: a Dask scheduler's address (default
+    WORKBENCH_DASK_SCHEDULER), or empty for this server. Returns the address or None."""
+    value = st.text_input(
+        "Cluster (Dask scheduler)", value=ctx.settings.dask_scheduler or "", key=key,
+        placeholder="tcp://HOST:8786 — empty: run here",
+        help="Run the batches on a Dask cluster's workers (`dask scheduler` on one machine, `dask worker "
+             "tcp://HOST:8786` on the others); this server still reads the memes and stores the results.")
+    value = value.strip()
+    return None if value in ("", "local") else value
 
 
 def follow_job(ticket: background.Ticket, key: str = "job") -> JobSummary | None:

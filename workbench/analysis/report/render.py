@@ -78,6 +78,7 @@ class ReportOptions:
     training_points: int = 300  # points per training-curve chart, shared by its folds
     n_boot: int = 1000
     seed: int = 0
+    random_only: bool = False  # metrics over the memes chosen at random only (unbiased under active labeling)
 
 
 # ------------------------------------------------------------------ templates
@@ -232,7 +233,9 @@ def _disagreements(session: Session, settings: Settings, datas: list[Any], optio
 
 def report_data(session: Session, settings: Settings, options: ReportOptions | None = None) -> dict[str, Any]:
     """Everything the template shows, as plain data."""
+    from workbench.analysis.learning_progress import learning_history
     from workbench.analysis.outcomes import list_runs, load_runs, load_truth
+    from workbench.store.label_choice import how_chosen, summarize
 
     options = options or ReportOptions()
     runs = sorted((r for r in list_runs(session, options.run_ids) if r.n_predictions > 0), key=lambda r: r.id)
@@ -243,10 +246,13 @@ def report_data(session: Session, settings: Settings, options: ReportOptions | N
         "runs": [{"id": r.id, "kind": r.kind, "model": r.name or r.model_id, "n_predictions": r.n_predictions}
                  for r in shown],
         "run_sections": [], "training": None, "pairs": None, "disagreements": None,
+        "random_only": options.random_only, "learning": learning_history(session), "labels_chosen": None,
     }
     if not shown:
         return data
-    datas = load_runs(session, [r.id for r in shown], load_truth(session))
+    truth = load_truth(session, random_only=options.random_only)
+    data["labels_chosen"] = summarize(how_chosen(session), truth.image_ids.tolist()).to_dict()
+    datas = load_runs(session, [r.id for r in shown], truth)
     rows = {r.id: r for r in session.scalars(select(ModelRun).where(ModelRun.id.in_([r.id for r in shown])))}
     data["run_sections"] = [_run(d, rows.get(d.run.id), options) for d in datas]
     data["training"] = training_section(settings, shown, {i: r.fingerprint for i, r in rows.items()},
