@@ -44,6 +44,21 @@ def test_gpu_bench_smoke_on_cuda() -> None:
     assert "D 4-bit nf4" in out or "bitsandbytes is not installed" in out
 
 
+def test_scale_bench_smoke() -> None:
+    """bench/scale.py at N = 300 on SQLite: every row of its table is measured and printed."""
+    done = subprocess.run([sys.executable, "bench/scale.py", "--smoke", "--db", "sqlite"], cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    out = done.stdout
+    assert "300 memes" in out, out
+    for row in ("| rescan of the unchanged tree | ≥ 5,000 files/s | ", "| Label, team k=2: label → next | ≤ 300 ms | ",
+                "| Gallery: filter change | ≤ 500 ms | ", "| Dashboard, 3 runs with CIs | ≤ 2,000 ms | ",
+                "| Disagreements, run A vs run B | ≤ 2,000 ms | ", "| export annotations | ≤ 30 s | ",
+                "| backup + restore | ≤ 900 s | ", "| database on disk | | ", "| peak RSS of the app process"):
+        assert row in out, out
+    assert "sqlite export: 262 rows" in out and ", 8 groups," in out, out  # the data as built, and the planted pairs
+
+
 def test_export_bench_smoke() -> None:
     """bench/export_hf.py --smoke: 60 memes through the Hugging Face export in a fresh process."""
     done = subprocess.run([sys.executable, "bench/export_hf.py", "--smoke"], cwd=REPO, capture_output=True, text=True,

@@ -16,6 +16,7 @@ from workbench.store.labels import (
     consensus_labels,
     current_labels,
     label_history,
+    present_ids,
 )
 from workbench.store.ocr_texts import best_text
 from workbench.store.schema import Image, Label, ModelRun, OcrResult, Prediction
@@ -114,7 +115,10 @@ def gallery_page(
         labels = consensus_labels(session, [r[0] for r in rows]) if rows else {}
     else:
         labels = consensus_labels(session)
-        ids = list(session.scalars(select(Image.id).where(*conditions).order_by(*order)))
+        if annotator or text:
+            ids = list(session.scalars(select(Image.id).where(*conditions).order_by(*order)))
+        else:  # the same ids in the same order, from present_ids' cache (a million ids: ~0.6 s)
+            ids = present_ids(session, folder)
         if label == "unlabeled":
             ids = [i for i in ids if i not in labels]
         else:

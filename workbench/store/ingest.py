@@ -24,7 +24,7 @@ from workbench.store import users
 from workbench.store.db_locks import advisory_lock
 from workbench.store.files import atomic_write
 from workbench.store.images import ACCEPTED_SUFFIXES, ImageInfo, InvalidImage, safe_filename, validate_bytes
-from workbench.store.labels import LabelContext, add_label, current_labels
+from workbench.store.labels import LabelContext, add_label, current_labels, images_changed
 from workbench.store.paths import check_rel_path, checked_stat
 from workbench.store.schema import Image, Label
 
@@ -155,6 +155,8 @@ def _scan_folder(
     if not memes_dir.is_dir():
         report.files.append(FileReport(str(memes_dir), "rejected", "memes folder does not exist"))
         return report
+    images_changed(session)  # a cached present_ids made before or during the scan is read again
+    session.commit()  # no write transaction held while the files are read
     known = {img.path: img for img in session.scalars(select(Image))}
     by_sha = {img.sha256: img for img in known.values()}
     files = list(_iter_files(memes_dir))
@@ -220,6 +222,7 @@ def _scan_folder(
     for rel, img in known.items():
         if rel not in seen_paths and not img.missing and not (memes_dir / rel).exists():
             img.missing = True
+    images_changed(session)
     _commit(session, pending)
     return report
 

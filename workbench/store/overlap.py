@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -62,12 +62,28 @@ def full_ids(session: Session, k: int) -> set[int]:
     return {i for i, n in people_per_image(session).items() if n >= k}
 
 
+# Every distinct annotator from the (annotator, ...) index, one index probe per name (a loose
+# index scan; the same SQL on SQLite and PostgreSQL) instead of reading every label row.
+_ANNOTATORS = ("WITH RECURSIVE a(name) AS (SELECT min(annotator) FROM labels UNION ALL "
+               "SELECT (SELECT min(annotator) FROM labels WHERE annotator > a.name) FROM a WHERE a.name IS NOT NULL) "
+               "SELECT name FROM a WHERE name IS NOT NULL")
+
+
 def people_per_image(session: Session) -> dict[int, int]:
-    """image_id -> how many different people have a current label on it (labeled images only):
-    the distinct (image, person) pairs from one covering index scan, counted here (faster than
-    COUNT(DISTINCT) in SQL)."""
-    sql = f"SELECT DISTINCT image_id, annotator FROM labels WHERE {_HUMAN}"
-    return dict(Counter(raw_column(session, sql, SYSTEM_ANNOTATORS)))
+    """image_id -> how many different people have a current label on it (labeled images only).
+
+    Per person, their labeled images from one range of the (annotator, image_id, revoked_at)
+    index, counted with numpy: the system annotators' rows (most rows in a folder-labeled project)
+    are never read. A million memes with 330,000 people's labels: 0.42 s -> ~0.1 s."""
+    people = [a for a in raw_column(session, _ANNOTATORS) if a not in SYSTEM_ANNOTATORS]
+    parts = [np.array(raw_column(session, "SELECT DISTINCT image_id FROM labels WHERE annotator = ? "
+                                          "AND revoked_at IS NULL", (person,)), dtype=np.int64) for person in people]
+    ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    if not len(ids):
+        return {}
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    counts = np.diff(np.r_[starts, len(ids)])
+    return dict(zip(ids[starts].tolist(), counts.tolist()))
 
 
 def human_labelers(session: Session, image_ids: Sequence[int]) -> dict[int, set[str]]:
@@ -142,10 +158,12 @@ def release(session: Session, image_id: int, annotator: str) -> None:
 def progress(session: Session, k: int, complete: bool = False) -> dict[str, Any]:
     """Team progress: each person's labeled memes and the labels given in all (one index scan);
     with `complete`, also how many memes have their k labels (a scan of the people's labels)."""
-    per_person = session.execute(
-        select(Label.annotator, func.count(func.distinct(Label.image_id)))
-        .where(Label.revoked_at.is_(None), Label.annotator.not_in(SYSTEM_ANNOTATORS))
-        .group_by(Label.annotator).order_by(Label.annotator)).all()
+    # One range of the (annotator, image_id, revoked_at) index per person: the system annotators'
+    # rows are never read (a GROUP BY over every label row took 0.15 s at a million memes).
+    people = sorted(a for a in raw_column(session, _ANNOTATORS) if a not in SYSTEM_ANNOTATORS)
+    counted = [(a, session.scalar(select(func.count(func.distinct(Label.image_id)))
+                                  .where(Label.annotator == a, Label.revoked_at.is_(None))) or 0) for a in people]
+    per_person = [(a, n) for a, n in counted if n]
     out: dict[str, Any] = {"k": k, "labels": sum(n for _, n in per_person),
                            "annotators": [{"annotator": a, "labeled": n} for a, n in per_person]}
     if complete:

@@ -1,0 +1,103 @@
+"""The caches that keep the pages fast at a million memes (issue 25) give what the full
+computation gives, after every kind of change: new labels, undos, adjudications, a rolled-back
+label whose id is reused, new images, a scan that moves a file, replaced predictions."""
+
+from __future__ import annotations
+
+import shutil
+
+from sqlalchemy import select
+
+from tests.support.synthetic_runs import Pred, add_images, add_run
+from workbench.analysis.outcomes import load_runs
+from workbench.predictors.base import PredictOutput, upsert_predictions
+from workbench.store import adjudication, labels, overlap
+from workbench.store.demo_memes import write_sample_memes
+from workbench.store.ingest import scan_folder
+from workbench.store.schema import Image, Label
+
+
+def _check_consensus(session) -> None:  # noqa: ANN001
+    assert labels.consensus_labels(session) == labels._consensus_query(session, None)
+
+
+def test_consensus_cache_follows_labels_undos_adjudications_and_rollbacks(session) -> None:
+    ids = add_images(session, 6)
+    for i in ids:
+        labels.add_label(session, i, "toxic", "folder")
+    session.commit()
+    _check_consensus(session)  # cached
+    labels.add_label(session, ids[0], "non_toxic", "anna")  # a person outranks the folder
+    session.commit()
+    assert labels.consensus_labels(session)[ids[0]] == "non_toxic"
+    _check_consensus(session)
+    labels.undo_last(session, "anna", ids[0])  # an undo: back to the folder's label
+    session.commit()
+    assert labels.consensus_labels(session)[ids[0]] == "toxic"
+    _check_consensus(session)
+    labels.add_label(session, ids[1], "non_toxic", "boris")
+    labels.add_label(session, ids[1], "toxic", "anna")
+    session.commit()
+    _check_consensus(session)
+    adjudication.adjudicate(session, ids[1], "non_toxic", "rita")
+    session.commit()
+    assert labels.consensus_labels(session)[ids[1]] == "non_toxic"
+    _check_consensus(session)
+    # A label seen inside a transaction that is rolled back, its id then reused by another label.
+    labels.add_label(session, ids[2], "non_toxic", "anna")
+    assert labels.consensus_labels(session)[ids[2]] == "non_toxic"
+    session.rollback()
+    labels.add_label(session, ids[3], "non_toxic", "anna")
+    session.commit()
+    got = labels.consensus_labels(session)
+    assert got[ids[2]] == "toxic" and got[ids[3]] == "non_toxic"
+    _check_consensus(session)
+
+
+def test_present_ids_cache_follows_new_images_and_scans(settings, session) -> None:
+    write_sample_memes(settings.memes_dir, n=4, seed=1, size=(64, 64))
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    by_name = labels.present_ids(session)
+    paths = {i: p for i, p in session.execute(select(Image.id, Image.path))}
+    assert [paths[i] for i in by_name] == sorted(paths.values())
+    first = settings.memes_dir / paths[by_name[0]]
+    moved = settings.memes_dir / "яяя" / first.name  # moved to the end of the file-name order
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    scan_folder(session, settings.memes_dir)
+    session.commit()
+    assert labels.present_ids(session) == by_name[1:] + by_name[:1]
+    new = add_images(session, 1, folder="aaa")  # inserted without a scan: a new max id
+    session.commit()
+    assert labels.present_ids(session)[0] == new[0]
+    assert labels.present_ids(session, "aaa") == new
+
+
+def test_people_per_image_and_progress_count_people_only(session) -> None:
+    ids = add_images(session, 4)
+    for image_id, who in [(ids[0], "anna"), (ids[0], "boris"), (ids[0], "folder"), (ids[1], "anna"), (ids[1], "anna"),
+                          (ids[2], "import"), (ids[3], "boris")]:
+        labels.add_label(session, image_id, "toxic", who)
+    labels.undo_last(session, "boris", ids[3])
+    session.commit()
+    assert overlap.people_per_image(session) == {ids[0]: 2, ids[1]: 1}
+    assert overlap.full_ids(session, 2) == {ids[0]}
+    progress = overlap.progress(session, 2)
+    assert progress["annotators"] == [{"annotator": "anna", "labeled": 2}, {"annotator": "boris", "labeled": 1}]
+    assert progress["labels"] == 3
+    assert session.scalar(select(Label.id).where(Label.annotator == "folder")) is not None
+
+
+def test_run_arrays_cache_sees_replaced_predictions(session) -> None:
+    ids = add_images(session, 3)
+    for i in ids:
+        labels.add_label(session, i, "toxic", "anna")
+    run_id = add_run(session, "clip", "r", {i: Pred("toxic", 0.9) for i in ids})
+    session.commit()
+    (data,) = load_runs(session, [run_id])
+    assert data.pred.tolist() == [1, 1, 1]
+    upsert_predictions(session, run_id, [(ids[1], PredictOutput("non_toxic", 0.1))])  # same count, new row id
+    session.commit()
+    (data,) = load_runs(session, [run_id])
+    assert data.pred.tolist() == [1, 0, 1] and data.prob[1] == 0.1
