@@ -65,7 +65,7 @@ if not runs:
     st.stop()
 
 titles = {r.id: r.title for r in runs}
-top = st.columns([4, 1, 1, 1])
+top = st.columns([3.4, 1, 1, 1.4])
 chosen = top[0].multiselect("Runs", list(titles), default=dashboard.default_runs(runs), format_func=titles.get,
                             key="dash_runs", help="Opens with the newest run of each kind.")
 n_boot = top[1].number_input("Bootstrap resamples", 100, 10_000, DEFAULT_N_BOOT, step=100, key="dash_n_boot")

@@ -143,9 +143,10 @@ def dashboard(session: Session, run_ids: Sequence[int], n_boot: int = DEFAULT_N_
               breakdowns: bool = True, random_only: bool = False) -> Dashboard:
     """Compute the dashboard for these runs against the current human consensus (with
     `random_only`, over the memes chosen at random only), and how those labels were chosen."""
-    truth = load_truth(session, random_only=random_only)
+    chosen = how_chosen(session)
+    truth = load_truth(session, random_only=random_only, chosen=chosen)
     datas = load_runs(session, run_ids, truth)
-    choice = summarize(how_chosen(session), truth.image_ids.tolist())
+    choice = summarize(chosen, truth.image_ids.tolist())
     evaluations = {d.run.id: d.evaluate(n_boot=n_boot, seed=seed) for d in datas}
     metrics_rows, confusion, roc, pr, calib, lat = [], [], [], [], [], []
     for d in datas:

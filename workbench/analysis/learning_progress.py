@@ -85,9 +85,11 @@ def _platt(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
     return float(model.coef_[0, 0]), float(model.intercept_[0])
 
 
-def toxic_estimate(session: Session, n_boot: int = 200, seed: int = 0) -> ToxicEstimate | None:
+def toxic_estimate(session: Session, n_boot: int = 200, seed: int = 0,
+                   chosen: dict[int, str] | None = None) -> ToxicEstimate | None:
     """The toxic memes still unlabeled, by the newest learner run (None without a run, or with
-    too few labels of both classes among its out-of-fold answers to calibrate)."""
+    too few labels of both classes among its out-of-fold answers to calibrate); `chosen`:
+    how_chosen's result when the caller has it."""
     latest = latest_refresh(session)
     if latest is None:
         return None
@@ -97,7 +99,7 @@ def toxic_estimate(session: Session, n_boot: int = 200, seed: int = 0) -> ToxicE
     present = [r[0] for r in fetch_tuples(session, select(Image.id).where(Image.missing.is_(False)))]
     unlabeled = [i for i in present if i not in labels]
     calib_ids = [i for i in labels if i in probs and labels[i] in ("toxic", "non_toxic")]
-    chosen_at_random = random_ids(how_chosen(session))
+    chosen_at_random = random_ids(chosen if chosen is not None else how_chosen(session))
     random_calib = [i for i in calib_ids if i in chosen_at_random]
     y_random = np.array([labels[i] == "toxic" for i in random_calib], dtype=int)
     use_random = min(int(y_random.sum()), int(len(y_random) - y_random.sum())) >= MIN_RANDOM_CALIBRATION
@@ -128,6 +130,7 @@ def toxic_estimate(session: Session, n_boot: int = 200, seed: int = 0) -> ToxicE
 def learning_history(session: Session) -> dict[str, Any]:
     """What `learn --history --json` prints and the Dashboard shows: the learning curve, the
     toxic memes still unlabeled, and how the labelled memes were chosen."""
-    estimate = toxic_estimate(session)
+    chosen = how_chosen(session)
+    estimate = toxic_estimate(session, chosen=chosen)
     return {"curve": learning_curve(session), "toxic_estimate": estimate.to_dict() if estimate else None,
-            "labels_chosen": summarize(how_chosen(session)).to_dict()}
+            "labels_chosen": summarize(chosen).to_dict()}

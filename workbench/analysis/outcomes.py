@@ -117,12 +117,13 @@ class Truth:
         return {int(i): ("toxic" if c == 1 else "non_toxic") for i, c in zip(self.image_ids, self.codes)}
 
 
-def load_truth(session: Session, random_only: bool = False) -> Truth:
+def load_truth(session: Session, random_only: bool = False, chosen: dict[int, str] | None = None) -> Truth:
     """The consensus label of every present, labeled image; with `random_only`, only of the
-    memes chosen at random (workbench.store.label_choice): the unbiased sample."""
+    memes chosen at random (workbench.store.label_choice; pass `chosen`, how_chosen's result,
+    when the caller has it already: it reads every meme's first label)."""
     labels = consensus_labels(session)
     if random_only:
-        keep_ids = random_ids(how_chosen(session))
+        keep_ids = random_ids(chosen if chosen is not None else how_chosen(session))
         labels = {k: v for k, v in labels.items() if k in keep_ids}
     present = np.fromiter((r[0] for r in fetch_tuples(session, select(Image.id).where(Image.missing.is_(False)))),
                           dtype=np.int64)

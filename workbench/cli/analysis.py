@@ -63,9 +63,10 @@ def metrics_report(session, run_ids: list[int], n_boot: int = DEFAULT_N_BOOT, se
     from workbench.analysis.outcomes import compare, latency, load_truth
     from workbench.store.label_choice import how_chosen, summarize
 
-    truth = load_truth(session, random_only=random_only)
+    chosen = how_chosen(session)
+    truth = load_truth(session, random_only=random_only, chosen=chosen)
     datas = _load(session, run_ids, truth)
-    choice = summarize(how_chosen(session), truth.image_ids.tolist())
+    choice = summarize(chosen, truth.image_ids.tolist())
     runs = []
     for data in datas:
         ev = data.evaluate(n_boot=n_boot, seed=seed)
