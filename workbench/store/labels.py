@@ -182,14 +182,15 @@ _CONSENSUS_CACHE: dict[str, tuple[tuple, dict[int, str], object]] = {}
 
 
 def _labels_fingerprint(session: Session) -> tuple:
-    # One scalar subquery per number: each max reads one end of its index (migration 0006) and the
-    # undone count one small range; a single SELECT of all five scanned every label row (0.28 s at 1M).
+    # One scalar subquery per number: each max reads one end of its index (migrations 0006, 0007:
+    # the revoked_at index holds undone rows only, hence their WHERE) and the undone count one small
+    # range; a single SELECT of all five scanned every label row (0.28 s at 1M).
     def one(expr, *where):  # noqa: ANN001, ANN202
         return select(expr).select_from(Label).where(*where).scalar_subquery()
 
     labels = session.execute(select(
         one(func.max(Label.id)), one(func.count()), one(func.count(), Label.revoked_at.is_not(None)),
-        one(func.max(Label.created_at)), one(func.max(Label.revoked_at)))).one()
+        one(func.max(Label.created_at)), one(func.max(Label.revoked_at), Label.revoked_at.is_not(None)))).one()
     decisions = session.execute(select(func.max(Adjudication.id), func.count(), func.count(Adjudication.revoked_at),
                                        func.max(Adjudication.revoked_at))).one()
     return (*labels, *decisions)
