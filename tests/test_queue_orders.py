@@ -6,7 +6,6 @@ workbench queue --json`, and the Label page re-ranking without losing the meme o
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -91,9 +90,11 @@ def test_one_person_orders_are_unchanged(session, six) -> None:
     assert q.ids == [a, c, d, e, f, b]
     assert q.reason(b) == "labeled by you (after the rest)" and q.reason(a) == "not labeled by you yet"
     assert queue_orders.build_queue(session, "alice", "filename").ids == six
-    shuffled = six.copy()
-    random.Random(3).shuffle(shuffled)
-    assert queue_orders.build_queue(session, "alice", "random", seed=3).ids == shuffled
+    shuffled = queue_orders.build_queue(session, "alice", "random", seed=3).ids
+    assert sorted(shuffled) == sorted(six) and shuffled != six  # this seed does move them
+    assert queue_orders.build_queue(session, "alice", "random", seed=3).ids == shuffled  # repeatable
+    assert labels.labeling_queue(session, "alice", "random", seed=3) == shuffled
+    assert queue_orders.build_queue(session, "alice", "random", seed=4).ids != shuffled
     assert queue_orders.build_queue(session, "alice", "unlabeled", folder="b").ids == [d, e, f]
     assert labels.labeling_queue(session, "alice", "unlabeled first") == [a, c, d, e, f, b]
 

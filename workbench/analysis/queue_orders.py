@@ -47,6 +47,7 @@ from workbench.analysis.outcomes import RunInfo, fetch_tuples, latest_run_of_kin
 from workbench.analysis.review import suspected_label_issues
 from workbench.store import labels, overlap, users
 from workbench.store.db import in_batches
+from workbench.store.id_sets import id_mask
 from workbench.store.labels import get_setting, set_setting
 from workbench.store.schema import Image, Prediction
 
@@ -273,17 +274,19 @@ def build_queue(session: Session, annotator: str, order: str = "unlabeled", *, r
     if order in _LEGACY and not team:
         ids = labels.labeling_queue(session, annotator, _LEGACY[order], seed=seed, folder=folder)
         return Ordering(ids, {}, _legacy_reason(session, order, annotator, seed))
-    present = labels.present_ids(session, folder)
+    present = labels.present_array(session, folder)
     if order == "random":
-        random.Random(seed).shuffle(present)
+        present = labels.shuffled(present, seed)
     if order in _LEGACY:
         full = None
         if order == "unlabeled" and k > 1:  # memes others started first: they reach k labels sooner
-            people = overlap.people_per_image(session)
-            full = {i for i, n in people.items() if n >= k}
-            present = [i for i in present if i in people] + [i for i in present if i not in people]
+            started, people = overlap.people_counts(session)
+            full = started[people >= k]
+            begun = id_mask(present, started)
+            present = np.concatenate([present[begun], present[~begun]])
         ids = overlap.needed_ids(session, present, annotator, k, full)
         return Ordering(ids, {}, _team_reason(order, k, seed))
+    present = present.tolist()
     scored = scored_ordering(session, order, run_ids)
     in_scope = set(present)
     ranked = [i for i in scored.ids if i in in_scope]

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from workbench.config import SYSTEM_ANNOTATORS
 from workbench.store import users
+from workbench.store.id_sets import id_mask
 from workbench.store.labels import get_setting, labeled_by, raw_column, set_setting
 from workbench.store.schema import Label, LabelClaim, utcnow
 
@@ -56,10 +57,15 @@ def team_queue(k: int) -> bool:
 
 def full_ids(session: Session, k: int) -> set[int]:
     """Images that already have current labels by at least k different people."""
+    return set(_full_array(session, k).tolist())
+
+
+def _full_array(session: Session, k: int) -> np.ndarray:
     if k <= 1:
         sql = f"SELECT DISTINCT image_id FROM labels WHERE {_HUMAN}"
-        return set(raw_column(session, sql, SYSTEM_ANNOTATORS))
-    return {i for i, n in people_per_image(session).items() if n >= k}
+        return np.array(raw_column(session, sql, SYSTEM_ANNOTATORS), dtype=np.int64)
+    ids, counts = people_counts(session)
+    return ids[counts >= k]
 
 
 # Every distinct annotator from the (annotator, ...) index, one index probe per name (a loose
@@ -70,7 +76,13 @@ _ANNOTATORS = ("WITH RECURSIVE a(name) AS (SELECT min(annotator) FROM labels UNI
 
 
 def people_per_image(session: Session) -> dict[int, int]:
-    """image_id -> how many different people have a current label on it (labeled images only).
+    """image_id -> how many different people have a current label on it (labeled images only)."""
+    ids, counts = people_counts(session)
+    return dict(zip(ids.tolist(), counts.tolist()))
+
+
+def people_counts(session: Session) -> tuple[np.ndarray, np.ndarray]:
+    """people_per_image as arrays: (labeled image ids, sorted; how many people labeled each).
 
     Per person, their labeled images from one range of the (annotator, image_id, revoked_at)
     index, counted with numpy: the system annotators' rows (most rows in a folder-labeled project)
@@ -80,10 +92,9 @@ def people_per_image(session: Session) -> dict[int, int]:
                                           "AND revoked_at IS NULL", (person,)), dtype=np.int64) for person in people]
     ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
     if not len(ids):
-        return {}
+        return ids, np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    counts = np.diff(np.r_[starts, len(ids)])
-    return dict(zip(ids[starts].tolist(), counts.tolist()))
+    return ids[starts], np.diff(np.r_[starts, len(ids)])
 
 
 def human_labelers(session: Session, image_ids: Sequence[int]) -> dict[int, set[str]]:
@@ -116,17 +127,21 @@ def _still_open(labelers: dict[int, set[str]], claims: dict[int, set[str]], anno
             if annotator not in people and len(people | claims.get(i, set())) < k}
 
 
-def needed_ids(session: Session, ordered_ids: Sequence[int], annotator: str, k: int,
-               full: set[int] | None = None) -> list[int]:
+def needed_ids(session: Session, ordered_ids: Sequence[int] | np.ndarray, annotator: str, k: int,
+               full: np.ndarray | None = None) -> list[int]:
     """`ordered_ids` (any order) without the memes that do not need `annotator` (module docstring);
-    `full`: full_ids(session, k) when the caller has it already."""
-    done = labeled_by(session, annotator) | (full_ids(session, k) if full is None else full)
+    `full`: the ids with k people already (people_counts) when the caller has them."""
+    ordered = np.asarray(ordered_ids, dtype=np.int64)
+    mine = np.array(list(labeled_by(session, annotator)), dtype=np.int64)
+    done = np.concatenate([mine, _full_array(session, k) if full is None else full])
     claims = _claims_by_others(session, annotator)
     if claims:
-        claimed = [i for i in claims if i not in done]
+        done_set = set(done.tolist())
+        claimed = [i for i in claims if i not in done_set]
         labelers = human_labelers(session, claimed)
-        done |= set(claimed) - _still_open(labelers, claims, annotator, k)
-    return [i for i in ordered_ids if i not in done]
+        closed = set(claimed) - _still_open(labelers, claims, annotator, k)
+        done = np.concatenate([done, np.array(sorted(closed), dtype=np.int64)])
+    return ordered[~id_mask(ordered, done)].tolist()
 
 
 def still_needed(session: Session, image_ids: Sequence[int], annotator: str, k: int) -> list[int]:
