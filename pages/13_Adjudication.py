@@ -14,11 +14,11 @@ ctx = ui.bootstrap("Adjudication", "⚖️")
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from workbench.analysis import outcomes, suggestions  # noqa: E402
+from workbench.analysis import suggestions  # noqa: E402
 from workbench.analysis.agreement import agreement_report  # noqa: E402
 from workbench.analysis.dashboard import display_rows  # noqa: E402
 from workbench.errors import PermissionDenied  # noqa: E402
-from workbench.store import adjudication, catalog, db, overlap, users  # noqa: E402
+from workbench.store import adjudication, catalog, db, labels, overlap, users  # noqa: E402
 from workbench.ui.auth import page_requires  # noqa: E402
 from workbench.ui.text import plural  # noqa: E402
 
@@ -88,7 +88,8 @@ def _anchoring(db_url: str, version: tuple[int, ...]) -> dict:
 
 with ctx.session() as session:
     k = overlap.labels_per_meme(session)
-    labels_version = outcomes.data_version(session)
+    # people's labels and the memes' paths; decisions never change what is cached on it (left out below)
+    labels_version = (*labels.label_rows_version(session), *labels.images_fingerprint(session))
     leave_out = adjudication.decided_ids(session) | state.get("adj_skipped", set())
     progress = overlap.progress(session, k, complete=True)
     n_present = catalog.count_present(session)

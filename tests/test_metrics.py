@@ -308,3 +308,38 @@ def test_relabel_changes_outcomes_and_data_version(session, world):
     session.commit()
     assert outcomes.data_version(session) != before
     assert outcomes.run_outcomes(session, run_a)[ids[3]] == "TP"
+
+
+def test_curves_and_delong_from_one_sort_match_sklearn_and_the_midrank_form():
+    """evaluate_codes sorts the probabilities once (a million labels: three sorts per run were
+    most of the Dashboard's time); its curves equal sklearn's own, ties included, and its DeLong CI
+    equals the midrank algorithm of Sun & Xu computed with scipy's rankdata."""
+    from scipy.stats import norm, rankdata
+
+    rng = np.random.default_rng(7)
+    for n, digits in ((40, 1), (3000, 2), (20000, 3)):
+        y = rng.integers(0, 2, n)
+        p = np.clip(y * 0.25 + rng.random(n) * 0.75, 0, 1).round(digits)
+        curves = metrics.curves_from_counts(*metrics.ranked_counts(y, p))
+        fpr, tpr, thr = skm.roc_curve(y, p)
+        np.testing.assert_array_equal(curves["fpr"], fpr)
+        np.testing.assert_array_equal(curves["tpr"], tpr)
+        np.testing.assert_array_equal(curves["roc_thr"], thr)
+        precision, recall, pr_thr = skm.precision_recall_curve(y, p)
+        np.testing.assert_array_equal(curves["precision"], precision)
+        np.testing.assert_array_equal(curves["recall"], recall)
+        np.testing.assert_array_equal(curves["pr_thr"], pr_thr)
+        ev = metrics.evaluate_codes(y.astype(np.int8), (p >= 0.5).astype(np.int8), p, n_boot=10)
+        assert ev.roc_auc == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+        assert ev.average_precision == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+        # DeLong's variance from midranks (Sun & Xu 2014)
+        x_pos, x_neg = p[y == 1], p[y == 0]
+        m, k = len(x_pos), len(x_neg)
+        tz = rankdata(np.concatenate([x_pos, x_neg]))
+        v01 = (tz[:m] - rankdata(x_pos)) / k
+        v10 = 1.0 - (tz[m:] - rankdata(x_neg)) / m
+        auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * k)
+        se = np.sqrt(np.var(v01, ddof=1) / m + np.var(v10, ddof=1) / k)
+        z = norm.ppf(0.975)
+        expected = (max(0.0, auc - z * se), min(1.0, auc + z * se))
+        assert metrics.delong_auc_ci(y, p) == pytest.approx(expected, abs=1e-12)

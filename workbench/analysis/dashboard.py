@@ -146,7 +146,7 @@ def dashboard(session: Session, run_ids: Sequence[int], n_boot: int = DEFAULT_N_
     chosen = how_chosen(session)
     truth = load_truth(session, random_only=random_only, chosen=chosen)
     datas = load_runs(session, run_ids, truth)
-    choice = summarize(chosen, truth.image_ids.tolist())
+    choice = summarize(chosen, truth.image_ids)
     evaluations = {d.run.id: d.evaluate(n_boot=n_boot, seed=seed) for d in datas}
     metrics_rows, confusion, roc, pr, calib, lat = [], [], [], [], [], []
     for d in datas:

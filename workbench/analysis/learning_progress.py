@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from workbench.analysis.learner import RUN_KIND, latest_refresh, result_of
-from workbench.analysis.outcomes import fetch_tuples
+from workbench.store.db import fetch_tuples
 from workbench.store.label_choice import how_chosen, random_ids, summarize
 from workbench.store.labels import consensus_labels
 from workbench.store.schema import Image, ModelRun, Prediction

@@ -205,13 +205,14 @@ def evaluate_codes(
     y_prob_true, y_prob = _prob_arrays(true, prob)
     roc_auc = average_precision = None
     curves: dict[str, np.ndarray] = {}
+    counts_at: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     if len(y_prob) and 0 < y_prob_true.sum() < len(y_prob_true):
-        from sklearn.metrics import auc, precision_recall_curve, roc_curve
+        from sklearn.metrics import auc
 
-        # One curve each, reused for the charts; AUC and AP from them exactly as
-        # sklearn's roc_auc_score / average_precision_score compute them internally.
-        curves["fpr"], curves["tpr"], curves["roc_thr"] = roc_curve(y_prob_true, y_prob)
-        curves["precision"], curves["recall"], curves["pr_thr"] = precision_recall_curve(y_prob_true, y_prob)
+        # One sort for the curves and DeLong's CI (three sorts each took ~0.1 s at 800,000 labels);
+        # AUC and AP from the curves exactly as sklearn's roc_auc_score / average_precision_score.
+        counts_at = ranked_counts(y_prob_true, y_prob)
+        curves = curves_from_counts(*counts_at)
         roc_auc = float(auc(curves["fpr"], curves["tpr"]))
         average_precision = float(max(0.0, -np.sum(np.diff(curves["recall"]) * curves["precision"][:-1])))
 
@@ -221,7 +222,7 @@ def evaluate_codes(
         if len(y_prob) <= AUC_BOOTSTRAP_MAX_N:
             ci["roc_auc"] = bootstrap_auc_ci(y_prob_true, y_prob, n_boot=n_boot, seed=seed, level=ci_level)
         else:
-            ci["roc_auc"] = delong_auc_ci(y_prob_true, y_prob, level=ci_level)
+            ci["roc_auc"] = _delong_from_counts(counts_at[0], counts_at[1], ci_level)  # type: ignore[index]
 
     return Evaluation(
         n_items=len(true), n_unlabeled=int((~labeled).sum()), n_labeled=n_labeled, n_covered=tp + fp + fn + tn,
@@ -339,24 +340,60 @@ def bootstrap_auc_ci(
     return _percentile_interval(bootstrap_auc_values(y_true01, prob, resample_indices(n, n_boot, seed)), level)
 
 
+def ranked_counts(y_true01: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positives, true positives, threshold) at each distinct probability, highest first:
+    sklearn.metrics.confusion_matrix_at_thresholds, the one sort the curves and DeLong share."""
+    from sklearn.metrics import confusion_matrix_at_thresholds
+
+    _tns, fps, _fns, tps, thresholds = confusion_matrix_at_thresholds(np.asarray(y_true01), np.asarray(prob))
+    return fps, tps, thresholds
+
+
+def curves_from_counts(fps: np.ndarray, tps: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """The ROC curve (fpr, tpr, roc_thr) and the precision-recall curve (precision, recall, pr_thr)
+    as sklearn's roc_curve and precision_recall_curve build them from the same counts (both
+    classes present)."""
+    f, t, thr = fps, tps, thresholds
+    if len(f) > 2:  # roc_curve's drop_intermediate: points on a straight segment go
+        keep = np.r_[True, np.logical_or(np.diff(f, 2), np.diff(t, 2)), True]
+        f, t, thr = f[keep], t[keep], thr[keep]
+    f, t = np.r_[0.0, f], np.r_[0.0, t]
+    ps = tps + fps
+    precision = np.where(ps != 0, tps / np.where(ps != 0, ps, 1), 0.0)
+    return {"fpr": f / f[-1], "tpr": t / t[-1], "roc_thr": np.r_[np.inf, thr.astype(np.float64)],
+            "precision": np.r_[precision[::-1], 1.0], "recall": np.r_[(tps / tps[-1])[::-1], 0.0],
+            "pr_thr": thresholds[::-1]}
+
+
 # Hand-written: neither scikit-learn, scipy nor statsmodels offers DeLong's AUC variance.
 def delong_auc_ci(y_true01: np.ndarray, prob: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
-    """Normal-approximation CI of ROC AUC with DeLong's variance (fast midrank algorithm of
-    Sun & Xu 2014), clipped to [0, 1]; for large sets where the bootstrap is costly."""
-    from scipy.stats import norm, rankdata
-
+    """Normal-approximation CI of ROC AUC with DeLong's variance, clipped to [0, 1]; for large
+    sets where the bootstrap is costly."""
     y = np.asarray(y_true01, dtype=bool)
-    p = np.asarray(prob, dtype=np.float64)
-    x_pos, x_neg = p[y], p[~y]
-    m, n = len(x_pos), len(x_neg)
+    if y.sum() < 2 or (~y).sum() < 2:
+        return None
+    fps, tps, _ = ranked_counts(y.astype(np.int8), prob)
+    return _delong_from_counts(fps, tps, level)
+
+
+def _delong_from_counts(fps: np.ndarray, tps: np.ndarray, level: float) -> tuple[float, float] | None:
+    """DeLong's CI from the cumulative counts at each distinct probability (highest first). The
+    structural components of Sun & Xu (2014) are equal within a group of tied probabilities, so
+    they are computed per group: a positive's is (negatives below + half the tied ones) / n, a
+    negative's 1 - (positives below + half the tied ones) / m."""
+    from scipy.stats import norm
+
+    m, n = float(tps[-1]), float(fps[-1])
     if m < 2 or n < 2:
         return None
-    tz = rankdata(np.concatenate([x_pos, x_neg]))
-    tx, ty = rankdata(x_pos), rankdata(x_neg)
-    auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
-    v01 = (tz[:m] - tx) / n
-    v10 = 1.0 - (tz[m:] - ty) / m
-    se = float(np.sqrt(np.var(v01, ddof=1) / m + np.var(v10, ddof=1) / n))
+    pos_here, neg_here = np.diff(np.r_[0.0, tps]), np.diff(np.r_[0.0, fps])
+    v01 = (n - fps + neg_here / 2) / n  # per group, for each of its pos_here positives
+    v10 = 1.0 - (m - tps + pos_here / 2) / m  # per group, for each of its neg_here negatives
+    auc = float((pos_here * v01).sum() / m)
+    var01 = float((pos_here * (v01 - auc) ** 2).sum() / (m - 1))
+    mean10 = float((neg_here * v10).sum() / n)
+    var10 = float((neg_here * (v10 - mean10) ** 2).sum() / (n - 1))
+    se = math.sqrt(var01 / m + var10 / n)
     z = float(norm.ppf(1 - (1 - level) / 2))
     return max(0.0, auc - z * se), min(1.0, auc + z * se)
 

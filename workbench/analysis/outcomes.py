@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from workbench.analysis.agreement import agreement_report
@@ -37,9 +37,21 @@ from workbench.analysis.metrics import (
     mcnemar_from_table,
 )
 from workbench.config import SYSTEM_ANNOTATORS
+from workbench.store.db import fetch_tuples
+from workbench.store.id_sets import id_mask
 from workbench.store.label_choice import how_chosen, random_ids
-from workbench.store.labels import CurrentLabel, consensus_from, consensus_labels, current_labels, raw_column
-from workbench.store.schema import Image, Label, ModelRun, Prediction
+from workbench.store.labels import (
+    CurrentLabel,
+    cached_by_images,
+    consensus_from,
+    consensus_labels,
+    current_labels,
+    images_fingerprint,
+    labels_fingerprint,
+    present_array,
+    raw_column,
+)
+from workbench.store.schema import Image, ModelRun, Prediction
 
 OUTCOMES = ("TP", "FP", "FN", "TN", "unknown", "failed", "missing", "unlabeled")
 # Confusion-heatmap columns: the two classes, then "no class" (unknown, failed or missing).
@@ -78,26 +90,41 @@ def run_params(session: Session, run_id: int) -> dict[str, Any]:
 
 def list_runs(session: Session, run_ids: Sequence[int] | None = None) -> list[RunInfo]:
     """Runs, newest first, with how many predictions each has (and how many unknown/failed)."""
-    counts = (
-        select(
-            Prediction.run_id,
-            func.count().label("n"),
-            func.sum(case((Prediction.error.is_not(None), 0), (Prediction.label == "unknown", 1), else_=0)).label("unk"),
-            func.sum(case((Prediction.error.is_not(None), 1), else_=0)).label("failed"),
-        )
-        .group_by(Prediction.run_id)
-        .subquery()
-    )
-    query = (
-        select(ModelRun.id, ModelRun.kind, ModelRun.model_id, ModelRun.name, ModelRun.status, ModelRun.created_at,
-               counts.c.n, counts.c.unk, counts.c.failed)
-        .outerjoin(counts, counts.c.run_id == ModelRun.id)
-        .order_by(ModelRun.id.desc())
-    )
+    query = (select(ModelRun.id, ModelRun.kind, ModelRun.model_id, ModelRun.name, ModelRun.status, ModelRun.created_at)
+             .order_by(ModelRun.id.desc()))
     if run_ids is not None:
         query = query.where(ModelRun.id.in_(list(run_ids)))
-    return [RunInfo(r[0], r[1], r[2], r[3] or "", r[4], r[5], r[6] or 0, r[7] or 0, r[8] or 0)
+    counts = _prediction_counts(session)
+    return [RunInfo(r[0], r[1], r[2], r[3] or "", r[4], r[5], *counts.get(r[0], (0, 0, 0)))
             for r in session.execute(query)]
+
+
+def predictions_fingerprint(session: Session) -> tuple:
+    """(max prediction id, max run id, number of runs): changes whenever predictions do. Rows are
+    only inserted, or replaced by delete + insert (new ids), and a run is deleted only while it
+    has no predictions; two index ends and a small count (a count of three million prediction
+    rows took 0.2 s)."""
+    return (session.scalar(select(func.max(Prediction.id))),
+            *session.execute(select(func.max(ModelRun.id), func.count()).select_from(ModelRun)).one())
+
+
+# Prediction counts per run by database, kept while predictions_fingerprint is unchanged: at a
+# million memes the GROUP BY over three runs' rows took 0.8 s, and the Dashboard lists the runs twice.
+_COUNTS: dict[str, tuple[tuple, dict[int, tuple[int, int, int]]]] = {}
+
+
+def _prediction_counts(session: Session) -> dict[int, tuple[int, int, int]]:
+    """run id -> (predictions, unknown, failed)."""
+    key = str(session.get_bind().engine.url)
+    fingerprint = predictions_fingerprint(session)
+    cached = _COUNTS.get(key)
+    if cached is None or cached[0] != fingerprint:
+        rows = session.execute(select(
+            Prediction.run_id, func.count(),
+            func.sum(case((Prediction.error.is_not(None), 0), (Prediction.label == "unknown", 1), else_=0)),
+            func.sum(case((Prediction.error.is_not(None), 1), else_=0))).group_by(Prediction.run_id))
+        cached = _COUNTS[key] = (fingerprint, {r[0]: (r[1] or 0, r[2] or 0, r[3] or 0) for r in rows})
+    return cached[1]
 
 
 def latest_run_of_kind(runs: Sequence[RunInfo], kind: str) -> RunInfo | None:
@@ -125,11 +152,9 @@ def load_truth(session: Session, random_only: bool = False, chosen: dict[int, st
     if random_only:
         keep_ids = random_ids(chosen if chosen is not None else how_chosen(session))
         labels = {k: v for k, v in labels.items() if k in keep_ids}
-    present = np.fromiter((r[0] for r in fetch_tuples(session, select(Image.id).where(Image.missing.is_(False)))),
-                          dtype=np.int64)
     ids = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
     codes = np.fromiter((TRUE_CODES.get(v, -1) for v in labels.values()), dtype=np.int8, count=len(labels))
-    keep = np.isin(ids, present) & (codes >= 0)
+    keep = id_mask(ids, present_array(session)) & (codes >= 0)
     ids, codes = ids[keep], codes[keep]
     order = np.argsort(ids, kind="stable")
     return Truth(ids[order], codes[order])
@@ -182,20 +207,6 @@ def sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return both[np.concatenate([[True], both[1:] != both[:-1]])] if len(both) else both
 
 
-def fetch_tuples(session: Session, stmt: Select) -> list[tuple]:
-    """Run a select of plain numbers/strings on the session's DBAPI cursor: skips
-    SQLAlchemy's per-row Row objects, ~3x faster at 100k rows (values are inlined as
-    literals by the dialect's own compiler, so only use this for trusted ints/strings)."""
-    conn = session.connection()
-    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute(sql)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
 def _answer_code():  # noqa: ANN202
     """PRED_CODES computed in SQL: small ints instead of strings keep 100k-row fetches fast."""
     return case(
@@ -208,20 +219,24 @@ def _answer_code():  # noqa: ANN202
 
 # A run's prediction arrays by (database, run id), kept while the run's rows are unchanged: a
 # million predictions take ~1.5 s to fetch, and the dashboard and the disagreements page reload
-# every run after any label changes. Rows are only ever inserted or replaced (delete + insert:
-# new ids), so (count, max id) of the run's rows tells a change.
-_RUN_ARRAYS: dict[tuple[str, int], tuple[tuple, tuple[np.ndarray, ...]]] = {}
+# every run after any label changes. While predictions_fingerprint is unchanged nothing changed;
+# otherwise (count, max id) of the run's rows tells (rows are only inserted or replaced: new ids).
+_RUN_ARRAYS: dict[tuple[str, int], tuple[tuple, tuple, tuple[np.ndarray, ...]]] = {}
 _RUN_ARRAYS_MAX = 16
 
 
 def _run_arrays(session: Session, run_id: int) -> tuple[np.ndarray, ...]:
     """(image ids sorted, answer codes, P(toxic), latency ms) of a run's predictions."""
     key = (str(session.get_bind().engine.url), run_id)
+    overall = predictions_fingerprint(session)
+    cached = _RUN_ARRAYS.get(key)
+    if cached is not None and cached[0] == overall:
+        return cached[2]
     fingerprint = tuple(session.execute(select(func.count(), func.max(Prediction.id))
                                         .where(Prediction.run_id == run_id)).one())
-    cached = _RUN_ARRAYS.get(key)
-    if cached is not None and cached[0] == fingerprint:
-        return cached[1]
+    if cached is not None and cached[1] == fingerprint:
+        _RUN_ARRAYS[key] = (overall, fingerprint, cached[2])
+        return cached[2]
     rows = fetch_tuples(session, select(Prediction.image_id, _answer_code(), Prediction.prob_toxic,
                                         Prediction.latency_ms).where(Prediction.run_id == run_id)
                         .order_by(Prediction.image_id))
@@ -236,7 +251,7 @@ def _run_arrays(session: Session, run_id: int) -> tuple[np.ndarray, ...]:
         array.flags.writeable = False  # shared by every caller
     if len(_RUN_ARRAYS) >= _RUN_ARRAYS_MAX:
         _RUN_ARRAYS.pop(next(iter(_RUN_ARRAYS)))
-    _RUN_ARRAYS[key] = (fingerprint, (p_ids, p_code, p_prob, p_lat))
+    _RUN_ARRAYS[key] = (overall, fingerprint, (p_ids, p_code, p_prob, p_lat))
     return p_ids, p_code, p_prob, p_lat
 
 
@@ -305,7 +320,11 @@ def latency(data: RunData) -> dict[str, float | int | None]:
 
 def image_groups(session: Session, by: str = "folder") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every image's folder (or source): (sorted ids, group index per id, group names);
-    the memes root shows as '(root)'."""
+    the memes root shows as '(root)'. Cached while no image was added and no scan ran."""
+    return cached_by_images(session, ("groups", by), lambda: _image_groups(session, by))
+
+
+def _image_groups(session: Session, by: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     column = Image.folder if by == "folder" else Image.source
     # One query per distinct value (a handful; the folder index serves both), ids straight into
     # arrays: a million (id, folder) tuples sorted in Python took 2.7 s.
@@ -323,7 +342,9 @@ def image_groups(session: Session, by: str = "folder") -> tuple[np.ndarray, np.n
         return np.zeros(0, np.int64), np.zeros(0, np.int64), names
     ids, groups = np.concatenate(parts), np.concatenate(codes)
     order = np.argsort(ids, kind="stable")
-    return ids[order], groups[order], names
+    ids, groups = ids[order], groups[order]
+    ids.flags.writeable = groups.flags.writeable = False  # cached: shared by every caller
+    return ids, groups, names
 
 
 def breakdown(session: Session, datas: Sequence[RunData], by: str = "folder",
@@ -334,7 +355,7 @@ def breakdown(session: Session, datas: Sequence[RunData], by: str = "folder",
     for data in datas:
         at = np.clip(np.searchsorted(all_ids, data.image_ids), 0, max(len(all_ids) - 1, 0))
         groups = all_groups[at] if len(all_ids) else np.zeros(len(data.image_ids), dtype=np.int64)
-        for g in np.unique(groups).tolist():
+        for g in np.flatnonzero(np.bincount(groups, minlength=1)).tolist():  # no sort of a million ids
             ev = data.evaluate(n_boot=n_boot, seed=seed, mask=groups == g, with_prob=False)
             rows.append({"run_id": data.run.id, "run": data.run.title, by: names[g] if names else "?",
                          "n_labeled": ev.n_labeled, "coverage": ev.coverage, "accuracy": ev.accuracy,
@@ -361,6 +382,9 @@ class PairComparison:
 def align(a: RunData, b: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Union of the two populations: (image_ids, index into a or -1, index into b or -1)."""
     ids = sorted_union(a.image_ids, b.image_ids)
+    if ids is a.image_ids and len(ids) == len(b.image_ids):  # the same images (the usual case)
+        every = np.arange(len(ids))
+        return ids, every, every
     ia, ib = np.full(len(ids), -1), np.full(len(ids), -1)
     ia[np.searchsorted(ids, a.image_ids)] = np.arange(len(a.image_ids))
     ib[np.searchsorted(ids, b.image_ids)] = np.arange(len(b.image_ids))
@@ -400,14 +424,12 @@ def compare(a: RunData, b: RunData) -> PairComparison:
                           int(answers.sum()))
 
 
-def data_version(session: Session) -> tuple[int, ...]:
-    """A cheap fingerprint of labels + predictions: changes whenever either changes
-    (new rows, revoked labels, deleted rows), so pages can cache heavy computations on it."""
-    lab = session.execute(select(func.max(Label.id), func.count(), func.count(Label.revoked_at))).one()
-    pred = session.execute(select(func.max(Prediction.id), func.count())).one()
-    img = session.execute(select(func.count(), func.sum(case((Image.missing.is_(True), 1), else_=0)))
-                          .select_from(Image)).one()
-    return tuple(int(v or 0) for v in (*lab, *pred, *img))
+def data_version(session: Session) -> tuple:
+    """A cheap fingerprint of labels + predictions + images: changes whenever any changes (new
+    rows, revoked labels, adjudications, deleted rows, scans), so pages can cache heavy
+    computations on it; index ends and small counts (~20 ms at a million memes, where counting
+    every row took 0.4 s)."""
+    return (*labels_fingerprint(session), *predictions_fingerprint(session), *images_fingerprint(session))
 
 
 def annotator_agreement(session: Session) -> dict[str, Any]:

@@ -43,10 +43,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from workbench.analysis.outcomes import RunInfo, fetch_tuples, latest_run_of_kind, list_runs, load_runs, run_params
+from workbench.analysis.outcomes import RunInfo, latest_run_of_kind, list_runs, load_runs, run_params
 from workbench.analysis.review import suspected_label_issues
 from workbench.store import labels, overlap, users
-from workbench.store.db import in_batches
+from workbench.store.db import fetch_tuples, in_batches
 from workbench.store.id_sets import id_mask
 from workbench.store.labels import get_setting, set_setting
 from workbench.store.schema import Image, Prediction

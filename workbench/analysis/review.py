@@ -95,7 +95,7 @@ def default_cell(counts: dict[str, int]) -> str:
 
 def _answered_labeled(session: Session, run_id: int, labeled: np.ndarray) -> np.ndarray:
     """Sorted ids of labeled images the run gave a class (toxic / non_toxic, no error)."""
-    from workbench.analysis.outcomes import fetch_tuples
+    from workbench.store.db import fetch_tuples
 
     rows = fetch_tuples(session, select(Prediction.image_id).where(
         Prediction.run_id == run_id, Prediction.error.is_(None), Prediction.label.in_(LABELS)))

@@ -66,7 +66,7 @@ def metrics_report(session, run_ids: list[int], n_boot: int = DEFAULT_N_BOOT, se
     chosen = how_chosen(session)
     truth = load_truth(session, random_only=random_only, chosen=chosen)
     datas = _load(session, run_ids, truth)
-    choice = summarize(chosen, truth.image_ids.tolist())
+    choice = summarize(chosen, truth.image_ids)
     runs = []
     for data in datas:
         ev = data.evaluate(n_boot=n_boot, seed=seed)

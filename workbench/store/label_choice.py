@@ -15,13 +15,16 @@ on the collection. A meme counts as chosen
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from workbench.store.labels import RANDOM_ORDERS
-from workbench.store.schema import Image, Label
+from workbench.store.db import fetch_tuples
+from workbench.store.labels import RANDOM_ORDERS, followed_map, missing_ids
+from workbench.store.schema import Label
 
 RANDOM, ACTIVE, OTHER = "random", "active", "other"
 ACTIVE_ORDERS = frozenset({"unsure", "likely-toxic", "label-issue", "disagree"})
@@ -36,11 +39,21 @@ def classify(order: str | None, exploration: bool | None) -> str:
 
 
 def how_chosen(session: Session) -> dict[int, str]:
-    """{image_id: RANDOM | ACTIVE | OTHER} for every present meme with a label not undone."""
-    first = (select(func.min(Label.id)).join(Image, Image.id == Label.image_id)
-             .where(Label.revoked_at.is_(None), Image.missing.is_(False)).group_by(Label.image_id))
-    rows = session.execute(select(Label.image_id, Label.queue_order, Label.exploration)
-                           .where(Label.id.in_(first.scalar_subquery()))).all()
+    """{image_id: RANDOM | ACTIVE | OTHER} for every present meme with a label not undone.
+
+    Kept per database and brought up to date for the memes labelled or undone since
+    (labels.followed_map): at a million memes reading every meme's first label took ~2 s."""
+    chosen = followed_map(session, "how chosen", lambda ids: _first_label_choice(session, ids))
+    missing = missing_ids(session)
+    return {i: c for i, c in chosen.items() if i not in missing} if missing else dict(chosen)
+
+
+def _first_label_choice(session: Session, image_ids: Sequence[int] | None) -> dict[int, str]:
+    first = select(func.min(Label.id)).where(Label.revoked_at.is_(None)).group_by(Label.image_id)
+    if image_ids is not None:
+        first = first.where(Label.image_id.in_(list(image_ids)))
+    rows = fetch_tuples(session, select(Label.image_id, Label.queue_order, Label.exploration)
+                    .where(Label.id.in_(first.scalar_subquery())))
     return {int(image_id): classify(order, exploration) for image_id, order, exploration in rows}
 
 
@@ -77,10 +90,13 @@ class ChoiceSummary:
                 "mostly_active": self.mostly_active, "note": self.describe()}
 
 
-def summarize(chosen: dict[int, str], image_ids: object = None) -> ChoiceSummary:
-    """Counts over `chosen` (how_chosen's result), optionally only over `image_ids`."""
-    keep = None if image_ids is None else {int(i) for i in image_ids}  # type: ignore[union-attr]
-    counts = Counter(v for k, v in chosen.items() if keep is None or k in keep)
+def summarize(chosen: dict[int, str], image_ids: Iterable[int] | None = None) -> ChoiceSummary:
+    """Counts over `chosen` (how_chosen's result), optionally only over `image_ids` (distinct ids)."""
+    if image_ids is None:
+        counts = Counter(chosen.values())
+    else:  # one look-up per id: a set of 800,000 ids first took 0.2 s
+        ids = image_ids.tolist() if isinstance(image_ids, np.ndarray) else image_ids
+        counts = Counter(map(chosen.get, ids))
     return ChoiceSummary(counts[RANDOM], counts[ACTIVE], counts[OTHER])
 
 

@@ -30,7 +30,6 @@ from workbench.store.db import in_batches
 from workbench.store.id_sets import id_mask
 from workbench.store.schema import Adjudication, Image, Label, Setting, utcnow
 
-
 T = TypeVar("T")
 
 
@@ -179,33 +178,40 @@ def _consensus_query(session: Session, image_ids: Sequence[int] | None) -> dict[
     return out
 
 
-# Full consensus maps by DB URL, valid while the labels table's fingerprint is unchanged; new
-# labels and undos since are applied to the cached map (_updated), anything else recomputes it.
-# The fingerprint covers inserts, deletes and undos (revoked_at) — and the timestamps, so a
-# rolled-back write followed by another write cannot look like the state that was cached.
-_CONSENSUS_CACHE: dict[str, tuple[tuple, dict[int, str], object]] = {}
+# Maps over every labelled image (the consensus, how each was chosen) by (DB URL, name), valid
+# while the labels table's fingerprint is unchanged; new labels and undos since are applied to the
+# cached map (followed_map), anything else recomputes it. The fingerprint covers inserts, deletes
+# and undos (revoked_at) — and the timestamps, so a rolled-back write followed by another write
+# cannot look like the state that was cached.
+_FOLLOWED: dict[tuple[str, str], tuple[tuple, dict, object]] = {}
 
 
-def _labels_fingerprint(session: Session) -> tuple:
+def labels_fingerprint(session: Session) -> tuple:
+    """Changes whenever labels or adjudications do: new rows, undos, deletions (index ends and
+    small counts)."""
+    decisions = session.execute(select(func.max(Adjudication.id), func.count(), func.count(Adjudication.revoked_at),
+                                       func.max(Adjudication.revoked_at))).one()
+    return (*label_rows_version(session), *decisions)
+
+
+def label_rows_version(session: Session) -> tuple:
+    """Changes whenever label rows do (new rows, undos, deletions), not with adjudications."""
     # One scalar subquery per number: each max reads one end of its index (migrations 0006, 0007:
     # the revoked_at index holds undone rows only, hence their WHERE) and the undone count one small
     # range; a single SELECT of all five scanned every label row (0.28 s at 1M).
     def one(expr, *where):  # noqa: ANN001, ANN202
         return select(expr).select_from(Label).where(*where).scalar_subquery()
 
-    labels = session.execute(select(
+    return tuple(session.execute(select(
         one(func.max(Label.id)), one(func.count()), one(func.count(), Label.revoked_at.is_not(None)),
-        one(func.max(Label.created_at)), one(func.max(Label.revoked_at), Label.revoked_at.is_not(None)))).one()
-    decisions = session.execute(select(func.max(Adjudication.id), func.count(), func.count(Adjudication.revoked_at),
-                                       func.max(Adjudication.revoked_at))).one()
-    return (*labels, *decisions)
+        one(func.max(Label.created_at)), one(func.max(Label.revoked_at), Label.revoked_at.is_not(None)))).one())
 
 
 def consensus_labels(session: Session, image_ids: Sequence[int] | None = None) -> dict[int, str]:
     """image_id -> consensus label, for every labeled image (or those given).
 
-    The full map is cached per database and recomputed only when labels change, so the
-    gallery and the home page stay fast at 10,000+ images.
+    The full map is cached per database and follows the labels (followed_map), so the gallery
+    and the home page stay fast at 10,000+ images.
     """
     if image_ids is not None:
         ids = list(image_ids)
@@ -213,15 +219,30 @@ def consensus_labels(session: Session, image_ids: Sequence[int] | None = None) -
         for chunk in in_batches(ids):
             out.update(_consensus_query(session, chunk))
         return out
-    url = str(session.get_bind().engine.url)  # .engine: works for Engine and Connection binds
-    fingerprint = _labels_fingerprint(session)
-    cached = _CONSENSUS_CACHE.get(url)
+    return dict(followed_map(session, "consensus", lambda ids: _consensus_query(session, ids)))
+
+
+def followed_map(session: Session, name: str, compute: Callable[[Sequence[int] | None], dict[int, T]]) -> dict[int, T]:
+    """A map over labelled images (compute(None): all of them; compute(ids): those images), cached
+    per database and `name` while the labels' fingerprint is unchanged. New labels and undos since
+    are applied by computing only the images they touched (a million labels: ~7 s in full, a few ms
+    per new label); any other change (adjudications, deletions, a rolled-back write) computes all.
+    The map returned is the cache's own: do not change it."""
+    key = (str(session.get_bind().engine.url), name)  # .engine: works for Engine and Connection binds
+    fingerprint = labels_fingerprint(session)
+    cached = _FOLLOWED.get(key)
     if cached is None or cached[0] != fingerprint:
-        updated = _updated(session, cached, fingerprint) if cached is not None else None
-        cached = (fingerprint, updated if updated is not None else _consensus_query(session, None),
-                  _anchor(session, fingerprint[0]))
-        _CONSENSUS_CACHE[url] = cached
-    return dict(cached[1])
+        touched = _touched_since(session, cached, fingerprint) if cached is not None else None
+        if touched is None:
+            found = compute(None)
+        else:
+            found = dict(cached[1])
+            for image_id in touched:
+                found.pop(image_id, None)
+            for chunk in in_batches(sorted(touched)):
+                found.update(compute(chunk))
+        cached = _FOLLOWED[key] = (fingerprint, found, _anchor(session, fingerprint[0]))
+    return cached[1]  # type: ignore[return-value]
 
 
 def _anchor(session: Session, label_id: int | None) -> object:
@@ -229,11 +250,10 @@ def _anchor(session: Session, label_id: int | None) -> object:
     return session.scalar(select(Label.created_at).where(Label.id == label_id)) if label_id is not None else None
 
 
-def _updated(session: Session, cached: tuple, fingerprint: tuple) -> dict[int, str] | None:
-    """The cached consensus map brought up to date by recomputing only the images whose labels
-    were added or undone since (a million labels: ~7 s in full, a few ms per new label), or None
-    when the change is anything else (adjudications, deletions, a rolled-back write): recompute all."""
-    old, old_map, anchor = cached
+def _touched_since(session: Session, cached: tuple, fingerprint: tuple) -> set[int] | None:
+    """The images whose labels were added or undone since the cached fingerprint, or None when the
+    change is anything else (adjudications, deletions, a rolled-back write)."""
+    old, _old_map, anchor = cached
     old_max, old_count, old_revoked, _, old_max_revoked = old[:5]
     new_max, new_count, new_revoked = fingerprint[:3]
     if old[5:] != fingerprint[5:] or old_max is None or new_max is None or new_max < old_max:
@@ -254,13 +274,7 @@ def _updated(session: Session, cached: tuple, fingerprint: tuple) -> dict[int, s
         undone = list(session.scalars(undone_query))
         if len(undone) != new_revoked - old_revoked:
             return None
-    touched = set(added) | set(undone)
-    out = dict(old_map)
-    for image_id in touched:
-        out.pop(image_id, None)
-    for chunk in in_batches(sorted(touched)):
-        out.update(_consensus_query(session, chunk))
-    return out
+    return set(added) | set(undone)
 
 
 def label_history(session: Session, image_id: int) -> list[Label]:
@@ -322,10 +336,15 @@ def images_changed(session: Session) -> None:
     set_setting(session, IMAGES_VERSION, int(get_setting(session, IMAGES_VERSION, 0) or 0) + 1)  # type: ignore[arg-type]
 
 
+def images_fingerprint(session: Session) -> tuple:
+    """(max image id, IMAGES_VERSION): changes when an image is added or a scan runs."""
+    return session.scalar(select(func.max(Image.id))), get_setting(session, IMAGES_VERSION, 0)
+
+
 def cached_by_images(session: Session, what: tuple, compute: Callable[[], T]) -> T:
     """compute(), cached per database and `what` while no image was added and no scan ran."""
     key = (str(session.get_bind().engine.url), *what)
-    fingerprint = (session.scalar(select(func.max(Image.id))), get_setting(session, IMAGES_VERSION, 0))
+    fingerprint = images_fingerprint(session)
     cached = _BY_IMAGES.get(key)
     if cached is None or cached[0] != fingerprint:
         if len(_BY_IMAGES) >= _BY_IMAGES_MAX and key not in _BY_IMAGES:
@@ -348,6 +367,12 @@ def present_array(session: Session, folder: str | None = None) -> np.ndarray:
         return array
 
     return cached_by_images(session, ("present", folder), read)
+
+
+def missing_ids(session: Session) -> frozenset[int]:
+    """Ids of the images whose file was missing at the last scan (cached as present_array)."""
+    return cached_by_images(session, ("missing",), lambda: frozenset(
+        raw_column(session, "SELECT id FROM images WHERE missing = ?", (True,))))
 
 
 def present_ids(session: Session, folder: str | None = None) -> list[int]:

@@ -252,7 +252,7 @@ def report_data(session: Session, settings: Settings, options: ReportOptions | N
         return data
     chosen = how_chosen(session)
     truth = load_truth(session, random_only=options.random_only, chosen=chosen)
-    data["labels_chosen"] = summarize(chosen, truth.image_ids.tolist()).to_dict()
+    data["labels_chosen"] = summarize(chosen, truth.image_ids).to_dict()
     datas = load_runs(session, [r.id for r in shown], truth)
     rows = {r.id: r for r in session.scalars(select(ModelRun).where(ModelRun.id.in_([r.id for r in shown])))}
     data["run_sections"] = [_run(d, rows.get(d.run.id), options) for d in datas]
