@@ -21,12 +21,12 @@ from datetime import datetime
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from workbench.config import DATASET_ANNOTATOR_PREFIX, LABELS, SYSTEM_ANNOTATORS
 from workbench.store import users
-from workbench.store.db import in_batches
+from workbench.store.db import fetch_tuples, in_batches
 from workbench.store.id_sets import id_mask
 from workbench.store.schema import Adjudication, Image, Label, Setting, utcnow
 
@@ -160,21 +160,45 @@ def adjudicated_labels(session: Session, image_ids: Sequence[int] | None = None)
 
 
 def _consensus_query(session: Session, image_ids: Sequence[int] | None) -> dict[int, str]:
-    # Plain tuples instead of CurrentLabel rows: ORM datetime parsing was 85 % of the time at 10k images.
-    query = select(Label.image_id, Label.annotator, Label.label, Label.id).where(Label.revoked_at.is_(None))
+    """The consensus rule (module docstring) over every labelled image, or those given, in numpy:
+    the same rule as _decide (tests hold them equal); a million labels took 7 s one image at a time."""
+    # Plain tuples with the label and the kind of annotator as small ints, straight from the cursor.
+    query = select(Label.image_id, Label.annotator, case((Label.label == LABELS[0], 1), else_=0),
+                   case((Label.annotator.in_(SYSTEM_ANNOTATORS), 0), else_=1), Label.id).where(
+        Label.revoked_at.is_(None), Label.label.in_(LABELS))
     if image_ids is not None:
         query = query.where(Label.image_id.in_(list(image_ids)))
-    latest: dict[tuple[int, str], tuple[str, int]] = {}
-    for image_id, annotator, label, label_id in session.execute(query):
-        prev = latest.get((image_id, annotator))
-        if prev is None or label_id > prev[1]:
-            latest[(image_id, annotator)] = (label, label_id)
-    per_image: dict[int, list[tuple[str, str, int]]] = {}
-    for (image_id, annotator), (label, label_id) in latest.items():
-        per_image.setdefault(image_id, []).append((annotator, label, label_id))
+    rows = fetch_tuples(session, query)
     decided = adjudicated_labels(session, image_ids)
-    out = {i: lab for i, group in per_image.items() if (lab := _decide(group, decided.get(i))) is not None}
-    out.update(decided)  # an adjudication decides even where every label has since been undone
+    out: dict[int, str] = {}
+    if rows:
+        n = len(rows)
+        image = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        names: dict[str, int] = {}
+        person = np.fromiter((names.setdefault(r[1], len(names)) for r in rows), dtype=np.int64, count=n)
+        toxic = np.fromiter((r[2] for r in rows), dtype=np.int8, count=n)
+        human = np.fromiter((r[3] for r in rows), dtype=bool, count=n)
+        label_id = np.fromiter((r[4] for r in rows), dtype=np.int64, count=n)
+        # Each (image, annotator)'s newest label: the last of its run after sorting by (image, annotator, id).
+        order = np.lexsort((label_id, person, image))
+        image, person, toxic, human, label_id = image[order], person[order], toxic[order], human[order], label_id[order]
+        newest = np.r_[(image[1:] != image[:-1]) | (person[1:] != person[:-1]), True]
+        image, toxic, human, label_id = image[newest], toxic[newest], human[newest], label_id[newest]
+        ids, slot = np.unique(image, return_inverse=True)
+        # People outrank the system annotators: where an image has a person's label, only people vote.
+        with_person = np.bincount(slot, weights=human, minlength=len(ids)) > 0
+        votes = human | ~with_person[slot]
+        slot, toxic, label_id = slot[votes], toxic[votes], label_id[votes]
+        n_toxic = np.bincount(slot, weights=toxic, minlength=len(ids))
+        n_neutral = np.bincount(slot, weights=1 - toxic, minlength=len(ids))
+        # A tie goes to the newest vote: the last per image after sorting by (image, id).
+        last = np.lexsort((label_id, slot))
+        at_end = np.r_[slot[last][1:] != slot[last][:-1], True]
+        newest_toxic = np.zeros(len(ids), dtype=bool)
+        newest_toxic[slot[last][at_end]] = toxic[last][at_end] == 1
+        is_toxic = (n_toxic > n_neutral) | ((n_toxic == n_neutral) & newest_toxic)
+        out = dict(zip(ids.tolist(), np.where(is_toxic, LABELS[0], LABELS[1]).tolist()))
+    out.update(decided)  # an adjudication decides, even where every label has since been undone
     return out
 
 
