@@ -83,6 +83,19 @@ def test_people_per_image_and_progress_count_people_only(session) -> None:
     session.commit()
     assert overlap.people_per_image(session) == {ids[0]: 2, ids[1]: 1}
     assert overlap.full_ids(session, 2) == {ids[0]}
+    # cached, then brought up to date for the memes labelled or undone since
+    labels.add_label(session, ids[3], "toxic", "boris")
+    labels.add_label(session, ids[1], "toxic", "vera")
+    labels.undo_last(session, "anna", ids[0])
+    session.commit()
+    assert overlap.people_per_image(session) == {ids[0]: 1, ids[1]: 2, ids[3]: 1}
+    assert overlap.people_per_image(session) == overlap._people_per_image(session, None)
+    got_ids, got_counts = overlap.people_counts(session)
+    assert got_ids.tolist() == [ids[0], ids[1], ids[3]] and got_counts.tolist() == [1, 2, 1]
+    labels.undo_last(session, "vera", ids[1])
+    labels.undo_last(session, "boris", ids[3])
+    labels.add_label(session, ids[0], "toxic", "anna")
+    session.commit()
     progress = overlap.progress(session, 2)
     assert progress["annotators"] == [{"annotator": "anna", "labeled": 2}, {"annotator": "boris", "labeled": 1}]
     assert progress["labels"] == 3

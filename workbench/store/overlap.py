@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from workbench.config import SYSTEM_ANNOTATORS
 from workbench.store import users
 from workbench.store.id_sets import id_mask
-from workbench.store.labels import get_setting, labeled_by, raw_column, set_setting
+from workbench.store.labels import followed_map, get_setting, labeled_by, raw_column, set_setting
 from workbench.store.schema import Label, LabelClaim, utcnow
 
 K_SETTING = "labels_per_meme"
@@ -77,24 +77,45 @@ _ANNOTATORS = ("WITH RECURSIVE a(name) AS (SELECT min(annotator) FROM labels UNI
 
 def people_per_image(session: Session) -> dict[int, int]:
     """image_id -> how many different people have a current label on it (labeled images only)."""
-    ids, counts = people_counts(session)
-    return dict(zip(ids.tolist(), counts.tolist()))
+    return dict(followed_map(session, "people per image", lambda ids: _people_per_image(session, ids)))
 
 
 def people_counts(session: Session) -> tuple[np.ndarray, np.ndarray]:
     """people_per_image as arrays: (labeled image ids, sorted; how many people labeled each).
 
-    Per person, their labeled images from one range of the (annotator, image_id, revoked_at)
+    Kept per database and brought up to date for the memes labelled or undone since
+    (labels.followed_map): each new session's team queue needs it, and at a million memes reading
+    every person's labels took ~0.2 s."""
+    per_image = followed_map(session, "people per image", lambda ids: _people_per_image(session, ids))
+    key = str(session.get_bind().engine.url)
+    cached = _COUNT_ARRAYS.get(key)
+    if cached is None or cached[0] is not per_image:
+        ids = np.fromiter(per_image.keys(), dtype=np.int64, count=len(per_image))
+        counts = np.fromiter(per_image.values(), dtype=np.int64, count=len(per_image))
+        order = np.argsort(ids)
+        cached = _COUNT_ARRAYS[key] = (per_image, (ids[order], counts[order]))
+    return cached[1]
+
+
+_COUNT_ARRAYS: dict[str, tuple[dict[int, int], tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def _people_per_image(session: Session, image_ids: Sequence[int] | None) -> dict[int, int]:
+    """image_id -> people with a current label on it, for the images given (a few) or all.
+
+    All: per person, their labeled images from one range of the (annotator, image_id, revoked_at)
     index, counted with numpy: the system annotators' rows (most rows in a folder-labeled project)
     are never read. A million memes with 330,000 people's labels: 0.42 s -> ~0.1 s."""
+    if image_ids is not None:
+        return {i: len(people) for i, people in human_labelers(session, image_ids).items() if people}
     people = [a for a in raw_column(session, _ANNOTATORS) if a not in SYSTEM_ANNOTATORS]
     parts = [np.array(raw_column(session, "SELECT DISTINCT image_id FROM labels WHERE annotator = ? "
                                           "AND revoked_at IS NULL", (person,)), dtype=np.int64) for person in people]
     ids = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
     if not len(ids):
-        return ids, np.zeros(0, np.int64)
+        return {}
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    return ids[starts], np.diff(np.r_[starts, len(ids)])
+    return dict(zip(ids[starts].tolist(), np.diff(np.r_[starts, len(ids)]).tolist()))
 
 
 def human_labelers(session: Session, image_ids: Sequence[int]) -> dict[int, set[str]]:
