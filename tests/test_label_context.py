@@ -331,3 +331,17 @@ def test_dashboard_and_report_show_the_curve_the_estimate_and_the_random_only_no
     html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Metrics below are over labels chosen at random only" in html
     assert "Learning curve" in html and "Toxic memes still unlabeled" in html
+
+
+def test_how_chosen_in_sql_agrees_with_classify_for_every_order(session) -> None:
+    """how_chosen classifies in SQL (a million memes); classify() is the rule it must follow."""
+    orders = [None, "random", "folder", "import", "unsure", "likely-toxic", "label-issue", "disagree",
+              "unlabeled", "filename", "link"]
+    contexts = [LabelContext(o, exploration=e) for o in orders for e in (None, False, True)]
+    ids = add_images(session, len(contexts))
+    for i, ctx in zip(ids, contexts, strict=True):
+        add_label(session, i, "toxic", "anna", context=ctx)
+        add_label(session, i, "non_toxic", "boris", context=LabelContext("unsure"))  # not the first label
+    session.commit()
+    assert label_choice.how_chosen(session) == {
+        i: label_choice.classify(c.order, c.exploration) for i, c in zip(ids, contexts, strict=True)}

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from workbench.store.db import fetch_tuples
@@ -52,9 +52,14 @@ def _first_label_choice(session: Session, image_ids: Sequence[int] | None) -> di
     first = select(func.min(Label.id)).where(Label.revoked_at.is_(None)).group_by(Label.image_id)
     if image_ids is not None:
         first = first.where(Label.image_id.in_(list(image_ids)))
-    rows = fetch_tuples(session, select(Label.image_id, Label.queue_order, Label.exploration)
-                    .where(Label.id.in_(first.scalar_subquery())))
-    return {int(image_id): classify(order, exploration) for image_id, order, exploration in rows}
+    # classify() in SQL: one small int per meme instead of a Python call each (860,000 memes)
+    kind = case((Label.exploration.is_(True), 0), (Label.queue_order.in_(sorted(RANDOM_ORDERS)), 0),
+                (Label.queue_order.in_(sorted(ACTIVE_ORDERS)), 1), else_=2)
+    rows = fetch_tuples(session, select(Label.image_id, kind).where(Label.id.in_(first.scalar_subquery())))
+    return {int(image_id): _KINDS[k] for image_id, k in rows}
+
+
+_KINDS = (RANDOM, ACTIVE, OTHER)
 
 
 @dataclass(frozen=True)
