@@ -172,3 +172,38 @@ def test_consensus_over_every_meme_follows_the_rule_meme_by_meme(session) -> Non
     assert labels.consensus_labels(session, some) == {i: lab for i, lab in expected.items() if i in some}
     # ties do happen in this draw, so the newest-vote rule is exercised
     assert any(len(cs) % 2 == 0 and len({c.label for c in cs}) == 2 for cs in current.values())
+
+
+def test_warm_up_fills_what_the_dashboard_reads(settings, session) -> None:
+    """After the start-up warm-up the Dashboard reads neither every label nor every prediction."""
+    from workbench.analysis import dashboard, warmup
+    from workbench.store import db
+
+    ids = add_images(session, 30)
+    for n, image_id in enumerate(ids):
+        labels.add_label(session, image_id, "toxic" if n % 3 else "non_toxic", "folder" if n % 2 else "anna")
+    run = add_run(session, "clip", "clip", {i: Pred("toxic" if n % 2 else "non_toxic", n / 30) for n, i in enumerate(ids)})
+    session.commit()
+    assert not warmup.worth_warming(settings.db_url)  # 30 memes: the app does not bother
+    took = warmup.warm_caches(settings.db_url)
+    assert {"consensus", "how chosen", "people per meme", "predictions"} <= set(took)
+    seen: list[str] = []
+
+    def traced(dbapi_connection, _record) -> None:  # noqa: ANN001
+        dbapi_connection.set_trace_callback(seen.append)  # every statement, raw cursors' included
+
+    db.dispose_all()  # new connections, each traced (the caches live on in this process)
+    engine = db.get_engine(settings.db_url)
+    event.listen(engine, "connect", traced)
+    try:
+        with db.read_scope(settings.db_url) as s:
+            board = dashboard.dashboard(s, [run])
+    finally:
+        event.remove(engine, "connect", traced)
+        db.dispose_all()
+    assert board.evaluations[run].n_labeled == 30
+    assert any("FROM predictions" in q for q in seen)  # the trace does see the queries
+    whole = [q for q in seen if "labels.image_id IN" not in q and (
+        "labels.revoked_at IS NULL AND labels.label IN" in q or "min(labels.id)" in q)]
+    whole += [q for q in seen if "ORDER BY predictions.image_id" in q]
+    assert not whole, whole

@@ -7,10 +7,12 @@ module that imports streamlit."""
 from __future__ import annotations
 
 import html
+import logging
 import math
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any
 import streamlit as st
 from sqlalchemy.orm import Session
 
+from workbench.analysis import warmup
 from workbench.config import Settings, load_settings
 from workbench.predictors.base import Option
 from workbench.runs import background
@@ -42,6 +45,26 @@ def _migrated(url: str) -> str:
     with db.session_scope(url) as session:
         mark_interrupted(session, background.PROCESS_STARTED)
     return url
+
+
+@st.cache_resource(show_spinner=False)
+def _warming(url: str) -> threading.Thread | None:
+    """Start the warm-up of the caches the pages read at scale once per DB URL per server process
+    (workbench.analysis.warmup), in the background: no page waits for it."""
+    if not warmup.worth_warming(url):
+        return None
+    thread = threading.Thread(target=_warm, args=(url,), name="workbench-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm(url: str) -> None:
+    try:
+        took = warmup.warm_caches(url)
+    except Exception:  # noqa: BLE001 - a cache left cold fills on first use; never take the app down
+        logging.getLogger(__name__).exception("warming the caches failed (they fill on first use)")
+        return
+    logging.getLogger(__name__).info("caches warmed: %s", took)
 
 
 @dataclass
@@ -104,6 +127,7 @@ def bootstrap(title: str, icon: str = "🧪", layout: str = "wide") -> Ctx:
         st.error(f"The workbench is not configured correctly: {exc}", icon=":material/error:")
         st.stop()
     _migrated(settings.db_url)
+    _warming(settings.db_url)
     signed_in = auth.gate(settings)  # sign-in on: stops here unless signed in with a role
     navigation(None if signed_in is None else signed_in.role, signed_in is not None)
     _job_indicator(settings.db_url)
