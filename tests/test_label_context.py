@@ -232,6 +232,8 @@ def _mixed_labels(session, seed: int = 0) -> tuple[list[int], dict[int, str], di
 def test_random_only_metrics_equal_sklearn_on_the_random_subset(session, capsys) -> None:
     ids, truth, how, run = _mixed_labels(session)
     assert label_choice.how_chosen(session) == how
+    some = np.array(sorted(ids)[5:50])
+    assert label_choice.summarize_ids(session, some) == label_choice.summarize(how, some.tolist())
     from workbench.store.schema import Prediction
 
     said = dict(session.execute(select(Prediction.image_id, Prediction.label).where(Prediction.run_id == run)).all())

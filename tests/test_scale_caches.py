@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 from sqlalchemy import event, select
 
 from tests.support.synthetic_runs import Pred, add_images, add_run
@@ -18,7 +19,10 @@ from workbench.store.schema import Image, Label
 
 
 def _check_consensus(session) -> None:  # noqa: ANN001
-    assert labels.consensus_labels(session) == labels._consensus_query(session, None)
+    expected = labels._consensus_query(session, None)
+    assert labels.consensus_labels(session) == expected
+    codes = labels.consensus_codes(session)  # the array by image id, kept up to date with the map
+    assert {int(i): "toxic" if codes[i] == 1 else "non_toxic" for i in np.flatnonzero(codes >= 0)} == expected
 
 
 def test_consensus_cache_follows_labels_undos_adjudications_and_rollbacks(session) -> None:

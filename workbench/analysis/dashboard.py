@@ -25,7 +25,7 @@ from workbench.analysis.outcomes import (
     load_runs,
     load_truth,
 )
-from workbench.store.label_choice import ChoiceSummary, how_chosen, summarize
+from workbench.store.label_choice import ChoiceSummary, summarize_ids
 
 
 @dataclass(frozen=True)
@@ -143,10 +143,9 @@ def dashboard(session: Session, run_ids: Sequence[int], n_boot: int = DEFAULT_N_
               breakdowns: bool = True, random_only: bool = False) -> Dashboard:
     """Compute the dashboard for these runs against the current human consensus (with
     `random_only`, over the memes chosen at random only), and how those labels were chosen."""
-    chosen = how_chosen(session)
-    truth = load_truth(session, random_only=random_only, chosen=chosen)
+    truth = load_truth(session, random_only=random_only)
     datas = load_runs(session, run_ids, truth)
-    choice = summarize(chosen, truth.image_ids)
+    choice = summarize_ids(session, truth.image_ids)
     evaluations = {d.run.id: d.evaluate(n_boot=n_boot, seed=seed) for d in datas}
     metrics_rows, confusion, roc, pr, calib, lat = [], [], [], [], [], []
     for d in datas:

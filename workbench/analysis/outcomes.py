@@ -39,12 +39,12 @@ from workbench.analysis.metrics import (
 from workbench.config import SYSTEM_ANNOTATORS
 from workbench.store.db import fetch_tuples
 from workbench.store.id_sets import id_mask
-from workbench.store.label_choice import how_chosen, random_ids
+from workbench.store.label_choice import CHOICE_CODES, RANDOM, chosen_codes, random_ids
 from workbench.store.labels import (
     CurrentLabel,
     cached_by_images,
+    consensus_codes,
     consensus_from,
-    consensus_labels,
     current_labels,
     images_fingerprint,
     labels_fingerprint,
@@ -146,18 +146,24 @@ class Truth:
 
 def load_truth(session: Session, random_only: bool = False, chosen: dict[int, str] | None = None) -> Truth:
     """The consensus label of every present, labeled image; with `random_only`, only of the
-    memes chosen at random (workbench.store.label_choice; pass `chosen`, how_chosen's result,
-    when the caller has it already: it reads every meme's first label)."""
-    labels = consensus_labels(session)
+    memes chosen at random (workbench.store.label_choice; `chosen`: how_chosen's result when the
+    caller has it already; otherwise the codes kept with the labels are read)."""
+    codes = consensus_codes(session)  # by image id, kept with the labels: no pass over a million
+    keep = codes >= 0
+    present = present_array(session)
+    present = present[present < len(codes)]
+    in_collection = np.zeros(len(codes), dtype=bool)
+    in_collection[present] = True
+    keep &= in_collection
     if random_only:
-        keep_ids = random_ids(chosen if chosen is not None else how_chosen(session))
-        labels = {k: v for k, v in labels.items() if k in keep_ids}
-    ids = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
-    codes = np.fromiter((TRUE_CODES.get(v, -1) for v in labels.values()), dtype=np.int8, count=len(labels))
-    keep = id_mask(ids, present_array(session)) & (codes >= 0)
-    ids, codes = ids[keep], codes[keep]
-    order = np.argsort(ids, kind="stable")
-    return Truth(ids[order], codes[order])
+        if chosen is not None:
+            keep &= id_mask(np.arange(len(codes)), random_ids(chosen))
+        else:
+            how = chosen_codes(session)
+            keep[:len(how)] &= how[:len(codes)] == CHOICE_CODES[RANDOM]
+            keep[len(how):] = False
+    ids = np.flatnonzero(keep)
+    return Truth(ids.astype(np.int64), codes[ids].astype(np.int8))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from workbench.store.db import fetch_tuples
-from workbench.store.labels import RANDOM_ORDERS, followed_map, missing_ids
+from workbench.store.labels import RANDOM_ORDERS, followed_codes, followed_map, missing_ids
 from workbench.store.schema import Label
 
 RANDOM, ACTIVE, OTHER = "random", "active", "other"
@@ -48,6 +48,20 @@ def how_chosen(session: Session) -> dict[int, str]:
     return {i: c for i, c in chosen.items() if i not in missing} if missing else dict(chosen)
 
 
+def chosen_codes(session: Session) -> np.ndarray:
+    """How each labelled meme was chosen as an int8 array by image id (CHOICE_CODES; -1: no label
+    not undone), kept with the labels (labels.followed_codes). Missing memes are not left out."""
+    return followed_codes(session, "how chosen", lambda ids: _first_label_choice(session, ids), CHOICE_CODES)
+
+
+def summarize_ids(session: Session, image_ids: np.ndarray) -> ChoiceSummary:
+    """summarize(how_chosen(session), image_ids) from the kept codes: a count, not a look-up per meme."""
+    codes = chosen_codes(session)
+    ids = np.asarray(image_ids, dtype=np.int64)
+    counts = np.bincount(codes[ids[ids < len(codes)]] + 1, minlength=len(CHOICE_CODES) + 1)
+    return ChoiceSummary(*(int(counts[CHOICE_CODES[kind] + 1]) for kind in (RANDOM, ACTIVE, OTHER)))
+
+
 def _first_label_choice(session: Session, image_ids: Sequence[int] | None) -> dict[int, str]:
     first = select(func.min(Label.id)).where(Label.revoked_at.is_(None)).group_by(Label.image_id)
     if image_ids is not None:
@@ -60,6 +74,7 @@ def _first_label_choice(session: Session, image_ids: Sequence[int] | None) -> di
 
 
 _KINDS = (RANDOM, ACTIVE, OTHER)
+CHOICE_CODES = {kind: code for code, kind in enumerate(_KINDS)}
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,11 @@ def _consensus_query(session: Session, image_ids: Sequence[int] | None) -> dict[
 # cached map (followed_map), anything else recomputes it. The fingerprint covers inserts, deletes
 # and undos (revoked_at) — and the timestamps, so a rolled-back write followed by another write
 # cannot look like the state that was cached.
-_FOLLOWED: dict[tuple[str, str], tuple[tuple, dict, object]] = {}
+# Each entry: (fingerprint, map, anchor, how it was made: (the fingerprint it was updated from, the
+# images touched) after an update, None after a full computation).
+_FOLLOWED: dict[tuple[str, str], tuple[tuple, dict, object, tuple[tuple, set[int]] | None]] = {}
+# followed_codes: (fingerprint, array by image id) by (DB URL, name)
+_CODES: dict[tuple[str, str], tuple[tuple, np.ndarray]] = {}
 
 
 def labels_fingerprint(session: Session) -> tuple:
@@ -243,7 +247,7 @@ def consensus_labels(session: Session, image_ids: Sequence[int] | None = None) -
         for chunk in in_batches(ids):
             out.update(_consensus_query(session, chunk))
         return out
-    return dict(followed_map(session, "consensus", lambda ids: _consensus_query(session, ids)))
+    return dict(followed_map(session, "consensus", lambda ids: _consensus_query(session, ids)))  # as consensus_codes
 
 
 def followed_map(session: Session, name: str, compute: Callable[[Sequence[int] | None], dict[int, T]]) -> dict[int, T]:
@@ -258,15 +262,50 @@ def followed_map(session: Session, name: str, compute: Callable[[Sequence[int] |
     if cached is None or cached[0] != fingerprint:
         touched = _touched_since(session, cached, fingerprint) if cached is not None else None
         if touched is None:
-            found = compute(None)
+            found, made = compute(None), None
         else:
-            found = dict(cached[1])
+            found, made = dict(cached[1]), (cached[0], touched)
             for image_id in touched:
                 found.pop(image_id, None)
             for chunk in in_batches(sorted(touched)):
                 found.update(compute(chunk))
-        cached = _FOLLOWED[key] = (fingerprint, found, _anchor(session, fingerprint[0]))
+        cached = _FOLLOWED[key] = (fingerprint, found, _anchor(session, fingerprint[0]), made)
     return cached[1]  # type: ignore[return-value]
+
+
+def followed_codes(session: Session, name: str, compute: Callable[[Sequence[int] | None], dict[int, T]],
+                   codes: dict[T, int]) -> np.ndarray:
+    """followed_map(session, name, compute) as a read-only int8 array indexed by image id: -1 where
+    the map has no entry, else codes[value]. Kept with the map: after an update for a few memes only
+    those are coded again (a million entries: ~0.2 s in full; the Dashboard reads the truth so)."""
+    found = followed_map(session, name, compute)
+    key = (str(session.get_bind().engine.url), name)
+    fingerprint, _map, _anchor_value, made = _FOLLOWED[key]
+    cached = _CODES.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    if cached is not None and made is not None and made[0] == cached[0]:
+        touched = sorted(made[1])
+        dense = np.full(max(len(cached[1]), touched[-1] + 1 if touched else 0), -1, dtype=np.int8)
+        dense[:len(cached[1])] = cached[1]
+        for image_id in touched:
+            value = found.get(image_id)
+            dense[image_id] = -1 if value is None else codes[value]
+    else:
+        ids = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
+        dense = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int8)
+        dense[ids] = np.fromiter((codes[v] for v in found.values()), dtype=np.int8, count=len(found))
+    dense.flags.writeable = False  # shared by every caller
+    _CODES[key] = (fingerprint, dense)
+    return dense
+
+
+def consensus_codes(session: Session) -> np.ndarray:
+    """The consensus of every labelled image as followed_codes: 1 toxic, 0 non_toxic, -1 none."""
+    return followed_codes(session, "consensus", lambda ids: _consensus_query(session, ids), _TRUE)
+
+
+_TRUE = {LABELS[0]: 1, LABELS[1]: 0}  # analysis.metrics.TRUE_CODES (the store cannot import it)
 
 
 def _anchor(session: Session, label_id: int | None) -> object:
@@ -277,7 +316,7 @@ def _anchor(session: Session, label_id: int | None) -> object:
 def _touched_since(session: Session, cached: tuple, fingerprint: tuple) -> set[int] | None:
     """The images whose labels were added or undone since the cached fingerprint, or None when the
     change is anything else (adjudications, deletions, a rolled-back write)."""
-    old, _old_map, anchor = cached
+    old, anchor = cached[0], cached[2]
     old_max, old_count, old_revoked, _, old_max_revoked = old[:5]
     new_max, new_count, new_revoked = fingerprint[:3]
     if old[5:] != fingerprint[5:] or old_max is None or new_max is None or new_max < old_max:
