@@ -190,7 +190,7 @@ def test_warm_up_fills_what_the_dashboard_reads(settings, session) -> None:
     session.commit()
     assert not warmup.worth_warming(settings.db_url)  # 30 memes: the app does not bother
     took = warmup.warm_caches(settings.db_url)
-    assert {"consensus", "how chosen", "people per meme", "predictions"} <= set(took)
+    assert {"consensus", "how chosen", "people per meme", "predictions", "metrics code"} <= set(took)
     seen: list[str] = []
 
     def traced(dbapi_connection, _record) -> None:  # noqa: ANN001
