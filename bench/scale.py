@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,7 +105,7 @@ def time_gallery(runs: int) -> tuple[float, float]:
 def measure(db_url: str, tmp: Path, runs: int, restore_url: str) -> dict:
     """Every row of TARGETS on one database, in this process (the app's); {row: value, ...} plus
     RSS and details."""
-    from workbench.analysis import dashboard, learner, outcomes, review
+    from workbench.analysis import learner, outcomes, review
     from workbench.config import load_settings
     from workbench.features.near_duplicates import GroupingParams, regroup
     from workbench.store import db, overlap
@@ -136,13 +137,7 @@ def measure(db_url: str, tmp: Path, runs: int, restore_url: str) -> dict:
                            + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
     out["groups"] = len(result.groups)
 
-    with db.read_scope(db_url) as session:
-        run_ids = sorted(r.id for r in outcomes.list_runs(session) if r.model_id.startswith("bench/"))
-
-    def dash() -> None:
-        with db.read_scope(db_url) as session:
-            outcomes.data_version(session)
-            dashboard.dashboard(session, run_ids)
+    run_ids, dash = _dashboard_opener(db_url)
 
     def disagreements() -> None:
         with db.read_scope(db_url) as session:
@@ -212,12 +207,20 @@ def measure(db_url: str, tmp: Path, runs: int, restore_url: str) -> dict:
 def measure_warm(db_url: str) -> dict:
     """In a new process (the app's after a start): the background warm-up (warmup.warm_caches,
     seconds per part), then the Dashboard's first open."""
-    from workbench.analysis import dashboard, outcomes, warmup
-    from workbench.store import db
+    from workbench.analysis import warmup
 
     t0 = time.perf_counter()
     parts = warmup.warm_caches(db_url)
     warm_s = time.perf_counter() - t0
+    _run_ids, dash = _dashboard_opener(db_url)
+    return {"warm_s": warm_s, "parts": parts, "dashboard_ms": _median_ms(dash, 1)}
+
+
+def _dashboard_opener(db_url: str) -> tuple[list[int], Callable[[], None]]:
+    """The bench's three runs, and what the Dashboard page computes when it opens on them."""
+    from workbench.analysis import dashboard, outcomes
+    from workbench.store import db
+
     with db.read_scope(db_url) as session:
         run_ids = sorted(r.id for r in outcomes.list_runs(session) if r.model_id.startswith("bench/"))
 
@@ -226,7 +229,7 @@ def measure_warm(db_url: str) -> dict:
             outcomes.data_version(session)
             dashboard.dashboard(session, run_ids)
 
-    return {"warm_s": warm_s, "parts": parts, "dashboard_ms": _median_ms(dash, 1)}
+    return run_ids, dash
 
 
 def db_size_mb(db_url: str) -> float:
