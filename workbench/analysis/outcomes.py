@@ -38,8 +38,7 @@ from workbench.analysis.metrics import (
 )
 from workbench.config import SYSTEM_ANNOTATORS
 from workbench.store.db import fetch_tuples
-from workbench.store.id_sets import id_mask
-from workbench.store.label_choice import CHOICE_CODES, RANDOM, chosen_codes, random_ids
+from workbench.store.label_choice import CHOICE_CODES, RANDOM, chosen_codes
 from workbench.store.labels import (
     CurrentLabel,
     cached_by_images,
@@ -144,10 +143,9 @@ class Truth:
         return {int(i): ("toxic" if c == 1 else "non_toxic") for i, c in zip(self.image_ids, self.codes)}
 
 
-def load_truth(session: Session, random_only: bool = False, chosen: dict[int, str] | None = None) -> Truth:
+def load_truth(session: Session, random_only: bool = False) -> Truth:
     """The consensus label of every present, labeled image; with `random_only`, only of the
-    memes chosen at random (workbench.store.label_choice; `chosen`: how_chosen's result when the
-    caller has it already; otherwise the codes kept with the labels are read)."""
+    memes chosen at random (workbench.store.label_choice), both from the codes kept with the labels."""
     codes = consensus_codes(session)  # by image id, kept with the labels: no pass over a million
     keep = codes >= 0
     present = present_array(session)
@@ -156,12 +154,9 @@ def load_truth(session: Session, random_only: bool = False, chosen: dict[int, st
     in_collection[present] = True
     keep &= in_collection
     if random_only:
-        if chosen is not None:
-            keep &= id_mask(np.arange(len(codes)), random_ids(chosen))
-        else:
-            how = chosen_codes(session)
-            keep[:len(how)] &= how[:len(codes)] == CHOICE_CODES[RANDOM]
-            keep[len(how):] = False
+        how = chosen_codes(session)
+        keep[:len(how)] &= how[:len(codes)] == CHOICE_CODES[RANDOM]
+        keep[len(how):] = False
     ids = np.flatnonzero(keep)
     return Truth(ids.astype(np.int64), codes[ids].astype(np.int8))
 

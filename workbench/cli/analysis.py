@@ -61,12 +61,11 @@ def metrics_report(session, run_ids: list[int], n_boot: int = DEFAULT_N_BOOT, se
     """What `metrics --json` prints: one object per run, every pair's McNemar + kappa, and how
     the labels behind them were chosen (`labels_chosen`; `random_only`: random picks only)."""
     from workbench.analysis.outcomes import compare, latency, load_truth
-    from workbench.store.label_choice import how_chosen, summarize
+    from workbench.store.label_choice import summarize_ids
 
-    chosen = how_chosen(session)
-    truth = load_truth(session, random_only=random_only, chosen=chosen)
+    truth = load_truth(session, random_only=random_only)
     datas = _load(session, run_ids, truth)
-    choice = summarize(chosen, truth.image_ids)
+    choice = summarize_ids(session, truth.image_ids)
     runs = []
     for data in datas:
         ev = data.evaluate(n_boot=n_boot, seed=seed)

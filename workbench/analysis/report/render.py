@@ -235,7 +235,7 @@ def report_data(session: Session, settings: Settings, options: ReportOptions | N
     """Everything the template shows, as plain data."""
     from workbench.analysis.learning_progress import learning_history
     from workbench.analysis.outcomes import list_runs, load_runs, load_truth
-    from workbench.store.label_choice import how_chosen, summarize
+    from workbench.store.label_choice import summarize_ids
 
     options = options or ReportOptions()
     runs = sorted((r for r in list_runs(session, options.run_ids) if r.n_predictions > 0), key=lambda r: r.id)
@@ -250,9 +250,8 @@ def report_data(session: Session, settings: Settings, options: ReportOptions | N
     }
     if not shown:
         return data
-    chosen = how_chosen(session)
-    truth = load_truth(session, random_only=options.random_only, chosen=chosen)
-    data["labels_chosen"] = summarize(chosen, truth.image_ids).to_dict()
+    truth = load_truth(session, random_only=options.random_only)
+    data["labels_chosen"] = summarize_ids(session, truth.image_ids).to_dict()
     datas = load_runs(session, [r.id for r in shown], truth)
     rows = {r.id: r for r in session.scalars(select(ModelRun).where(ModelRun.id.in_([r.id for r in shown])))}
     data["run_sections"] = [_run(d, rows.get(d.run.id), options) for d in datas]
